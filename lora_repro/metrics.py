@@ -1,0 +1,60 @@
+"""The paper's GLUE metrics, computed with scikit-learn and scipy (`evaluate.load` fetches metric
+code from the hub at run time, which fails offline)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+# name -> fn(predictions, labels). Predictions are class ids (classification) or floats (regression).
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "accuracy": lambda p, y: float(accuracy_score(y, p)),
+    "f1": lambda p, y: float(f1_score(y, p)),  # binary F1 of class 1, as GLUE reports for MRPC/QQP
+    "mcc": lambda p, y: float(matthews_corrcoef(y, p)),
+    "pearson": lambda p, y: float(pearsonr(p, y)[0]),
+    "spearman": lambda p, y: float(spearmanr(p, y)[0]),
+}
+
+
+def predictions_from_logits(logits: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "regression":
+        return np.asarray(logits, dtype=np.float64).reshape(-1)
+    return np.asarray(logits).argmax(axis=-1)
+
+
+def compute_metrics(names: list[str], predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    return {name: METRICS[name](predictions, labels) for name in names}
+
+
+def make_compute_metrics(task_cfg: Any) -> Callable[[Any], dict[str, float]]:
+    """A `compute_metrics` for transformers.Trainer (takes an EvalPrediction)."""
+    names = list(task_cfg.metrics)
+    kind = task_cfg.kind
+
+    def _compute(eval_pred: Any) -> dict[str, float]:
+        logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        return compute_metrics(names, predictions_from_logits(logits, kind), np.asarray(eval_pred.label_ids))
+
+    return _compute
+
+
+def check_metric_names(task_cfg: Any) -> None:
+    from .errors import ConfigError
+
+    unknown = [m for m in task_cfg.metrics if m not in METRICS]
+    if unknown:
+        raise ConfigError(f"task.metrics has unknown metric(s) {unknown}; valid: {sorted(METRICS)}")
+    eval_splits = [s for s in task_cfg.splits if s != "train"]
+    valid_main = metric_keys(list(task_cfg.metrics), eval_splits)
+    if task_cfg.main_metric not in valid_main:
+        raise ConfigError(f"task.main_metric={task_cfg.main_metric!r} is not one of {valid_main}")
+
+
+def metric_keys(names: list[str], eval_splits: list[str]) -> list[str]:
+    """Record keys: plain metric names for one eval split, `<split>_<metric>` for several (MNLI)."""
+    if len(eval_splits) == 1:
+        return list(names)
+    return [f"{split}_{name}" for split in eval_splits for name in names]

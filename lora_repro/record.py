@@ -1,0 +1,108 @@
+"""The run record (record.json) and the measurements that go into it: peak memory, git commit,
+atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+
+from . import PROJECT_ROOT
+
+RECORD_NAME = "record.json"
+RECORD_FIELDS = (
+    "status", "error", "task", "model", "method", "seed", "hparams", "metrics", "best_metrics",
+    "params", "optimizer_groups", "peak_memory_bytes", "peak_memory_source", "throughput", "wall_s",
+    "checkpoint_bytes", "git_commit", "config",
+)
+
+
+def write_record(run_dir: str | Path, record: dict[str, Any]) -> Path:
+    """Write record.json atomically: a temp file in the same folder, fsync, then rename. A crash or
+    a full disk leaves either the old record or none, never a truncated one."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final = run_dir / RECORD_NAME
+    fd, tmp = tempfile.mkstemp(prefix=".record.", suffix=".tmp", dir=run_dir)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(record, handle, indent=2, sort_keys=False, default=str)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; records are meant to be shared
+        os.replace(tmp, final)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return final
+
+
+def read_record(path: str | Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def git_commit() -> str | None:
+    """HEAD of the project checkout, with '-dirty' when tracked files have uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10
+        )
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10,
+        )
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class PeakMemory:
+    """Peak memory over a block. On CUDA: torch.cuda.max_memory_allocated (reset on entry). On CPU:
+    the highest resident set size sampled every `interval` s during the block, which, unlike the
+    process-wide ru_maxrss, is per run when a Hydra multirun trains several runs in one process."""
+
+    def __init__(self, interval: float = 0.02):
+        self.interval = interval
+        self.cuda = torch.cuda.is_available()
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def source(self) -> str:
+        return "cuda_max_memory_allocated" if self.cuda else "cpu_peak_rss_sampled"
+
+    def _sample(self) -> None:
+        proc = psutil.Process()
+        while not self._stop.is_set():
+            self.peak = max(self.peak, proc.memory_info().rss)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakMemory":
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self.peak = psutil.Process().memory_info().rss
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.cuda:
+            self.peak = int(torch.cuda.max_memory_allocated())
+        else:
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join()
+            self.peak = max(self.peak, psutil.Process().memory_info().rss)

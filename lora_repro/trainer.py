@@ -1,0 +1,249 @@
+"""The one trainer: config -> backbone + method -> transformers.Trainer -> record.json.
+
+It calls only the Method interface (apply, create_optimizer, hparams) and never looks at a method's
+name, so a new method is one module plus one yaml file."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import save_file
+from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+
+from .backbone import build_classifier, count_parameters, load_tokenizer, set_trainable
+from .data import TaskData, load_task
+from .errors import ConfigError, TrainingDiverged, one_line
+from .methods import Method
+from .metrics import make_compute_metrics
+from .record import PeakMemory, git_commit, write_record
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint/trainable.safetensors"
+
+
+class RunTrainer(Trainer):
+    """transformers.Trainer that stops at the first non-finite training loss, naming the step,
+    instead of training on garbage for hours."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        loss = result[0] if return_outputs else result
+        if model.training and not torch.isfinite(loss.detach()).all():
+            raise TrainingDiverged(f"training loss is {loss.detach().float().item()} at step {self.state.global_step + 1}")
+        return result
+
+
+def tokenize(data: TaskData, tokenizer: Any, task_cfg: Any) -> TaskData:
+    fields = list(task_cfg.text_fields)
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        texts = [batch[f] for f in fields]
+        enc = tokenizer(*texts, truncation=True, max_length=int(task_cfg.max_length))
+        enc["labels"] = batch["label"]
+        return enc
+
+    def run(ds):
+        return ds.map(encode, batched=True, remove_columns=ds.column_names, desc=None)
+
+    return TaskData(train=run(data.train), evals={k: run(v) for k, v in data.evals.items()})
+
+
+def training_arguments(cfg: DictConfig, run_dir: Path, report_to: list[str]) -> TrainingArguments:
+    train = cfg.train
+    warmup = int(train.warmup_steps) if train.warmup_steps else float(train.warmup_ratio)
+    by_steps = train.eval_every != "epoch"
+    return TrainingArguments(
+        output_dir=str(run_dir / "trainer"),
+        per_device_train_batch_size=int(train.batch_size),
+        per_device_eval_batch_size=int(train.eval_batch_size),
+        gradient_accumulation_steps=int(train.grad_accum),
+        num_train_epochs=float(train.epochs) if train.epochs else 1.0,
+        max_steps=int(train.max_steps) if train.max_steps and train.max_steps > 0 else -1,
+        lr_scheduler_type=str(train.schedule),
+        warmup_steps=warmup,
+        max_grad_norm=float(train.max_grad_norm),
+        learning_rate=float(train.lr),
+        weight_decay=float(train.weight_decay),
+        bf16=train.precision == "bf16",
+        fp16=train.precision == "fp16",
+        eval_strategy="steps" if by_steps else "epoch",
+        eval_steps=int(train.eval_every) if by_steps else None,
+        save_strategy="no",
+        logging_steps=int(train.logging_steps),
+        report_to=report_to,
+        run_name=f"{cfg.task.name}-{cfg.model.name}-{cfg.method.name}-seed{cfg.seed}",
+        seed=int(cfg.seed),
+        dataloader_num_workers=int(train.num_workers),
+        label_names=["labels"],
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+
+
+def strip_eval_prefix(metrics: dict[str, float], eval_splits: list[str]) -> dict[str, float]:
+    """Trainer names metrics `eval_<split>_<metric>` (several eval sets) or `eval_<metric>` (one);
+    the record uses `<split>_<metric>` or `<metric>`, and drops the runtime counters."""
+    out = {}
+    for key, value in metrics.items():
+        if not key.startswith("eval_") or key.endswith(("_runtime", "_per_second", "_loss")) or key == "eval_epoch":
+            continue
+        out[key[len("eval_"):]] = value
+    return out
+
+
+def evaluations(log_history: list[dict], main_key: str) -> list[dict]:
+    """One dict per evaluation in the Trainer's log, merging the per-split entries of that step."""
+    by_step: dict[int, dict] = {}
+    for entry in log_history:
+        if any(k.startswith("eval_") for k in entry):
+            merged = by_step.setdefault(entry["step"], {"step": entry["step"], "epoch": entry.get("epoch")})
+            merged.update({k: v for k, v in entry.items() if k.startswith("eval_")})
+    return [e for _, e in sorted(by_step.items()) if f"eval_{main_key}" in e]
+
+
+class WandbRun:
+    """Optional wandb logging (offline by default). wandb is never required: a missing package or a
+    failed init only disables it, with a warning."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.run = None
+        wcfg = cfg.logger.wandb
+        if wcfg.mode == "disabled":
+            return
+        try:
+            import wandb
+        except ImportError:
+            log.warning("wandb is not installed; logging to record.json only")
+            return
+        os.environ.setdefault("WANDB_SILENT", "true")
+        try:
+            self.run = wandb.init(
+                project=wcfg.project, entity=wcfg.entity, mode=wcfg.mode, dir=str(run_dir),
+                name=f"{cfg.task.name}-{cfg.model.name}-{cfg.method.name}-seed{cfg.seed}",
+                tags=list(wcfg.tags), config=OmegaConf.to_container(cfg, resolve=True), reinit="finish_previous",
+            )
+        except Exception as exc:  # wandb problems must not cost a run
+            log.warning("wandb init failed (%s); logging to record.json only", one_line(exc))
+
+    @property
+    def report_to(self) -> list[str]:
+        return ["wandb"] if self.run is not None else []
+
+    def finish(self, record: dict[str, Any]) -> None:
+        if self.run is None:
+            return
+        summary = {f"final/{k}": v for k, v in (record.get("metrics") or {}).items()}
+        summary.update({f"best/{k}": v for k, v in (record.get("best_metrics") or {}).items()})
+        summary.update({f"params/{k}": v for k, v in (record.get("params") or {}).items()})
+        summary.update(status=record["status"], peak_memory_bytes=record.get("peak_memory_bytes"))
+        self.run.summary.update(summary)
+        self.run.finish(exit_code=0 if record["status"] == "ok" else 1)
+
+
+def save_trainable(model: torch.nn.Module, run_dir: Path, save: bool) -> int:
+    """Save what restores the fine-tuned model on top of the pretrained backbone (all weights for
+    full FT, adapter + head for PEFT methods); return its size in bytes."""
+    state = {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    if not save:
+        return sum(t.numel() * t.element_size() for t in state.values())
+    path = run_dir / CHECKPOINT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path.stat().st_size
+
+
+def base_record(cfg: DictConfig, method: Method) -> dict[str, Any]:
+    return {
+        "status": "running", "error": None, "task": cfg.task.name, "model": cfg.model.name,
+        "method": cfg.method.name, "seed": int(cfg.seed), "hparams": method.hparams(),
+        "metrics": None, "best_metrics": None, "params": None, "optimizer_groups": None,
+        "peak_memory_bytes": None, "peak_memory_source": None, "throughput": None, "wall_s": None,
+        "checkpoint_bytes": None, "train_loss_curve": None, "git_commit": git_commit(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+def run(cfg: DictConfig, method: Method, run_dir: str | Path) -> dict[str, Any]:
+    """Train and evaluate one config; write and return its record. Failures are recorded (status
+    "failed", one-line error) and re-raised."""
+    run_dir = Path(run_dir)
+    start = time.perf_counter()
+    record = base_record(cfg, method)
+    memory = PeakMemory()
+    wandb_run: WandbRun | None = None
+    try:
+        with memory:
+            set_seed(int(cfg.seed))
+            tokenizer = load_tokenizer(cfg.model)
+            data = tokenize(load_task(cfg.task), tokenizer, cfg.task)
+            model = build_classifier(cfg.model, cfg.task)
+            model = method.apply(model, cfg.model)
+            head = list(cfg.model.head_modules)
+            if set_trainable(model, head) == 0:
+                raise ConfigError(f"model.head_modules {head} match no module of {cfg.model.name}")
+            record["params"] = count_parameters(model, head)
+            optimizer, groups = method.create_optimizer(model, cfg.train)
+            record["optimizer_groups"] = [vars(g) for g in groups]
+
+            wandb_run = WandbRun(cfg, run_dir)
+            evals = data.evals if len(data.evals) > 1 else next(iter(data.evals.values()))
+            trainer = RunTrainer(
+                model=model,
+                args=training_arguments(cfg, run_dir, wandb_run.report_to),
+                train_dataset=data.train,
+                eval_dataset=evals,
+                data_collator=DataCollatorWithPadding(tokenizer),
+                processing_class=tokenizer,
+                compute_metrics=make_compute_metrics(cfg.task),
+                optimizers=(optimizer, None),
+            )
+            train_out = trainer.train()
+            main = str(cfg.task.main_metric)
+            history = evaluations(trainer.state.log_history, main)
+            if not history or history[-1]["step"] != trainer.state.global_step:
+                trainer.evaluate()
+                history = evaluations(trainer.state.log_history, main)
+            eval_splits = list(data.evals)
+            final = history[-1]
+            best = max(history, key=lambda e: e[f"eval_{main}"])
+            record["metrics"] = strip_eval_prefix(final, eval_splits)
+            record["best_metrics"] = {**strip_eval_prefix(best, eval_splits), "step": best["step"], "epoch": best["epoch"]}
+            runtime = float(train_out.metrics["train_runtime"])
+            record["throughput"] = {
+                "train_tokens_per_s": trainer.state.num_input_tokens_seen / runtime if runtime else None,
+                "train_samples_per_s": float(train_out.metrics["train_samples_per_second"]),
+                "train_runtime_s": runtime,
+                "train_steps": trainer.state.global_step,
+            }
+            record["train_loss_curve"] = [[e["step"], e["loss"]] for e in trainer.state.log_history if "loss" in e]
+            record["checkpoint_bytes"] = save_trainable(model, run_dir, bool(cfg.save_checkpoint))
+        record["status"] = "ok"
+    except BaseException as exc:
+        record["status"] = "failed"
+        record["error"] = one_line(exc) if not isinstance(exc, KeyboardInterrupt) else "interrupted"
+        raise
+    finally:
+        record["peak_memory_bytes"] = int(memory.peak)
+        record["peak_memory_source"] = memory.source
+        record["wall_s"] = time.perf_counter() - start
+        write_record(run_dir, record)
+        if wandb_run is not None:
+            wandb_run.finish(record)
+    _check_finite(record)
+    return record
+
+
+def _check_finite(record: dict[str, Any]) -> None:
+    for key, value in (record["metrics"] or {}).items():
+        if isinstance(value, float) and math.isnan(value):
+            log.warning("metric %s is NaN (e.g. a constant prediction for a correlation metric)", key)
