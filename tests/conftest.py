@@ -1,0 +1,61 @@
+"""Shared fixtures: compose the project's real Hydra config, and write small GLUE-layout data sets
+whose labels a tiny model can learn in a few steps."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from lora_repro import CONF_DIR
+
+POSITIVE = ["good", "great", "fine", "superb", "lovely", "wonderful"]
+NEGATIVE = ["bad", "awful", "poor", "dull", "boring", "terrible"]
+FILLER = ["the", "movie", "film", "plot", "was", "really", "quite", "acting", "story", "a"]
+
+
+def compose_cfg(*overrides: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.fixture
+def cfg_factory():
+    return compose_cfg
+
+
+def sentiment_rows(n: int, seed: int) -> list[tuple[str, int]]:
+    """Sentences whose label is whether they contain a positive or a negative word."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        words = rng.sample(FILLER, 5) + [rng.choice(POSITIVE if label else NEGATIVE)]
+        rng.shuffle(words)
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_sst2_dir(root: Path, n_train: int = 256, n_dev: int = 64) -> Path:
+    """A folder in the GLUE SST-2 layout (train.tsv, dev.tsv with a sentence/label header)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name, n, seed in (("train.tsv", n_train, 0), ("dev.tsv", n_dev, 1)):
+        lines = ["sentence\tlabel"] + [f"{s}\t{y}" for s, y in sentiment_rows(n, seed)]
+        (root / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def sst2_dir(tmp_path: Path) -> Path:
+    return write_sst2_dir(tmp_path / "SST-2")
+
+
+# Settings for runs of the tiny model: quick, no wandb, no checkpoint files unless a test asks.
+TINY = [
+    "model=tiny_bert", "task=sst2", "logger.wandb.mode=disabled", "train.batch_size=16",
+    "train.eval_batch_size=64", "train.logging_steps=4", "task.max_length=16", "train.warmup_ratio=0.0",
+]

@@ -1,0 +1,81 @@
+"""Bad config values stop with one clear line before any model or data is loaded."""
+
+import subprocess
+import sys
+
+import pytest
+
+from lora_repro.config import check_group_overrides, validate
+from lora_repro.errors import ConfigError
+
+from .conftest import compose_cfg
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["method=lora", "method.r=0"], "method.r must be > 0, got 0"),
+        (["method=lora", "method.r=-4"], "method.r must be > 0, got -4"),
+        (["method=lora", "method.r=2.5"], "method.r must be a positive integer"),
+        (["method=lora", "method.dropout=1.5"], "method.dropout must be in [0, 1)"),
+        (["method=lora", "method.init=zeros"], "method.init='zeros'; valid: a_random, b_random"),
+        (["method=lora_plus", "method.loraplus_lr_ratio=-1"], "method.loraplus_lr_ratio must be > 0, got -1"),
+        (["method=lora_plus", "method.loraplus_lr_ratio=0"], "method.loraplus_lr_ratio must be > 0, got 0"),
+        (["train.batch_size=0"], "train.batch_size must be a positive integer, got 0"),
+        (["train.lr=-1e-4"], "train.lr must be > 0"),
+        (["train.precision=fp8"], "train.precision='fp8'; valid: fp32, bf16, fp16"),
+        (["train.max_steps=-1", "train.epochs=0"], "train.epochs must be > 0"),
+        (["task.data_dir=/nonexistent/glue/SST-2"], "task.data_dir=/nonexistent/glue/SST-2 does not exist"),
+        (["model.path=/nonexistent/model"], "model.path=/nonexistent/model is not a model folder"),
+        (["logger.wandb.mode=sometimes"], "logger.wandb.mode='sometimes'; valid: online, offline, disabled"),
+        (["model=gpt2_medium", "method=lora"], "GPT-2's fused c_attn"),
+        (["+method.rank=8"], "unexpected keyword argument 'rank'"),
+    ],
+)
+def test_bad_values_raise_one_line(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        validate(compose_cfg(*overrides))
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_data_dir_without_the_split_files(tmp_path):
+    (tmp_path / "train.tsv").write_text("sentence\tlabel\nok\t1\n")
+    with pytest.raises(ConfigError, match="has no dev.tsv"):
+        validate(compose_cfg("task=sst2", f"task.data_dir={tmp_path}"))
+    (tmp_path / "dev.tsv").write_text("")
+    with pytest.raises(ConfigError, match="dev.tsv is empty"):
+        validate(compose_cfg("task=sst2", f"task.data_dir={tmp_path}"))
+
+
+@pytest.mark.parametrize("override,valid", [("method=lorra", "bitfit, full_ft, lora, lora_plus"),
+                                           ("task=sst3", "cola, mnli"), ("model=bert_huge", "deberta_v2_xxlarge")])
+def test_unknown_group_names_list_the_valid_ones(override, valid):
+    with pytest.raises(ConfigError, match="unknown") as info:
+        check_group_overrides([override])
+    assert valid in str(info.value)
+
+
+def test_multirun_values_are_checked_one_by_one():
+    check_group_overrides(["method=lora,bitfit", "seed=1,2"])
+    with pytest.raises(ConfigError, match="unknown method 'lora_pls'"):
+        check_group_overrides(["method=lora,lora_pls"])
+
+
+def test_defaults_are_valid():
+    method = validate(compose_cfg())
+    assert method.name == "lora" and method.r == 8
+
+
+def test_command_line_prints_one_error_line_and_loads_nothing(tmp_path):
+    for args, expected in [
+        (["method.r=0"], "error: method.r must be > 0, got 0"),
+        (["method=nope"], "error: unknown method 'nope'; valid: bitfit, full_ft, lora, lora_plus"),
+    ]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "lora_repro.train", f"output_root={tmp_path}", *args],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert proc.returncode != 0
+        assert proc.stderr.strip().splitlines()[-1] == expected
+        assert not list(tmp_path.rglob("record.json"))

@@ -1,0 +1,78 @@
+"""Parameter counts on the paper's real-size architectures, built from conf/model/*.yaml alone on
+the meta device (no weights, no memory, no network)."""
+
+import pytest
+import torch
+
+from lora_repro.backbone import arch_config, count_parameters, set_trainable
+from lora_repro.config import instantiate_method
+
+from .conftest import compose_cfg
+
+from transformers import AutoModelForSequenceClassification
+
+
+def counts(model_name: str, method_name: str, *overrides: str, task: str = "sst2") -> dict[str, int]:
+    cfg = compose_cfg(f"model={model_name}", f"method={method_name}", f"task={task}", *overrides)
+    method = instantiate_method(cfg.method)
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(arch_config(cfg.model, num_labels=2))
+        model = method.apply(model, cfg.model)
+    assert set_trainable(model, list(cfg.model.head_modules)) > 0
+    return counts_of(model, cfg)
+
+
+def counts_of(model, cfg):
+    return count_parameters(model, list(cfg.model.head_modules))
+
+
+# RoBERTa-base, derived by hand from its config (vocab 50265, 514 positions, d 768, 12 layers, ffn 3072):
+EMBEDDINGS = 50265 * 768 + 514 * 768 + 768 + 2 * 768             # word, position, token type, LayerNorm
+LAYER = 4 * (768 * 768 + 768) + 2 * 768 + (768 * 3072 + 3072) + (3072 * 768 + 768) + 2 * 768
+ROBERTA_BASE = EMBEDDINGS + 12 * LAYER                             # 124,055,040 (no pooler)
+HEAD = (768 * 768 + 768) + (768 * 2 + 2)                          # classifier.dense + out_proj
+
+
+def test_roberta_base_hand_count_matches_architecture():
+    assert ROBERTA_BASE == 124_055_040
+    c = counts("roberta_base", "full_ft")
+    assert c == {"adapted": ROBERTA_BASE, "trainable": ROBERTA_BASE + HEAD, "total": ROBERTA_BASE + HEAD}
+
+
+@pytest.mark.parametrize("model_name,adapted", [("roberta_base", 294_912), ("roberta_large", 786_432)])
+def test_lora_r8_qv_adapts_the_papers_count(model_name, adapted):
+    c = counts(model_name, "lora", "method.r=8")
+    assert c["adapted"] == adapted
+    assert c["total"] - c["adapted"] > 100 * adapted  # the frozen backbone is still there
+
+
+def test_lora_trainable_is_adapter_plus_head_only():
+    c = counts("roberta_base", "lora", "method.r=8")
+    assert c["trainable"] == 294_912 + HEAD
+    assert c["total"] == ROBERTA_BASE + HEAD + 294_912
+
+
+def test_lora_rank_scales_linearly_and_deberta_xxl_r16_gives_4_7M():
+    assert counts("roberta_base", "lora", "method.r=1")["adapted"] == 294_912 // 8
+    # 48 layers x (query_proj, value_proj) x r x (1536 + 1536): the paper's 4.7M row.
+    assert counts("deberta_v2_xxlarge", "lora", "method.r=16")["adapted"] == 48 * 2 * 16 * 3072 == 4_718_592
+
+
+def test_bitfit_adapts_exactly_the_bias_entries():
+    per_layer = 4 * 768 + 768 + 3072 + 768 + 768  # q,k,v,o ; LayerNorm ; ffn in ; ffn out ; LayerNorm
+    expected = 12 * per_layer + 768                 # + embeddings LayerNorm
+    assert expected == 102_144
+    c = counts("roberta_base", "bitfit")
+    assert c["adapted"] == expected
+    assert c["trainable"] == expected + HEAD
+
+
+def test_lora_plus_counts_like_lora():
+    assert counts("roberta_base", "lora_plus", "method.r=8")["adapted"] == 294_912
+
+
+def test_regression_head_has_one_output():
+    cfg = compose_cfg("model=roberta_base", "method=lora", "task=stsb")
+    from lora_repro.backbone import head_kwargs
+
+    assert head_kwargs(cfg.task) == {"num_labels": 1, "problem_type": "regression"}

@@ -1,0 +1,99 @@
+"""End-to-end runs of the real trainer on a tiny BERT and generated data (seconds on a CPU)."""
+
+import json
+import math
+
+import pytest
+
+from lora_repro.config import validate
+from lora_repro.errors import TrainingDiverged
+from lora_repro.record import RECORD_FIELDS
+from lora_repro.trainer import CHECKPOINT_FILE, run
+
+from .conftest import TINY, compose_cfg
+
+
+def train(tmp_path, sst2_dir, *overrides):
+    cfg = compose_cfg(*TINY, f"task.data_dir={sst2_dir}", *overrides)
+    return run(cfg, validate(cfg), tmp_path / "run"), tmp_path / "run"
+
+
+# The tiny backbone is random, so LoRA (frozen random weights) needs more steps than full FT.
+@pytest.mark.parametrize("method,lr,epochs,min_acc", [("full_ft", "3e-3", 6, 0.9), ("lora", "2e-2", 10, 0.8)])
+def test_tiny_run_learns_and_records_every_field(tmp_path, sst2_dir, method, lr, epochs, min_acc):
+    record, run_dir = train(tmp_path, sst2_dir, f"method={method}", f"train.lr={lr}", f"train.epochs={epochs}")
+    on_disk = json.loads((run_dir / "record.json").read_text())
+    assert on_disk == json.loads(json.dumps(record))
+    assert set(RECORD_FIELDS) <= set(on_disk)
+    assert on_disk["status"] == "ok" and on_disk["error"] is None
+    assert (on_disk["task"], on_disk["model"], on_disk["method"], on_disk["seed"]) == ("sst2", "tiny_bert", method, 42)
+
+    losses = [loss for _, loss in on_disk["train_loss_curve"]]
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert on_disk["metrics"]["accuracy"] >= min_acc
+    assert on_disk["best_metrics"]["accuracy"] >= on_disk["metrics"]["accuracy"]
+    assert on_disk["best_metrics"]["epoch"] > 0
+
+    p = on_disk["params"]
+    assert 0 < p["adapted"] < p["trainable"] <= p["total"]
+    assert on_disk["peak_memory_bytes"] > 50 * 2**20
+    assert on_disk["throughput"]["train_tokens_per_s"] > 0 and on_disk["throughput"]["train_samples_per_s"] > 0
+    assert on_disk["wall_s"] > 0
+    assert on_disk["config"]["method"]["name"] == method and on_disk["config"]["train"]["lr"] == float(lr)
+    assert on_disk["checkpoint_bytes"] == (run_dir / CHECKPOINT_FILE).stat().st_size
+    # The checkpoint holds exactly the trainable tensors: 4 bytes each plus the safetensors header.
+    assert 4 * p["trainable"] < on_disk["checkpoint_bytes"] < 4 * p["trainable"] + 64 * 1024
+
+
+def test_lora_checkpoint_is_a_small_fraction_of_full_ft(tmp_path, sst2_dir):
+    lora, _ = train(tmp_path / "a", sst2_dir, "method=lora", "train.max_steps=2")
+    full, _ = train(tmp_path / "b", sst2_dir, "method=full_ft", "train.max_steps=2")
+    assert lora["checkpoint_bytes"] * 50 < full["checkpoint_bytes"]
+    assert lora["params"]["adapted"] == 2 * 2 * 8 * (32 + 32)  # 2 layers x (query, value) x r (d_in + d_out)
+
+
+def test_nan_loss_stops_the_run_and_records_the_step(tmp_path, sst2_dir):
+    with pytest.raises(TrainingDiverged, match=r"training loss is (nan|inf) at step \d+"):
+        train(tmp_path, sst2_dir, "method=full_ft", "train.lr=1e30", "train.max_steps=20")
+    record = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert record["status"] == "failed"
+    assert record["error"].startswith("training loss is") and "at step" in record["error"]
+    assert record["metrics"] is None
+
+
+def test_lora_plus_records_its_parameter_groups(tmp_path, sst2_dir):
+    record, _ = train(tmp_path, sst2_dir, "method=lora_plus", "train.lr=1e-3", "method.loraplus_lr_ratio=8",
+                      "train.max_steps=3")
+    groups = {g["name"]: g for g in record["optimizer_groups"]}
+    assert groups["A_and_other_weights"]["lr"] == pytest.approx(1e-3)
+    assert groups["B_and_1d_no_decay"]["lr"] == pytest.approx(8e-3)
+    assert sum(g["params"] for g in groups.values()) == record["params"]["trainable"]
+
+
+def test_mnli_layout_records_matched_and_mismatched(tmp_path):
+    from .conftest import sentiment_rows
+
+    cols = "index\tpromptID\tpairID\tgenre\ts1b\ts2b\ts1p\ts2p\tsentence1\tsentence2\tlabel1\tgold_label"
+    names = ["entailment", "neutral", "contradiction"]
+    for fname, n, seed in (("train.tsv", 48, 0), ("dev_matched.tsv", 12, 1), ("dev_mismatched.tsv", 12, 2)):
+        rows = [f"{i}\t1\t2\tg\t\t\t\t\t{s}\tthe film\t{names[(i + y) % 3]}\t{names[(i + y) % 3]}"
+                for i, (s, y) in enumerate(sentiment_rows(n, seed))]
+        (tmp_path / fname).write_text(cols + "\n" + "\n".join(rows) + "\n")
+    cfg = compose_cfg(*TINY, "task=mnli", f"task.data_dir={tmp_path}", "train.max_steps=2")
+    record = run(cfg, validate(cfg), tmp_path / "run")
+    assert set(record["metrics"]) == {"matched_accuracy", "mismatched_accuracy"}
+    assert all(0.0 <= v <= 1.0 for v in record["metrics"].values())
+
+
+def test_stsb_regression_records_pearson(tmp_path):
+    from .conftest import sentiment_rows
+
+    header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
+    for fname, n, seed in (("train.tsv", 32, 0), ("dev.tsv", 16, 1)):
+        rows = [f"{i}\tg\tf\t2012\t{i}\ts\ts\t{s}\tthe film\t{4.0 * y + 0.5 * (i % 3)}"
+                for i, (s, y) in enumerate(sentiment_rows(n, seed))]
+        (tmp_path / fname).write_text(header + "\n" + "\n".join(rows) + "\n")
+    cfg = compose_cfg(*TINY, "task=stsb", f"task.data_dir={tmp_path}", "train.max_steps=2")
+    record = run(cfg, validate(cfg), tmp_path / "run")
+    assert set(record["metrics"]) == {"pearson", "spearman"}
+    assert -1.0 <= record["metrics"]["pearson"] <= 1.0 and not math.isnan(record["metrics"]["pearson"])
