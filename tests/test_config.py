@@ -79,3 +79,13 @@ def test_command_line_prints_one_error_line_and_loads_nothing(tmp_path):
         assert proc.returncode != 0
         assert proc.stderr.strip().splitlines()[-1] == expected
         assert not list(tmp_path.rglob("record.json"))
+
+
+def test_paper_experiment_composes_table_9_settings():
+    cfg = compose_cfg("experiment=roberta_base_lora_sst2")
+    method = validate(cfg)
+    assert (cfg.model.name, cfg.task.name, method.name) == ("roberta_base", "sst2", "lora")
+    assert (method.r, method.alpha, method.target_modules) == (8, 8, ["query", "value"])
+    assert (cfg.train.batch_size, cfg.train.epochs, cfg.train.lr, cfg.task.max_length) == (16, 60, 5e-4, 512)
+    # A command-line override still wins over the experiment (the authors' script value).
+    assert compose_cfg("experiment=roberta_base_lora_sst2", "method.alpha=16").method.alpha == 16
