@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from .errors import ConfigError
 
@@ -82,11 +82,33 @@ def build_classifier(model_cfg: Any, task_cfg: Any) -> nn.Module:
     )
 
 
+def build_causal_lm(model_cfg: Any) -> nn.Module:
+    """A language model (the LM head tied to the input embeddings, as GPT-2 ships)."""
+    if model_cfg.init == "random":
+        return AutoModelForCausalLM.from_config(arch_config(model_cfg))
+    return AutoModelForCausalLM.from_pretrained(weights_source(model_cfg), dtype=torch.float32)
+
+
 def load_tokenizer(model_cfg: Any):
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(model_cfg))
     if tokenizer.pad_token is None:  # GPT-2 ships without one
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def find_blocks(model: nn.Module) -> nn.ModuleList:
+    """The transformer blocks: the ModuleList holding config.num_hidden_layers modules."""
+    config = getattr(model, "config", None) or model.get_base_model().config
+    n = config.num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise ConfigError(f"cannot find the {n} transformer blocks of {type(model).__name__}")
+
+
+def hidden_size(model: nn.Module) -> int:
+    config = getattr(model, "config", None) or model.get_base_model().config
+    return int(config.hidden_size)
 
 
 def module_matches(name: str, targets: list[str]) -> bool:

@@ -51,6 +51,10 @@ class Method:
         optimizer = adamw(torch_groups, train_cfg)
         return optimizer, describe_groups(optimizer, [g for g, ps, _ in groups if ps])
 
+    def formula_params(self, d_model: int, n_layers: int, model_cfg: Any = None) -> int | None:
+        """The LoRA paper's Section 5.1 count for this method, or None where it gives no formula."""
+        return None
+
     def hparams(self) -> dict[str, Any]:
         """The method's own settings, for the run record."""
         return {k: v for k, v in asdict(self).items() if k != "name"}
