@@ -1,5 +1,8 @@
-"""LoRA (Hu et al. 2021) through peft: h = W0 x + (alpha / r) * B A x on the target projections,
-W0 frozen. Bias terms stay frozen, as in the paper."""
+"""LoRA (Hu et al. 2021): h = W0 x + (alpha / r) * B A x on the target projections, W0 frozen; bias
+terms stay frozen, as in the paper. Separate projections (BERT, RoBERTa, DeBERTa-v2) go through
+peft. GPT-2's fused q|k|v projection (`c_attn`) gets the paper's own layer, FusedQKVLoRA below:
+peft's LoRA on c_attn would share one A across q, k and v and adapt k too (peft issue #706), which is
+a different model from loralib's MergedLinear that the paper used."""
 
 from __future__ import annotations
 
@@ -7,12 +10,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from ..errors import ConfigError
-from .base import Method, require_positive
+from .base import Method, freeze_all, require_positive
 
 INITS = ("a_random", "b_random")
 
@@ -47,16 +51,9 @@ class LoRA(Method):
         if self.init not in INITS:
             raise ConfigError(f"method.init={self.init!r}; valid: {', '.join(INITS)}")
 
-    def check(self, model_cfg: Any, task_cfg: Any) -> None:
-        if model_cfg.get("fused_qkv"):
-            # peft's LoRA on GPT-2's fused c_attn shares one A across q, k and v (peft issue #706),
-            # which is not the paper's model; the paper's q,v-only layer comes with the E2E issue.
-            raise ConfigError(
-                f"{self.name} on {model_cfg.name}: GPT-2's fused c_attn needs the paper's q,v-only "
-                "LoRA layer, which is not implemented yet"
-            )
-
     def apply(self, model: nn.Module, model_cfg: Any) -> nn.Module:
+        if model_cfg.get("fused_qkv"):
+            return apply_fused_qkv_lora(model, self)
         available = linear_layer_names(model)
         missing = [t for t in self.target_modules if t not in available]
         if missing:
@@ -78,6 +75,13 @@ class LoRA(Method):
         return model
 
 
+    def formula_params(self, d_model: int, n_layers: int, model_cfg: Any = None) -> int:
+        """Section 5.1: 2 x L_LoRA x d_model x r, L_LoRA the number of adapted d x d matrices (a
+        fused c_attn counts its q and v)."""
+        per_layer = len(FusedQKVLoRA.SLICES) if model_cfg is not None and model_cfg.get("fused_qkv") else len(self.target_modules)
+        return 2 * n_layers * per_layer * d_model * self.r
+
+
 def swap_init_to_b_random(model: nn.Module) -> None:
     """LoRA+ Init[2]: A = 0 and B ~ N(0, 1/n), n the layer's output width (the paper's
     sigma_B^2 = Theta(1/n)). peft offers no such option, so we re-initialise after injection."""
@@ -87,3 +91,79 @@ def swap_init_to_b_random(model: nn.Module) -> None:
                 a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
                 nn.init.zeros_(a)
                 nn.init.normal_(b, std=1.0 / math.sqrt(b.shape[0]))
+
+
+class FusedQKVLoRA(nn.Module):
+    """GPT-2's c_attn (a Conv1D mapping d -> [q | k | v], 3d) with LoRA on the q and v slices only,
+    each with its own A (r x d) and B (d x r): loralib's MergedLinear(enable_lora=[True, False, True]).
+    The k slice of the output is exactly the frozen projection's."""
+
+    SLICES = {"q": 0, "v": 2}
+
+    def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float, init: str):
+        super().__init__()
+        self.base_layer = base_layer
+        d_in, d_out = base_layer.weight.shape  # Conv1D stores (in, out)
+        self.width = d_out // 3
+        self.scaling = alpha / r
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        device = base_layer.weight.device
+        self.lora_A = nn.ParameterDict({s: nn.Parameter(torch.empty(r, d_in, device=device)) for s in self.SLICES})
+        self.lora_B = nn.ParameterDict({s: nn.Parameter(torch.empty(self.width, r, device=device)) for s in self.SLICES})
+        for s in self.SLICES:
+            if init == "b_random":
+                nn.init.zeros_(self.lora_A[s])
+                nn.init.normal_(self.lora_B[s], std=1.0 / math.sqrt(self.width))
+            else:
+                nn.init.kaiming_uniform_(self.lora_A[s], a=math.sqrt(5))
+                nn.init.zeros_(self.lora_B[s])
+        self.merged = False
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.dropout(x)
+        parts = [torch.zeros(*x.shape[:-1], self.width, dtype=x.dtype, device=x.device) for _ in range(3)]
+        for s, index in self.SLICES.items():
+            parts[index] = (h @ self.lora_A[s].t().to(x.dtype)) @ self.lora_B[s].t().to(x.dtype) * self.scaling
+        return torch.cat(parts, dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_layer(x)
+        return out if self.merged else out + self.delta(x)
+
+    @torch.no_grad()
+    def merge(self) -> nn.Module:
+        """Fold B A into the frozen weight (no inference latency); returns the plain Conv1D."""
+        for s, index in self.SLICES.items():
+            cols = slice(index * self.width, (index + 1) * self.width)
+            update = (self.lora_B[s] @ self.lora_A[s]).t() * self.scaling  # (d_in, width)
+            self.base_layer.weight[:, cols] += update.to(self.base_layer.weight.dtype)
+        self.merged = True
+        return self.base_layer
+
+
+def apply_fused_qkv_lora(model: nn.Module, method: "LoRA") -> nn.Module:
+    freeze_all(model)
+    targets = set(method.target_modules)
+    replaced = 0
+    for name, module in list(model.named_modules()):
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in targets and type(module).__name__ == "Conv1D":
+            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+            setattr(parent, leaf, FusedQKVLoRA(module, method.r, method.alpha, float(method.dropout), method.init))
+            replaced += 1
+    if not replaced:
+        raise ConfigError(f"no fused qkv projection named {sorted(targets)} in {type(model).__name__}; "
+                          f"its linear layers are: {', '.join(linear_layer_names(model))}")
+    return model
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Merge every LoRA update into its frozen weight (peft's merge_and_unload for peft models)."""
+    if hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    for name, module in list(model.named_modules()):
+        if isinstance(module, FusedQKVLoRA):
+            parent_name, _, leaf = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, leaf, module.merge())
+    return model
