@@ -1,0 +1,129 @@
+"""`python -m lora_repro.params` (`make params`): the "# Trainable Parameters" column of the LoRA
+paper's Tables 2, 3 and 4, recomputed. Each row's architecture is built from its conf/model yaml on
+the meta device (no weights, no network), the method is applied exactly as in training, and the
+parameters it trains outside the task head are counted. GPT-3 175B cannot be instantiated, so its
+rows are computed analytically from its dimensions. Beside each count: the Section 5.1 formula,
+the published figure (analysis/paper/params.csv) and whether they agree at the paper's rounding.
+Writes results/params.csv."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from . import CONF_DIR, PROJECT_ROOT
+from .backbone import arch_config, build_causal_lm, count_parameters, set_trainable
+from .config import instantiate_method
+
+PAPER_PARAMS = PROJECT_ROOT / "analysis" / "paper" / "params.csv"
+GPT3 = {"d_model": 12288, "n_layers": 96, "vocab": 50257, "positions": 2048}
+
+
+def compose_cfg(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def dims(model_cfg: Any) -> tuple[int, int]:
+    arch = model_cfg.arch
+    return int(arch.get("hidden_size", arch.get("n_embd"))), int(arch.get("num_hidden_layers", arch.get("n_layer")))
+
+
+def count_instantiated(cfg: Any, table: int) -> int:
+    """Build the architecture on the meta device, apply the method, count its own parameters.
+    Table 2 rows are sequence classifiers (head excluded); Table 3 rows are GPT-2 language models."""
+    from transformers import AutoModelForSequenceClassification
+
+    method = instantiate_method(cfg.method)
+    with torch.device("meta"):
+        if table == 3:
+            model = method.apply(build_causal_lm(cfg.model), cfg.model)
+            return count_parameters(model, [])["trainable"]
+        model = AutoModelForSequenceClassification.from_config(arch_config(cfg.model, num_labels=2))
+        model = method.apply(model, cfg.model)
+    head = list(cfg.model.head_modules)
+    set_trainable(model, head)
+    return count_parameters(model, head)["adapted"]
+
+
+def gpt3_count(method_name: str, method: Any, model_cfg: Any) -> int:
+    """GPT-3 175B analytically: 12 L d^2 + 13 L d weights and biases per block stack, token and
+    position embeddings, a final LayerNorm; BitFit trains 11 d biases per block + the final LN's."""
+    d, L, V, P = GPT3["d_model"], GPT3["n_layers"], GPT3["vocab"], GPT3["positions"]
+    if method_name == "full_ft":
+        return 12 * L * d * d + 13 * L * d + (V + P) * d + 2 * d
+    if method_name == "bitfit":
+        return 11 * d * L + d
+    return method.formula_params(d, L, model_cfg)
+
+
+def published_millions(text: str) -> tuple[float, int]:
+    number = text.strip().rstrip("M").replace(",", "")
+    decimals = len(number.split(".")[1]) if "." in number else 0
+    return float(number), decimals
+
+
+def build_rows(paper: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for r in paper.itertuples(index=False):
+        overrides = str(r.overrides).split() if isinstance(r.overrides, str) else []
+        model_for_cfg = "gpt2_medium" if r.model == "gpt3_175b" else r.model
+        cfg = compose_cfg([f"model={model_for_cfg}", "model.init=random", f"method={r.method}", "task=sst2", *overrides])
+        method = instantiate_method(cfg.method)
+        if r.model == "gpt3_175b":
+            # GPT-3 is GPT-2's architecture scaled up (fused q|k|v), so GPT-2's model config stands in.
+            counted = gpt3_count(r.method, method, cfg.model)
+            formula = method.formula_params(GPT3["d_model"], GPT3["n_layers"], cfg.model)
+            how = "analytic"
+        else:
+            counted = count_instantiated(cfg, int(r.table))
+            formula = method.formula_params(*dims(cfg.model), cfg.model)
+            how = "instantiated"
+        value, decimals = published_millions(r.published)
+        rows.append({
+            "table": int(r.table), "row": r.row, "model": r.model, "method": r.method,
+            "settings": " ".join(overrides), "counted": counted, "counted_how": how,
+            "formula": formula, "published": r.published,
+            "agrees": round(counted / 1e6, decimals) == value,
+            "formula_agrees": None if formula is None else formula == counted,
+            "note": r.note if isinstance(r.note, str) else "",
+        })
+    return pd.DataFrame(rows)
+
+
+def render(df: pd.DataFrame) -> str:
+    lines = [f"{'T':>1} {'row':<22} {'settings':<40} {'counted':>15} {'formula':>15} {'published':>10} agree"]
+    for r in df.itertuples(index=False):
+        formula = "-" if r.formula is None or pd.isna(r.formula) else f"{int(r.formula):,}"
+        lines.append(f"{r.table:>1} {r.row:<22} {r.settings:<40} {r.counted:>15,} {formula:>15} "
+                     f"{r.published:>10} {'yes' if r.agrees else 'NO'}")
+    disagree = df[~df.agrees]
+    if len(disagree):
+        lines.append("\nRows where the published figure differs from the count:")
+        lines += [f"  T{r.table} {r.row}: {r.note}" for r in disagree.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="results/params.csv")
+    args = parser.parse_args(argv)
+    df = build_rows(pd.read_csv(PAPER_PARAMS, dtype={"published": str}))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out, index=False)
+    print(render(df))
+    print(f"\n{int(df.agrees.sum())}/{len(df)} rows agree at the paper's rounding; written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
