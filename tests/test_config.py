@@ -28,7 +28,12 @@ from .conftest import compose_cfg
         (["task.data_dir=/nonexistent/glue/SST-2"], "task.data_dir=/nonexistent/glue/SST-2 does not exist"),
         (["model.path=/nonexistent/model"], "model.path=/nonexistent/model is not a model folder"),
         (["logger.wandb.mode=sometimes"], "logger.wandb.mode='sometimes'; valid: online, offline, disabled"),
-        (["model=gpt2_medium", "method=lora"], "GPT-2's fused c_attn"),
+        (["model=gpt2_medium", "method=prefix_layer"], "prefix_layer on decoder gpt2_medium supports language-modelling tasks only"),
+        (["method=prefix_embed", "method.n_prefix=500", "task.max_length=64"], "64 + 500 prefix + 0 infix tokens = 564 exceeds minilm_l6's 512 positions"),
+        (["method=prefix_embed", "method.n_prefix=-1"], "method.n_prefix must be an integer >= 0, got -1"),
+        (["method=adapter_p", "method.r=0"], "method.r must be > 0, got 0"),
+        (["method=adapter_d", "method.drop_lowest=6"], "method.drop_lowest=6 removes every adapter (minilm_l6 has 6 blocks)"),
+        (["method=ft_top2", "method.top_k=0"], "method.top_k must be a positive integer, got 0"),
         (["+method.rank=8"], "unexpected keyword argument 'rank'"),
     ],
 )
@@ -48,7 +53,7 @@ def test_data_dir_without_the_split_files(tmp_path):
         validate(compose_cfg("task=sst2", f"task.data_dir={tmp_path}"))
 
 
-@pytest.mark.parametrize("override,valid", [("method=lorra", "bitfit, full_ft, lora, lora_plus"),
+@pytest.mark.parametrize("override,valid", [("method=lorra", "adapter_p, bitfit, ft_top2, full_ft, lora, lora_plus, prefix_embed, prefix_layer"),
                                            ("task=sst3", "cola, mnli"), ("model=bert_huge", "deberta_v2_xxlarge")])
 def test_unknown_group_names_list_the_valid_ones(override, valid):
     with pytest.raises(ConfigError, match="unknown") as info:
@@ -70,7 +75,7 @@ def test_defaults_are_valid():
 def test_command_line_prints_one_error_line_and_loads_nothing(tmp_path):
     for args, expected in [
         (["method.r=0"], "error: method.r must be > 0, got 0"),
-        (["method=nope"], "error: unknown method 'nope'; valid: bitfit, full_ft, lora, lora_plus"),
+        (["method=nope"], "error: unknown method 'nope'; valid: adapter_d, adapter_h, adapter_l, adapter_p, bitfit, ft_top2, full_ft, lora, lora_plus, prefix_embed, prefix_layer"),
     ]:
         proc = subprocess.run(
             [sys.executable, "-m", "lora_repro.train", f"output_root={tmp_path}", *args],

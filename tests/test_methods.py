@@ -1,58 +1,193 @@
-"""Each method trains only its own parameters, through the same Method interface the trainer uses."""
+"""Every method trains only its own parameters, on encoders and on GPT-2 language models, through
+the same Method interface the trainer uses."""
 
 import pytest
 import torch
 
-from lora_repro.backbone import build_classifier, set_trainable
-from lora_repro.config import instantiate_method
+from lora_repro.backbone import build_causal_lm, build_classifier, set_trainable
+from lora_repro.config import instantiate_method, validate
 
 from .conftest import TINY, compose_cfg
 
+ALL_METHODS = ["full_ft", "bitfit", "lora", "lora_plus", "adapter_h", "adapter_l", "adapter_p", "adapter_d",
+               "ft_top2", "prefix_embed", "prefix_layer"]
+# Small versions of the paper's architectures, built from their own yaml with shrunk dimensions.
+TINY_GPT2 = ["model=gpt2_medium", "model.init=random", "model.arch.n_embd=32", "model.arch.n_layer=2",
+             "model.arch.n_head=2", "model.arch.vocab_size=500", "model.arch.n_positions=64"]
+TINY_DEBERTA = ["model=deberta_v2_xxlarge", "model.init=random", "model.arch.hidden_size=32",
+                "model.arch.num_hidden_layers=2", "model.arch.num_attention_heads=2",
+                "model.arch.intermediate_size=64", "model.arch.vocab_size=500", "model.arch.position_buckets=16"]
+SMALL = {"adapter_d": ["method.drop_lowest=1"], "ft_top2": ["method.top_k=1"]}
 
-def tiny_setup(method_name: str, *overrides: str):
+
+def method_setup(method_name: str, *overrides: str, lm: bool = False):
     torch.manual_seed(0)
-    cfg = compose_cfg(*TINY, f"method={method_name}", *overrides)
-    method = instantiate_method(cfg.method)
-    model = method.apply(build_classifier(cfg.model, cfg.task), cfg.model)
-    set_trainable(model, list(cfg.model.head_modules))
+    cfg = compose_cfg(*TINY, f"method={method_name}", *SMALL.get(method_name, []), *overrides)
+    method = validate(cfg) if not lm else instantiate_method(cfg.method)
+    backbone = build_causal_lm(cfg.model) if lm else build_classifier(cfg.model, cfg.task)
+    model = method.apply(backbone, cfg.model)
+    if not lm:
+        set_trainable(model, list(cfg.model.head_modules))
     return cfg, method, model
 
 
-def batch(n: int = 16, length: int = 12):
+def classification_batch(n: int = 16, length: int = 12, vocab=(1000, 2000)):
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(1000, 2000, (n, length), generator=g)
-    labels = (ids[:, 3] % 2).long()  # learnable from one token
+    ids = torch.randint(*vocab, (n, length), generator=g)
+    mask = torch.ones_like(ids)
+    mask[::3, length - 3:] = 0  # some right padding
+    return {"input_ids": ids, "attention_mask": mask, "labels": (ids[:, 3] % 2).long()}
+
+
+def lm_batch(n: int = 8, length: int = 12):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 500, (n, length), generator=g)
+    labels = ids.clone()
+    labels[:, :5] = -100  # a prompt of 5 tokens, loss on the rest (as for E2E)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 
-@pytest.mark.parametrize("method_name", ["full_ft", "bitfit", "lora", "lora_plus"])
-def test_only_the_methods_parameters_change(method_name):
-    cfg, method, model = tiny_setup(method_name, "train.lr=1e-2")
+def train_steps(model, method, cfg, inputs, steps=8):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer, _ = method.create_optimizer(model, cfg.train)
-    inputs = batch()
     model.train()
     losses = []
-    for _ in range(8):
+    for _ in range(steps):
         loss = model(**inputs).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         losses.append(loss.item())
-    assert losses[-1] < losses[0]
     changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    return losses, changed, trainable
+
+
+def is_head(name: str) -> bool:
+    return ".pooler." in name or "classifier" in name
+
+
+OWN = {  # what each method may train besides the head
+    "full_ft": lambda n: True,
+    "bitfit": lambda n: n.endswith(".bias"),
+    "lora": lambda n: "lora_" in n,
+    "lora_plus": lambda n: "lora_" in n,
+    "adapter_h": lambda n: ".adapter." in n,
+    "adapter_l": lambda n: ".adapter." in n,
+    "adapter_p": lambda n: ".adapter." in n,
+    "adapter_d": lambda n: ".adapter." in n,
+    "ft_top2": lambda n: ".layer.1." in n or ".h.1." in n,
+    "prefix_embed": lambda n: n == "virtual",
+    "prefix_layer": lambda n: n == "virtual",
+}
+
+
+@pytest.mark.parametrize("method_name", ALL_METHODS)
+def test_encoder_classifier_trains_only_the_methods_parameters(method_name):
+    cfg, method, model = method_setup(method_name, "train.lr=1e-2")
+    losses, changed, trainable = train_steps(model, method, cfg, classification_batch())
+    assert losses[-1] < losses[0], losses
     assert changed and changed <= trainable  # frozen weights are bit-identical
-    if method_name == "bitfit":
-        assert all(n.endswith(".bias") or ".pooler." in n or "classifier" in n for n in trainable)
-    if method_name.startswith("lora"):
-        backbone = {n for n in trainable if "lora_" not in n}
-        assert all(".pooler." in n or "classifier" in n for n in backbone)
-        assert any("lora_A" in n for n in changed) and any("lora_B" in n for n in changed)
+    assert all(OWN[method_name](n) or is_head(n) for n in trainable)
+    assert any(OWN[method_name](n) and not is_head(n) for n in changed)
+
+
+@pytest.mark.parametrize("method_name", ALL_METHODS)
+def test_gpt2_language_model_trains_only_the_methods_parameters(method_name):
+    cfg, method, model = method_setup(method_name, *TINY_GPT2, "train.lr=1e-2", lm=True)
+    losses, changed, trainable = train_steps(model, method, cfg, lm_batch())
+    assert losses[-1] < losses[0], losses
+    assert changed and changed <= trainable
+    assert all(OWN[method_name](n) for n in trainable)
+
+
+@pytest.mark.parametrize("method_name", ["adapter_h", "adapter_l", "adapter_p", "adapter_d", "lora"])
+def test_methods_start_as_the_pretrained_function(method_name):
+    torch.manual_seed(0)
+    cfg = compose_cfg(*TINY, f"method={method_name}", *SMALL.get(method_name, []))
+    model = build_classifier(cfg.model, cfg.task).eval()
+    inputs = {k: v for k, v in classification_batch().items() if k != "labels"}
+    with torch.no_grad():
+        expected = model(**inputs).logits
+        adapted = instantiate_method(cfg.method).apply(model, cfg.model).eval()
+        torch.testing.assert_close(adapted(**inputs).logits, expected)
+
+
+@pytest.mark.parametrize("method_name", ["prefix_embed", "prefix_layer"])
+@pytest.mark.parametrize("arch", [[], TINY_DEBERTA], ids=["bert", "deberta_v2"])
+def test_prefix_methods_change_the_output_and_learn(method_name, arch):
+    cfg, method, model = method_setup(method_name, *arch, "method.n_prefix=3", "method.n_infix=2", "train.lr=5e-2")
+    inputs = classification_batch(vocab=(100, 400))
+    model.eval()
+    with torch.no_grad():
+        before = model(**inputs).logits
+        model.virtual.add_(torch.randn_like(model.virtual))
+        # The prefix reaches the head: were it ignored, the logits would be bit-identical.
+        assert (model(**inputs).logits - before).abs().max() > 0
+    losses, changed, _ = train_steps(model, method, cfg, inputs, steps=10)
+    assert changed == {"virtual"} | {n for n in changed if is_head(n)}
+    assert losses[-1] < losses[0]
+
+
+def test_virtual_token_layout():
+    from lora_repro.methods.prefix import virtual_layout
+
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    # Encoder: prefix (-1, -2) after the first token, infix (-3) after the last real token.
+    layout = virtual_layout(mask, None, n_prefix=2, n_infix=1, lead=1)
+    assert layout.tolist() == [[0, -1, -2, 1, 2, 3, -3], [0, -1, -2, 1, -3, 2, 3]]
+    # Causal LM: prefix first, infix right before the first supervised token.
+    labels = torch.tensor([[-100, -100, 7, 8], [-100, 5, -100, -100]])
+    layout = virtual_layout(mask, labels, n_prefix=1, n_infix=1, lead=0)
+    assert layout.tolist() == [[-1, 0, 1, -2, 2, 3], [-1, 0, -2, 1, 2, 3]]
+    with pytest.raises(ValueError, match="right-padded"):
+        virtual_layout(torch.tensor([[0, 1, 1]]), None, 1, 0, 0)
+
+
+def test_gpt2_lora_adapts_q_and_v_only_and_merges_exactly():
+    from lora_repro.methods.lora import FusedQKVLoRA, merge_lora
+
+    cfg, method, model = method_setup("lora", *TINY_GPT2, "method.r=4", "method.dropout=0.0", lm=True)
+    layers = [m for m in model.modules() if isinstance(m, FusedQKVLoRA)]
+    assert len(layers) == 2
+    for layer in layers:  # make B non-zero so the update is visible
+        for b in layer.lora_B.values():
+            torch.nn.init.normal_(b)
+    x = torch.randn(3, 5, 32)
+    layer = layers[0]
+    with torch.no_grad():
+        out, frozen = layer(x), layer.base_layer(x)
+    q, k, v = out.split(32, dim=-1)
+    fq, fk, fv = frozen.split(32, dim=-1)
+    assert torch.equal(k, fk)  # the k slice is untouched
+    assert not torch.allclose(q, fq) and not torch.allclose(v, fv)
+    # 2 layers x (q, v) x (A: r x d + B: d x r)
+    assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) == 2 * 2 * 2 * 4 * 32
+    ids = lm_batch()["input_ids"]
+    model.eval()
+    with torch.no_grad():
+        unmerged = model(input_ids=ids).logits
+        merged_model = merge_lora(model)
+        assert not any(isinstance(m, FusedQKVLoRA) for m in merged_model.modules())
+        torch.testing.assert_close(merged_model(input_ids=ids).logits, unmerged, atol=1e-5, rtol=1e-5)
+
+
+def test_peft_lora_merge_gives_the_same_logits():
+    from lora_repro.methods.lora import merge_lora
+
+    cfg, method, model = method_setup("lora", "method.dropout=0.0")
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.1)
+    inputs = {k: v for k, v in classification_batch().items() if k != "labels"}
+    model.eval()
+    with torch.no_grad():
+        unmerged = model(**inputs).logits
+        torch.testing.assert_close(merge_lora(model)(**inputs).logits, unmerged, atol=1e-5, rtol=1e-5)
 
 
 def test_lora_plus_gives_B_ratio_times_the_lr_of_A():
-    cfg, method, model = tiny_setup("lora_plus", "train.lr=1e-3", "method.loraplus_lr_ratio=16")
+    cfg, method, model = method_setup("lora_plus", "train.lr=1e-3", "method.loraplus_lr_ratio=16")
     optimizer, _ = method.create_optimizer(model, cfg.train)
     lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     named = dict(model.named_parameters())
@@ -64,16 +199,28 @@ def test_lora_plus_gives_B_ratio_times_the_lr_of_A():
     assert set(lr_of) == {id(p) for p in named.values() if p.requires_grad}
 
 
+def test_lora_plus_on_gpt2_groups_the_fused_layers_factors():
+    cfg, method, model = method_setup("lora_plus", *TINY_GPT2, "train.lr=1e-3", "method.loraplus_lr_ratio=4", lm=True)
+    optimizer, _ = method.create_optimizer(model, cfg.train)
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            assert lr_of[id(p)] == pytest.approx(4e-3), n
+        elif "lora_A" in n:
+            assert lr_of[id(p)] == pytest.approx(1e-3), n
+
+
 def test_lora_plus_weight_decay_reaches_the_optimizer():
-    cfg, method, model = tiny_setup("lora_plus", "train.weight_decay=0.1")
+    cfg, method, model = method_setup("lora_plus", "train.weight_decay=0.1")
     optimizer, groups = method.create_optimizer(model, cfg.train)
     decays = {g.name: g.weight_decay for g in groups}
     assert decays["A_and_other_weights"] == 0.1 and decays["B_and_1d_no_decay"] == 0.0
 
 
 @pytest.mark.parametrize("init,zero,random", [("a_random", "lora_B", "lora_A"), ("b_random", "lora_A", "lora_B")])
-def test_lora_init_choice(init, zero, random):
-    _, _, model = tiny_setup("lora", f"method.init={init}")
+@pytest.mark.parametrize("arch", [[], TINY_GPT2], ids=["peft", "fused_gpt2"])
+def test_lora_init_choice(init, zero, random, arch):
+    _, _, model = method_setup("lora", *arch, f"method.init={init}", lm=bool(arch))
     for n, p in model.named_parameters():
         if zero in n:
             assert torch.count_nonzero(p) == 0, n
@@ -81,22 +228,8 @@ def test_lora_init_choice(init, zero, random):
             assert p.abs().sum() > 0, n
 
 
-def test_lora_starts_as_the_pretrained_function_under_both_inits():
-    for init in ("a_random", "b_random"):
-        torch.manual_seed(0)
-        cfg = compose_cfg(*TINY, "method=lora", f"method.init={init}", "method.dropout=0.0")
-        base = build_classifier(cfg.model, cfg.task).eval()
-        inputs = {k: v for k, v in batch().items() if k != "labels"}
-        with torch.no_grad():
-            expected = base(**inputs).logits
-            method = instantiate_method(cfg.method)
-            wrapped = method.apply(base, cfg.model).eval()
-            got = wrapped(**inputs).logits
-        torch.testing.assert_close(got, expected)
-
-
 def test_lora_names_the_models_linear_layers_when_a_target_is_missing():
     from lora_repro.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"\['q_proj'\] not found in tiny_bert; its linear layers are: .*query"):
-        tiny_setup("lora", "method.target_modules=[q_proj,value]")
+        method_setup("lora", "method.target_modules=[q_proj,value]")

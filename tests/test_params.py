@@ -76,3 +76,25 @@ def test_regression_head_has_one_output():
     from lora_repro.backbone import head_kwargs
 
     assert head_kwargs(cfg.task) == {"num_labels": 1, "problem_type": "regression"}
+
+
+def test_params_table_counts_equal_the_section_5_1_formula_for_every_row(tmp_path):
+    from lora_repro.params import PAPER_PARAMS, build_rows
+    import pandas as pd
+
+    df = build_rows(pd.read_csv(PAPER_PARAMS, dtype={"published": str})).set_index("row", append=True)
+    with_formula = df[df.formula.notna()]
+    assert len(with_formula) >= 25
+    assert (with_formula.counted == with_formula.formula).all(), with_formula[with_formula.counted != with_formula.formula]
+    by = {(r.row, r.settings): r.counted for r in df.reset_index().itertuples()}
+    assert by[("RoB_large (Adpt^P)†", "method.r=16")] == 811_392
+    assert by[("RoB_large (Adpt^H)†", "method.r=8")] == 835_968
+    assert by[("GPT-2 M (PreLayer)*", "method.n_prefix=10 method.n_infix=4")] == 24 * 1024 * (10 + 4)
+    assert by[("GPT-2 M (LoRA)", "method.r=4 method.alpha=32")] == 2 * 48 * 1024 * 4  # q,v in 24 blocks
+    assert by[("GPT-2 M (FT^Top2)*", "")] == 2 * (12 * 1024**2 + 13 * 1024)
+    assert by[("GPT-3 (PreEmbed)", "method.n_prefix=256 method.n_infix=8")] == 3_244_032
+    assert by[("GPT-3 (LoRA)", "method.r=8")] == 37_748_736
+    # Rows the paper prints inconsistently are flagged, not forced to agree.
+    flagged = set(df.reset_index().loc[lambda d: ~d.agrees, "row"])
+    assert {"GPT-2 M (LoRA)", "GPT-3 (PreLayer)", "RoB_large (Adpt^H)†"} <= flagged
+    assert "RoB_base (LoRA)" not in flagged and "DeB_XXL (LoRA)" not in flagged

@@ -97,3 +97,12 @@ def test_stsb_regression_records_pearson(tmp_path):
     record = run(cfg, validate(cfg), tmp_path / "run")
     assert set(record["metrics"]) == {"pearson", "spearman"}
     assert -1.0 <= record["metrics"]["pearson"] <= 1.0 and not math.isnan(record["metrics"]["pearson"])
+
+
+@pytest.mark.parametrize("method", ["adapter_h", "prefix_layer", "ft_top2"])
+def test_every_method_family_runs_through_the_trainer(tmp_path, sst2_dir, method):
+    record, _ = train(tmp_path, sst2_dir, f"method={method}", "train.lr=1e-2", "train.max_steps=6")
+    assert record["status"] == "ok"
+    assert 0 < record["params"]["adapted"] < record["params"]["trainable"]
+    losses = [loss for _, loss in record["train_loss_curve"]]
+    assert all(math.isfinite(x) for x in losses)
