@@ -17,6 +17,9 @@ TINY_GPT2 = ["model=gpt2_medium", "model.init=random", "model.arch.n_embd=32", "
 TINY_DEBERTA = ["model=deberta_v2_xxlarge", "model.init=random", "model.arch.hidden_size=32",
                 "model.arch.num_hidden_layers=2", "model.arch.num_attention_heads=2",
                 "model.arch.intermediate_size=64", "model.arch.vocab_size=500", "model.arch.position_buckets=16"]
+TINY_ROBERTA = ["model=roberta_base", "model.init=random", "model.arch.hidden_size=32", "model.arch.num_hidden_layers=2",
+                "model.arch.num_attention_heads=2", "model.arch.intermediate_size=64", "model.arch.vocab_size=500",
+                "model.arch.max_position_embeddings=66"]
 SMALL = {"adapter_d": ["method.drop_lowest=1"], "ft_top2": ["method.top_k=1"]}
 
 
@@ -114,7 +117,7 @@ def test_methods_start_as_the_pretrained_function(method_name):
 
 
 @pytest.mark.parametrize("method_name", ["prefix_embed", "prefix_layer"])
-@pytest.mark.parametrize("arch", [[], TINY_DEBERTA], ids=["bert", "deberta_v2"])
+@pytest.mark.parametrize("arch", [[], TINY_ROBERTA, TINY_DEBERTA], ids=["bert", "roberta", "deberta_v2"])
 def test_prefix_methods_change_the_output_and_learn(method_name, arch):
     cfg, method, model = method_setup(method_name, *arch, "method.n_prefix=3", "method.n_infix=2", "train.lr=5e-2")
     inputs = classification_batch(vocab=(100, 400))
