@@ -1,13 +1,16 @@
 """Hydra entry point: `python -m lora_repro.train model=roberta_base method=lora task=sst2 [...]`.
 
-Add `-m` (Hydra multirun) to sweep, e.g. `-m method=full_ft,bitfit,lora seed=1,2,3`. In a
-multirun a failed job is recorded (status "failed") and the sweep goes on; a single run exits 1."""
+Add `-m` (Hydra multirun) to sweep, e.g. `-m method=full_ft,bitfit,lora seed=1,2,3`. Each (config,
+seed) has one folder: a finished one is skipped (overwrite=true re-runs it), an interrupted one
+resumes from its last checkpoint (resume=false starts over). In a multirun a failed job is recorded
+(status "failed") and the sweep goes on; a single run exits 1."""
 
 from __future__ import annotations
 
 import logging
 import sys
 import warnings
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -17,31 +20,53 @@ from omegaconf import DictConfig
 from . import CONF_DIR
 from .config import check_group_overrides, validate
 from .errors import ConfigError, one_line
+from .rundir import RunDirLock, check_writable, existing_record, register_resolvers
 
 log = logging.getLogger("lora_repro")
+register_resolvers()
+
+
+def fail(message: str) -> None:
+    """One line to stderr; in a multirun the sweep goes on, a single run exits non-zero."""
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        log.error(message)
+        return None
+    sys.exit(message)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _main(cfg: DictConfig) -> float | None:
-    from .trainer import run  # heavy imports after the cheap checks
+    from .trainer import is_main_process, run  # heavy imports after the cheap checks
 
     try:
         method = validate(cfg)
     except ConfigError as exc:
         sys.exit(f"error: {exc}")
-    run_dir = HydraConfig.get().runtime.output_dir
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    done = existing_record(run_dir)
+    if done and done.get("status") == "ok" and not cfg.overwrite:
+        log.info("already done (status ok), skipping: %s  [overwrite=true re-runs it]", run_dir)
+        return (done.get("metrics") or {}).get(cfg.task.main_metric)
     try:
-        record = run(cfg, method, run_dir)
+        if is_main_process():
+            with RunDirLock(run_dir):
+                record = run(cfg, method, run_dir)
+        else:
+            record = run(cfg, method, run_dir)
     except Exception as exc:
-        message = f"error: {one_line(exc)} (recorded in {run_dir}/record.json)"
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            log.error(message)
-            return None
-        sys.exit(message)
+        return fail(f"error: {one_line(exc)} (recorded in {run_dir}/record.json)"
+                    if (run_dir / "record.json").is_file() else f"error: {one_line(exc)}")
     main = record["metrics"].get(cfg.task.main_metric)
     log.info("%s %s %s seed=%s: %s=%.4f -> %s", cfg.task.name, cfg.model.name, cfg.method.name, cfg.seed,
              cfg.task.main_metric, main, run_dir)
     return main
+
+
+def output_root_override(argv: list[str]) -> str:
+    for item in argv:
+        if item.startswith("output_root="):
+            return item.split("=", 1)[1]
+    return "outputs"
 
 
 def main() -> None:
@@ -51,6 +76,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     try:
         check_group_overrides(sys.argv[1:])
+        check_writable(output_root_override(sys.argv[1:]))
     except ConfigError as exc:
         sys.exit(f"error: {exc}")
     _main()

@@ -1,0 +1,98 @@
+"""Run directories that never mix results: one folder per (config, seed), named by a hash of the
+resolved config, so a re-run of the same config finds its own folder (skip if done, resume if not),
+two different configs never share one, and a lock keeps two live jobs out of the same folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from .errors import ConfigError
+from .record import RECORD_NAME
+
+# The parts of the config that decide a run's result (the seed is named separately in the folder).
+HASHED_KEYS = ("model", "method", "task", "train")
+LOCK_NAME = ".lock"
+
+
+def config_hash(cfg: Any) -> str:
+    """8 hex digits of sha256 over the resolved model/method/task/train config."""
+    container = OmegaConf.to_container(cfg, resolve=False)
+    container.pop("hydra", None)  # Hydra's own node refers back to this hash
+    resolved = OmegaConf.to_container(OmegaConf.create(container), resolve=True)
+    payload = json.dumps({k: resolved.get(k) for k in HASHED_KEYS}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:8]
+
+
+def register_resolvers() -> None:
+    """`${cfg_hash:}` in conf/hydra/default.yaml names each run's folder."""
+    if not OmegaConf.has_resolver("cfg_hash"):
+        OmegaConf.register_new_resolver("cfg_hash", lambda *, _root_: config_hash(_root_))
+
+
+def existing_record(run_dir: Path) -> dict | None:
+    path = run_dir / RECORD_NAME
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"status": "unreadable"}
+
+
+def check_writable(output_root: str) -> None:
+    """Fail before Hydra makes folders, naming the path, when runs could not be written."""
+    path = Path(output_root).expanduser().absolute()
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_root={output_root} is not writable ({probe} does not accept new files)")
+
+
+class RunDirLock:
+    """An exclusive lock file in the run folder (O_EXCL create). A lock left by a process that no
+    longer runs on this host is taken over; a live one is an error naming its pid."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_NAME
+
+    def _holder_alive(self) -> tuple[bool, str]:
+        try:
+            host, pid = self.path.read_text().split()
+        except (OSError, ValueError):
+            return False, "?"
+        if host != socket.gethostname():
+            return True, f"{pid} on {host}"
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False, pid
+        except PermissionError:
+            pass
+        return True, pid
+
+    def __enter__(self) -> "RunDirLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                alive, who = self._holder_alive()
+                if alive:
+                    raise ConfigError(f"run folder {self.path.parent} is in use by process {who}") from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(f"{socket.gethostname()} {os.getpid()}\n")
+            return self
+        raise ConfigError(f"could not lock run folder {self.path.parent}")
+
+    def __exit__(self, *exc: Any) -> None:
+        self.path.unlink(missing_ok=True)
