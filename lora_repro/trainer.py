@@ -5,21 +5,25 @@ name, so a new method is one module plus one yaml file."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
+import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import save_file
-from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+from safetensors.torch import load_file, save_file
+from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
 
 from .backbone import build_classifier, count_parameters, load_tokenizer, set_trainable
 from .data import TaskData, load_task
-from .errors import ConfigError, TrainingDiverged, one_line
+from .errors import ConfigError, DataError, TrainingDiverged, one_line
 from .methods import Method
 from .metrics import make_compute_metrics
 from .record import PeakMemory, git_commit, write_record
@@ -27,11 +31,45 @@ from .record import PeakMemory, git_commit, write_record
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint/trainable.safetensors"
+TRAINABLE_FILE = "trainable.safetensors"
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What restores a fine-tuned model on top of its pretrained backbone: every trainable tensor
+    (the whole model for full FT; adapter + task head for the others)."""
+    return {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over names and bytes: equal digests mean bit-identical weights (determinism, DDP ranks)."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].float().numpy().tobytes())
+    return digest.hexdigest()
 
 
 class RunTrainer(Trainer):
-    """transformers.Trainer that stops at the first non-finite training loss, naming the step,
-    instead of training on garbage for hours."""
+    """transformers.Trainer that (1) stops at the first non-finite training loss, naming the step,
+    instead of training on garbage for hours, and (2) checkpoints exactly the trainable tensors, for
+    every method alike (peft's own save would drop the task head, which we train outside
+    `modules_to_save`; optimizer, scheduler, RNG and data position are the Trainer's)."""
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        output_dir = output_dir or self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        save_file(trainable_state(self.model), os.path.join(output_dir, TRAINABLE_FILE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        model = model if model is not None else self.model
+        path = os.path.join(resume_from_checkpoint, TRAINABLE_FILE)
+        if not os.path.isfile(path):
+            raise DataError(f"checkpoint {resume_from_checkpoint} has no {TRAINABLE_FILE}")
+        state = load_file(path)
+        expected = set(trainable_state(model))
+        if set(state) != expected:
+            raise DataError(f"checkpoint {resume_from_checkpoint} does not match this config's trainable parameters")
+        model.load_state_dict(state, strict=False)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
@@ -39,6 +77,20 @@ class RunTrainer(Trainer):
         if model.training and not torch.isfinite(loss.detach()).all():
             raise TrainingDiverged(f"training loss is {loss.detach().float().item()} at step {self.state.global_step + 1}")
         return result
+
+
+class KillAtStep(TrainerCallback):
+    """Fault injection for the resume tests: with LORA_REPRO_KILL_AT_STEP=N in the environment the
+    process SIGKILLs itself after optimizer step N, as a pre-empted cluster job would die."""
+
+    ENV = "LORA_REPRO_KILL_AT_STEP"
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def tokenize(data: TaskData, tokenizer: Any, task_cfg: Any) -> TaskData:
@@ -60,6 +112,9 @@ def training_arguments(cfg: DictConfig, run_dir: Path, report_to: list[str]) -> 
     train = cfg.train
     warmup = int(train.warmup_steps) if train.warmup_steps else float(train.warmup_ratio)
     by_steps = train.eval_every != "epoch"
+    every = train.checkpoint_every
+    save = {"save_strategy": "no"} if not every else (
+        {"save_strategy": "epoch"} if every == "epoch" else {"save_strategy": "steps", "save_steps": int(every)})
     return TrainingArguments(
         output_dir=str(run_dir / "trainer"),
         per_device_train_batch_size=int(train.batch_size),
@@ -76,7 +131,8 @@ def training_arguments(cfg: DictConfig, run_dir: Path, report_to: list[str]) -> 
         fp16=train.precision == "fp16",
         eval_strategy="steps" if by_steps else "epoch",
         eval_steps=int(train.eval_every) if by_steps else None,
-        save_strategy="no",
+        **save,
+        save_total_limit=1,
         logging_steps=int(train.logging_steps),
         report_to=report_to,
         run_name=f"{cfg.task.name}-{cfg.model.name}-{cfg.method.name}-seed{cfg.seed}",
@@ -87,6 +143,8 @@ def training_arguments(cfg: DictConfig, run_dir: Path, report_to: list[str]) -> 
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # On CPU this makes torchrun / accelerate launch use DDP over gloo (accelerate's MULTI_CPU).
+        use_cpu=not torch.cuda.is_available(),
     )
 
 
@@ -151,9 +209,8 @@ class WandbRun:
 
 
 def save_trainable(model: torch.nn.Module, run_dir: Path, save: bool) -> int:
-    """Save what restores the fine-tuned model on top of the pretrained backbone (all weights for
-    full FT, adapter + head for PEFT methods); return its size in bytes."""
-    state = {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    """Save the fine-tuned model's trainable tensors; return their size in bytes."""
+    state = trainable_state(model)
     if not save:
         return sum(t.numel() * t.element_size() for t in state.values())
     path = run_dir / CHECKPOINT_FILE
@@ -168,15 +225,22 @@ def base_record(cfg: DictConfig, method: Method) -> dict[str, Any]:
         "method": cfg.method.name, "seed": int(cfg.seed), "hparams": method.hparams(),
         "metrics": None, "best_metrics": None, "params": None, "optimizer_groups": None,
         "peak_memory_bytes": None, "peak_memory_source": None, "throughput": None, "wall_s": None,
-        "checkpoint_bytes": None, "train_loss_curve": None, "git_commit": git_commit(),
+        "checkpoint_bytes": None, "train_loss_curve": None, "resumed_from_step": None, "git_commit": git_commit(),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
 
 
+def is_main_process() -> bool:
+    """Rank 0 under torchrun / accelerate launch (and any single-process run)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def run(cfg: DictConfig, method: Method, run_dir: str | Path) -> dict[str, Any]:
-    """Train and evaluate one config; write and return its record. Failures are recorded (status
-    "failed", one-line error) and re-raised."""
+    """Train and evaluate one config; write and return its record (rank 0 only writes). Resumes
+    from the folder's last checkpoint when cfg.resume and one exists. Failures are recorded
+    (status "failed", one-line error) and re-raised."""
     run_dir = Path(run_dir)
+    main_process = is_main_process()
     start = time.perf_counter()
     record = base_record(cfg, method)
     memory = PeakMemory()
@@ -195,19 +259,29 @@ def run(cfg: DictConfig, method: Method, run_dir: str | Path) -> dict[str, Any]:
             optimizer, groups = method.create_optimizer(model, cfg.train)
             record["optimizer_groups"] = [vars(g) for g in groups]
 
-            wandb_run = WandbRun(cfg, run_dir)
+            wandb_run = WandbRun(cfg, run_dir) if main_process else None
+            report_to = wandb_run.report_to if wandb_run else []
             evals = data.evals if len(data.evals) > 1 else next(iter(data.evals.values()))
             trainer = RunTrainer(
                 model=model,
-                args=training_arguments(cfg, run_dir, wandb_run.report_to),
+                args=training_arguments(cfg, run_dir, report_to),
                 train_dataset=data.train,
                 eval_dataset=evals,
                 data_collator=DataCollatorWithPadding(tokenizer),
                 processing_class=tokenizer,
                 compute_metrics=make_compute_metrics(cfg.task),
                 optimizers=(optimizer, None),
+                callbacks=[KillAtStep(int(os.environ[KillAtStep.ENV]))] if os.environ.get(KillAtStep.ENV) else None,
             )
-            train_out = trainer.train()
+            checkpoint_root = run_dir / "trainer"
+            last = get_last_checkpoint(str(checkpoint_root)) if checkpoint_root.is_dir() else None
+            if last and not cfg.resume:
+                shutil.rmtree(checkpoint_root, ignore_errors=True)  # resume=false: start over
+                last = None
+            if last:
+                log.info("resuming from %s", last)
+                record["resumed_from_step"] = int(Path(last).name.split("-")[-1])
+            train_out = trainer.train(resume_from_checkpoint=last)
             main = str(cfg.task.main_metric)
             history = evaluations(trainer.state.log_history, main)
             if not history or history[-1]["step"] != trainer.state.global_step:
@@ -220,13 +294,23 @@ def run(cfg: DictConfig, method: Method, run_dir: str | Path) -> dict[str, Any]:
             record["best_metrics"] = {**strip_eval_prefix(best, eval_splits), "step": best["step"], "epoch": best["epoch"]}
             runtime = float(train_out.metrics["train_runtime"])
             record["throughput"] = {
-                "train_tokens_per_s": trainer.state.num_input_tokens_seen / runtime if runtime else None,
+                # Tokens of this session only (a resumed run's counter includes the earlier ones).
+                "train_tokens_per_s": (trainer.state.num_input_tokens_seen
+                                       - getattr(trainer, "_initial_num_input_tokens_seen", 0)) / runtime if runtime else None,
                 "train_samples_per_s": float(train_out.metrics["train_samples_per_second"]),
                 "train_runtime_s": runtime,
                 "train_steps": trainer.state.global_step,
             }
             record["train_loss_curve"] = [[e["step"], e["loss"]] for e in trainer.state.log_history if "loss" in e]
-            record["checkpoint_bytes"] = save_trainable(model, run_dir, bool(cfg.save_checkpoint))
+            record["world_size"] = int(trainer.args.world_size)
+            record["trainable_sha256"] = state_digest(trainable_state(model))
+            log.info("rank %s of %s: trainable_sha256=%s", trainer.args.process_index, trainer.args.world_size,
+                     record["trainable_sha256"])
+            if main_process:
+                record["checkpoint_bytes"] = save_trainable(model, run_dir, bool(cfg.save_checkpoint))
+                shutil.rmtree(checkpoint_root, ignore_errors=True)  # resumable state is no longer needed
+            else:
+                record["checkpoint_bytes"] = sum(t.numel() * t.element_size() for t in trainable_state(model).values())
         record["status"] = "ok"
     except BaseException as exc:
         record["status"] = "failed"
@@ -236,7 +320,8 @@ def run(cfg: DictConfig, method: Method, run_dir: str | Path) -> dict[str, Any]:
         record["peak_memory_bytes"] = int(memory.peak)
         record["peak_memory_source"] = memory.source
         record["wall_s"] = time.perf_counter() - start
-        write_record(run_dir, record)
+        if main_process:
+            write_record(run_dir, record)
         if wandb_run is not None:
             wandb_run.finish(record)
     _check_finite(record)
