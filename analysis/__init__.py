@@ -1,0 +1,1 @@
+"""Rebuild the papers' tables and plots from run records (record.json files)."""
