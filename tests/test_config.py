@@ -94,3 +94,21 @@ def test_paper_experiment_composes_table_9_settings():
     assert (cfg.train.batch_size, cfg.train.epochs, cfg.train.lr, cfg.task.max_length) == (16, 60, 5e-4, 512)
     # A command-line override still wins over the experiment (the authors' script value).
     assert compose_cfg("experiment=roberta_base_lora_sst2", "method.alpha=16").method.alpha == 16
+
+
+def test_slurm_launcher_config_composes():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from lora_repro import CONF_DIR
+    from lora_repro.rundir import register_resolvers
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "method=lora"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.partition, launcher.gpus_per_node, launcher.tasks_per_node) == ("gpu", 1, 1)
+    assert cfg.hydra.sweep.dir.endswith("/runs")  # jobs land in the canonical run folders

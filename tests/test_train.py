@@ -106,3 +106,12 @@ def test_every_method_family_runs_through_the_trainer(tmp_path, sst2_dir, method
     assert 0 < record["params"]["adapted"] < record["params"]["trainable"]
     losses = [loss for _, loss in record["train_loss_curve"]]
     assert all(math.isfinite(x) for x in losses)
+
+
+def test_bf16_mixed_precision_and_gradient_accumulation(tmp_path, sst2_dir):
+    record, _ = train(tmp_path, sst2_dir, "method=lora", "train.precision=bf16", "train.grad_accum=2",
+                      "train.max_steps=3", "train.lr=1e-2")
+    assert record["status"] == "ok" and record["throughput"]["train_steps"] == 3
+    assert record["config"]["train"]["precision"] == "bf16"
+    # 3 optimizer steps x 2 micro-batches x 16 sentences
+    assert record["throughput"]["train_samples_per_s"] * record["throughput"]["train_runtime_s"] == pytest.approx(96, rel=0.05)
