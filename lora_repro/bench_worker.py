@@ -1,0 +1,120 @@
+"""One benchmark measurement in a fresh process (so the peak memory is this method's alone):
+`python -m lora_repro.bench_worker '{"kind": "train", "model": "gpt2_medium", "method": "lora", ...}'`
+prints one JSON line. Used by lora_repro.bench; importable for tests."""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from safetensors.torch import save_file
+
+from . import CONF_DIR
+from .backbone import build_causal_lm, build_classifier, count_parameters, set_trainable
+from .config import instantiate_method
+from .trainer import trainable_state
+
+
+def compose_run_cfg(model: str, method: str, *overrides: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=[f"model={model}", "model.init=random", f"method={method}", "task=sst2", *overrides])
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def is_decoder(model_cfg: Any) -> bool:
+    return not model_cfg.get("cls_token_first", True)
+
+
+def build(model_name: str, method_name: str, *overrides: str):
+    """The benchmark's model: GPT-2 families as language models, encoders as classifiers."""
+    cfg = compose_run_cfg(model_name, method_name, *overrides)
+    method = instantiate_method(cfg.method)
+    torch.manual_seed(0)
+    if is_decoder(cfg.model):
+        model, head = build_causal_lm(cfg.model), []
+    else:
+        model, head = build_classifier(cfg.model, cfg.task), list(cfg.model.head_modules)
+    model = method.apply(model, cfg.model)
+    if head:
+        set_trainable(model, head)
+    return cfg, method, model, head
+
+
+def random_batch(cfg: Any, batch_size: int, seq_len: int, dev: torch.device) -> dict[str, torch.Tensor]:
+    vocab = int(cfg.model.arch.get("vocab_size", 30000))
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (batch_size, seq_len), generator=g).to(dev)
+    labels = ids.clone() if is_decoder(cfg.model) else torch.zeros(batch_size, dtype=torch.long, device=dev)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def peak_bytes() -> int:
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def measure_train(spec: dict) -> dict:
+    cfg, method, model, head = build(spec["model"], spec["method"], f"train.lr={spec['lr']}")
+    dev = device()
+    model.to(dev).train()
+    optimizer, _ = method.create_optimizer(model, cfg.train)
+    batch = random_batch(cfg, spec["batch_size"], spec["seq_len"], dev)
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=spec.get("precision") == "bf16")
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for step in range(spec["warmup_steps"] + spec["steps"]):
+        sync()
+        start = time.perf_counter()
+        with autocast:
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync()
+        if step >= spec["warmup_steps"]:
+            times.append(time.perf_counter() - start)
+    state = trainable_state(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trainable.safetensors"
+        save_file(state, str(path))
+        checkpoint = path.stat().st_size
+    optimizer_bytes = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
+                          if torch.is_tensor(t) and t.dim() > 0)
+    step_s = statistics.median(times)
+    return {
+        "model": spec["model"], "method": spec["method"], "step_s": step_s,
+        "tokens_per_s": spec["batch_size"] * spec["seq_len"] / step_s, "peak_bytes": peak_bytes(),
+        "peak_source": "cuda_max_memory_allocated" if torch.cuda.is_available() else "process_ru_maxrss",
+        **{f"params_{k}": v for k, v in count_parameters(model, head).items()},
+        "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+        "optimizer_state_bytes": optimizer_bytes, "checkpoint_bytes": checkpoint,
+    }
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    print(json.dumps(measure_train(spec)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""The benchmark's correctness (its timings are results, not test assertions)."""
+
+import pytest
+from omegaconf import OmegaConf
+
+from lora_repro import CONF_DIR
+from lora_repro.bench import memory_terms, run_bench
+from lora_repro.bench_worker import measure_train
+
+SPEC = {"model": "tiny_bert", "batch_size": 2, "seq_len": 16, "warmup_steps": 1, "steps": 1, "lr": 1e-3, "precision": "fp32"}
+
+
+@pytest.mark.parametrize("method", ["full_ft", "lora", "adapter_h"])
+def test_memory_model_parameter_and_optimizer_terms_equal_counted_bytes(method):
+    m = measure_train({**SPEC, "method": method})
+    terms = memory_terms(m["params_total"], m["params_trainable"], 4, 4, 8, 0.0)
+    assert terms["weights"] == m["param_bytes"]          # fp32 weights, counted on the model
+    assert terms["optimizer"] == m["optimizer_state_bytes"]  # AdamW's two fp32 moments, counted in its state
+    assert terms["gradients"] == 4 * m["params_trainable"]
+
+
+def test_bench_writes_its_tables_and_chart_for_a_tiny_model(tmp_path):
+    cfg = OmegaConf.load(CONF_DIR / "bench.yaml")
+    cfg.out_dir = str(tmp_path)
+    cfg.train.models = ["tiny_bert"]
+    cfg.train.methods = ["full_ft", "lora"]
+    cfg.train.seq_len = 16
+    cfg.latency.model = "tiny_bert"
+    cfg.latency.shapes = [[1, 16]]
+    cfg.latency.trials = 2
+    cfg.overhead.model = "tiny_bert"
+    cfg.overhead.seq_len = 16
+    cfg.overhead.steps = 2
+    del cfg["hydra"]
+    result = run_bench(cfg)
+    for name in ("train.csv", "memory_model.csv", "latency.csv", "overhead.csv", "bench.md", "bench.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    train = result["train"].set_index("method")
+    assert train.loc["full_ft", "step_time_vs_ft"] == 1.0
+    assert train.loc["lora", "checkpoint_vs_full"] < 0.01
+    assert set(result["latency"].variant) == {"base", "lora_unmerged", "lora_merged", "adapter_l", "adapter_h"}
+    assert "| merged LoRA latency / base" in result["markdown"] and "harness / bare loop" in result["markdown"]
