@@ -1,0 +1,153 @@
+"""`make tables` / `python -m analysis.tables [RUNS_DIR]`: the LoRA paper's Table 2 layout rebuilt
+from run records: rows model x method (x size), columns tasks, "# Trainable Parameters" and Avg;
+each cell the median over seeds at the best evaluation (as the paper reports), with the spread and
+the number of seeds, beside the published value and the difference. Missing cells stay missing.
+Writes results/table2.md and results/table2.csv."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from .records import Records, load_records
+
+PAPER_DIR = Path(__file__).resolve().parent / "paper"
+GLUE_TASKS = ["mnli", "sst2", "mrpc", "cola", "qnli", "qqp", "rte", "stsb"]
+# The metric Table 2 reports per task (x100): MNLI matched accuracy (R1 shows the LoRA rows' MNLI
+# column is matched accuracy), MCC for CoLA, Pearson for STS-B, accuracy elsewhere (also MRPC/QQP).
+TABLE2_METRIC = {"mnli": "matched_accuracy", "cola": "mcc", "stsb": "pearson"}
+DEFAULT_METRIC = "accuracy"
+
+
+def task_metric(task: str) -> str:
+    return TABLE2_METRIC.get(task, DEFAULT_METRIC)
+
+
+def millions(n: float) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 5e4 else f"{n / 1e6:.2f}M"
+
+
+def run_scores(records: Records) -> pd.DataFrame:
+    """One row per ok run: model, method, size (adapted params), task, seed, score (x100, best eval)."""
+    df = records.ok
+    if df.empty:
+        return pd.DataFrame(columns=["model", "method", "adapted", "task", "seed", "score"])
+    rows = []
+    for r in df.to_dict("records"):
+        metric = task_metric(r["task"])
+        value = r.get(f"best.{metric}", r.get(f"metric.{metric}"))
+        if value is None or pd.isna(value):
+            continue
+        rows.append({"model": r["model"], "method": r["method"], "adapted": int(r["params.adapted"]),
+                     "task": r["task"], "seed": r["seed"], "score": 100.0 * float(value)})
+    return pd.DataFrame(rows)
+
+
+def aggregate(scores: pd.DataFrame) -> pd.DataFrame:
+    """Median, spread (std over seeds, 0 for one seed) and seed count per (model, method, size, task)."""
+    if scores.empty:
+        return pd.DataFrame(columns=["model", "method", "adapted", "task", "median", "spread", "n"])
+    grouped = scores.groupby(["model", "method", "adapted", "task"]).score
+    out = grouped.agg(median="median", n="count").reset_index()
+    out["spread"] = grouped.std(ddof=0).values
+    return out
+
+
+def published_table2() -> pd.DataFrame:
+    paper = pd.read_csv(PAPER_DIR / "table2.csv")
+    return paper[paper.setting == "paper"]
+
+
+def match_published(model: str, method: str, adapted: int, paper: pd.DataFrame) -> pd.DataFrame:
+    """The published row with the same model and method whose "# Trainable Parameters" equals our
+    adapted count at the paper's rounding (one decimal, in millions)."""
+    rows = paper[(paper.model == model) & (paper.method == method)]
+    if rows.empty:
+        return rows
+    ours = round(adapted / 1e6, 1)
+    same = rows[rows.params.str.rstrip("M").astype(float).round(1) == ours]
+    return same if not same.empty else rows.iloc[0:0]
+
+
+def build_table2(records: Records) -> pd.DataFrame:
+    """Long format: one row per (model, method, size, task) with ours, published and the difference."""
+    agg = aggregate(run_scores(records))
+    paper = published_table2()
+    rows = []
+    for (model, method, adapted), group in agg.groupby(["model", "method", "adapted"]):
+        published = match_published(model, method, adapted, paper)
+        pub = dict(zip(published.task, published.value))
+        tasks = sorted(set(group.task) | set(t for t in pub if t != "avg"), key=lambda t: (t not in GLUE_TASKS, GLUE_TASKS.index(t) if t in GLUE_TASKS else t))
+        by_task = group.set_index("task")
+        for task in tasks:
+            ours = by_task.loc[task] if task in by_task.index else None
+            rows.append({"model": model, "method": method, "adapted": adapted, "params": millions(adapted),
+                         "published_row": published.row.iloc[0] if len(published) else None, "task": task,
+                         "median": None if ours is None else ours["median"], "spread": None if ours is None else ours["spread"],
+                         "n_seeds": 0 if ours is None else int(ours["n"]), "published": pub.get(task),
+                         "diff": None if ours is None or task not in pub else ours["median"] - pub[task]})
+        glue = group[group.task.isin(GLUE_TASKS)]
+        if set(glue.task) == set(GLUE_TASKS):  # Avg only over a complete row, as the paper's
+            avg = glue["median"].mean()
+            rows.append({"model": model, "method": method, "adapted": adapted, "params": millions(adapted),
+                         "published_row": published.row.iloc[0] if len(published) else None, "task": "avg",
+                         "median": avg, "spread": None, "n_seeds": int(glue.n.min()), "published": pub.get("avg"),
+                         "diff": avg - pub["avg"] if "avg" in pub else None})
+        elif "avg" in pub:
+            rows.append({"model": model, "method": method, "adapted": adapted, "params": millions(adapted),
+                         "published_row": published.row.iloc[0], "task": "avg", "median": None, "spread": None,
+                         "n_seeds": 0, "published": pub["avg"], "diff": None})
+    return pd.DataFrame(rows)
+
+
+def cell(r: pd.Series) -> str:
+    if r["median"] is None or pd.isna(r["median"]):
+        ours = "—"
+    else:
+        ours = f"{r['median']:.1f}" + (f"±{r['spread']:.1f}" if r["spread"] is not None and not pd.isna(r["spread"]) and r["n_seeds"] > 1 else "") + f" ({r['n_seeds']})"
+    if r["published"] is None or pd.isna(r["published"]):
+        return ours
+    diff = "" if r["diff"] is None or pd.isna(r["diff"]) else f", {r['diff']:+.1f}"
+    return f"{ours} [paper {r['published']:.1f}{diff}]"
+
+
+def to_markdown(table: pd.DataFrame, records: Records) -> str:
+    lines = ["# Table 2 layout from your runs", "",
+             "Cells: median over seeds at the best evaluation, x100, ±std (seeds) [published value, difference]. "
+             "— = no finished run. MNLI = matched accuracy, CoLA = MCC, STS-B = Pearson, others accuracy.", ""]
+    if table.empty:
+        lines.append("No finished runs found.")
+    else:
+        tasks = [t for t in GLUE_TASKS if t in set(table.task)] + sorted(set(table.task) - set(GLUE_TASKS) - {"avg"})
+        tasks += ["avg"] if "avg" in set(table.task) else []
+        lines.append("| Model & Method | # Trainable Params | " + " | ".join(t.upper() if t != "avg" else "Avg." for t in tasks) + " |")
+        lines.append("|---|---|" + "---|" * len(tasks))
+        for (model, method, adapted), group in table.groupby(["model", "method", "adapted"], sort=False):
+            cells = {row["task"]: cell(pd.Series(row)) for row in group.to_dict("records")}
+            lines.append(f"| {model} ({method}) | {millions(adapted)} | " + " | ".join(cells.get(t, "—") for t in tasks) + " |")
+    lines += ["", f"Records: {records.summary()}"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs_dir", nargs="?", default="outputs")
+    parser.add_argument("--out", default="results")
+    args = parser.parse_args(argv)
+    records = load_records(args.runs_dir)
+    table = build_table2(records)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "table2.csv", index=False)
+    text = to_markdown(table, records)
+    (out / "table2.md").write_text(text)
+    print(text)
+    print(f"written to {out}/table2.md and {out}/table2.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

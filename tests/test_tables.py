@@ -1,0 +1,54 @@
+"""The Table 2 builder on synthetic records: medians over seeds, published values joined, missing
+cells left missing, failed and corrupt records excluded."""
+
+import pandas as pd
+import pytest
+
+from analysis.records import load_records
+from analysis.tables import build_table2, to_markdown
+from lora_repro.record import write_record
+
+
+def record(task, method, seed, metrics, adapted, model="roberta_base", status="ok"):
+    return {"status": status, "error": None if status == "ok" else "boom", "task": task, "model": model,
+            "method": method, "seed": seed, "hparams": {"r": 8}, "metrics": metrics, "best_metrics": metrics,
+            "params": {"adapted": adapted, "trainable": adapted + 10, "total": 10**8}, "config": {"train": {"lr": 5e-4}}}
+
+
+@pytest.fixture
+def runs(tmp_path):
+    for seed, acc in ((1, 0.95), (2, 0.94), (3, 0.96)):
+        write_record(tmp_path / f"sst2_{seed}", record("sst2", "lora", seed, {"accuracy": acc}, 294_912))
+    for seed, (m, mm) in ((1, (0.876, 0.870)), (2, (0.874, 0.868))):
+        write_record(tmp_path / f"mnli_{seed}", record("mnli", "lora", seed, {"matched_accuracy": m, "mismatched_accuracy": mm}, 294_912))
+    write_record(tmp_path / "cola_1", record("cola", "lora", 1, {"mcc": 0.60, "accuracy": 0.8}, 294_912))
+    write_record(tmp_path / "sst2_failed", record("sst2", "lora", 4, {"accuracy": 0.10}, 294_912, status="failed"))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "record.json").write_text("{")
+    write_record(tmp_path / "rt", record("rotten_tomatoes", "bitfit", 1, {"accuracy": 0.8}, 25_728, model="minilm_l6"))
+    return tmp_path
+
+
+def test_medians_published_values_and_missing_cells(runs):
+    records = load_records(runs)
+    table = build_table2(records).set_index(["model", "method", "task"])
+    sst2 = table.loc[("roberta_base", "lora", "sst2")]
+    assert sst2["median"] == pytest.approx(95.0) and sst2["n_seeds"] == 3  # the failed seed-4 run is not used
+    assert sst2["published"] == 95.1 and sst2["diff"] == pytest.approx(-0.1)
+    assert sst2["spread"] == pytest.approx(0.8165, abs=1e-3)
+    assert table.loc[("roberta_base", "lora", "mnli"), "median"] == pytest.approx(87.5)  # matched accuracy
+    assert table.loc[("roberta_base", "lora", "cola"), "median"] == pytest.approx(60.0)  # MCC, not accuracy
+    rte = table.loc[("roberta_base", "lora", "rte")]
+    assert pd.isna(rte["median"]) and rte["n_seeds"] == 0 and rte["published"] == 86.6  # missing, never filled
+    avg = table.loc[("roberta_base", "lora", "avg")]
+    assert pd.isna(avg["median"]) and avg["published"] == 87.2  # no Avg over an incomplete row
+    rt = table.loc[("minilm_l6", "bitfit", "rotten_tomatoes")]
+    assert rt["median"] == pytest.approx(80.0) and pd.isna(rt["published"])
+
+
+def test_markdown_lists_excluded_records(runs):
+    records = load_records(runs)
+    text = to_markdown(build_table2(records), records)
+    assert "| roberta_base (lora) | 0.3M |" in text
+    assert "95.0±0.8 (3) [paper 95.1, -0.1]" in text
+    assert "1 failed, 1 unreadable" in text and "sst2_failed" in text and "broken" in text
