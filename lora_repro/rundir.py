@@ -17,7 +17,7 @@ from .errors import ConfigError
 from .record import RECORD_NAME
 
 # The parts of the config that decide a run's result (the seed is named separately in the folder).
-HASHED_KEYS = ("model", "method", "task", "train")
+HASHED_KEYS = ("model", "method", "task", "train", "init_from")
 LOCK_NAME = ".lock"
 
 
@@ -34,6 +34,36 @@ def register_resolvers() -> None:
     """`${cfg_hash:}` in conf/hydra/default.yaml names each run's folder."""
     if not OmegaConf.has_resolver("cfg_hash"):
         OmegaConf.register_new_resolver("cfg_hash", lambda *, _root_: config_hash(_root_))
+
+
+def resolve_init_from(cfg: Any) -> Path | None:
+    """The trainable.safetensors a run starts from (see `init_from` in conf/config.yaml)."""
+    value = cfg.get("init_from")
+    if not value:
+        return None
+    path = Path(str(value)).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        for candidate in (path / "checkpoint" / "trainable.safetensors", path / "trainable.safetensors"):
+            if candidate.is_file():
+                return candidate
+        raise ConfigError(f"init_from={value}: no checkpoint/trainable.safetensors in that folder")
+    if "/" in str(value):
+        raise ConfigError(f"init_from={value} does not exist")
+    runs = Path(str(cfg.output_root)) / "runs" / str(value) / cfg.model.name / cfg.method.name
+    done = []
+    for record_path in sorted(runs.glob(f"*_seed{cfg.seed}/{RECORD_NAME}")):
+        record = existing_record(record_path.parent)
+        weights = record_path.parent / "checkpoint" / "trainable.safetensors"
+        if record and record.get("status") == "ok" and weights.is_file():
+            done.append(weights)
+    if not done:
+        raise ConfigError(f"init_from={value}: no finished {value} run of {cfg.model.name} + {cfg.method.name} "
+                          f"seed {cfg.seed} under {runs} (run that task first)")
+    if len(done) > 1:
+        raise ConfigError(f"init_from={value}: {len(done)} finished runs match under {runs}; name one run folder instead")
+    return done[0]
 
 
 def existing_record(run_dir: Path) -> dict | None:

@@ -21,12 +21,13 @@ from safetensors.torch import load_file, save_file
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from .backbone import build_classifier, count_parameters, load_tokenizer, set_trainable
+from .backbone import build_classifier, count_parameters, head_parameter_names, load_tokenizer, set_trainable
 from .data import TaskData, load_task
 from .errors import ConfigError, DataError, TrainingDiverged, one_line
 from .methods import Method
 from .metrics import make_compute_metrics
 from .record import PeakMemory, git_commit, write_record
+from .rundir import resolve_init_from
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,23 @@ class KillAtStep(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def load_method_weights(model: torch.nn.Module, source: Path, head: list[str]) -> None:
+    """Copy a finished run's method weights (LoRA factors, adapters, ...) into this model; the task
+    head is left fresh, since tasks differ in their labels (MNLI's 3 classes vs STS-B's score)."""
+    state = load_file(str(source))
+    head_names = head_parameter_names(model, head)
+    own = {n: p for n, p in model.named_parameters() if p.requires_grad and n not in head_names}
+    usable = {n: t for n, t in state.items() if n in own and own[n].shape == t.shape}
+    if not usable:
+        raise ConfigError(f"init_from={source}: none of its tensors fit this model's {len(own)} trainable tensors")
+    missing = sorted(set(own) - set(usable))
+    if missing:
+        raise ConfigError(f"init_from={source} lacks {len(missing)} of this method's tensors (e.g. {missing[0]})")
+    with torch.no_grad():
+        for name, tensor in usable.items():
+            own[name].copy_(tensor)
 
 
 def tokenize(data: TaskData, tokenizer: Any, task_cfg: Any) -> TaskData:
@@ -225,7 +243,7 @@ def base_record(cfg: DictConfig, method: Method) -> dict[str, Any]:
         "method": cfg.method.name, "seed": int(cfg.seed), "hparams": method.hparams(),
         "metrics": None, "best_metrics": None, "params": None, "optimizer_groups": None,
         "peak_memory_bytes": None, "peak_memory_source": None, "throughput": None, "wall_s": None,
-        "checkpoint_bytes": None, "train_loss_curve": None, "resumed_from_step": None, "git_commit": git_commit(),
+        "checkpoint_bytes": None, "train_loss_curve": None, "resumed_from_step": None, "init_from": None, "git_commit": git_commit(),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
 
@@ -255,6 +273,10 @@ def run(cfg: DictConfig, method: Method, run_dir: str | Path) -> dict[str, Any]:
             head = list(cfg.model.head_modules)
             if set_trainable(model, head) == 0:
                 raise ConfigError(f"model.head_modules {head} match no module of {cfg.model.name}")
+            source = resolve_init_from(cfg)
+            if source is not None:
+                record["init_from"] = str(source)
+                load_method_weights(model, source, head)
             record["params"] = count_parameters(model, head)
             optimizer, groups = method.create_optimizer(model, cfg.train)
             record["optimizer_groups"] = [vars(g) for g in groups]

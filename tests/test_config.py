@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from lora_repro.config import check_group_overrides, validate
+from lora_repro import CONF_DIR
 from lora_repro.errors import ConfigError
 
 from .conftest import compose_cfg
@@ -86,14 +87,38 @@ def test_command_line_prints_one_error_line_and_loads_nothing(tmp_path):
         assert not list(tmp_path.rglob("record.json"))
 
 
-def test_paper_experiment_composes_table_9_settings():
-    cfg = compose_cfg("experiment=roberta_base_lora_sst2")
+def test_paper_experiment_looks_up_table_9_settings_per_task():
+    cfg = compose_cfg("experiment=paper_roberta_base_lora", "task=sst2")
     method = validate(cfg)
     assert (cfg.model.name, cfg.task.name, method.name) == ("roberta_base", "sst2", "lora")
     assert (method.r, method.alpha, method.target_modules) == (8, 8, ["query", "value"])
     assert (cfg.train.batch_size, cfg.train.epochs, cfg.train.lr, cfg.task.max_length) == (16, 60, 5e-4, 512)
+    cola = compose_cfg("experiment=paper_roberta_base_lora", "task=cola")
+    assert (cola.train.batch_size, cola.train.epochs, cola.train.lr, cola.init_from) == (32, 80, 4e-4, None)
     # A command-line override still wins over the experiment (the authors' script value).
-    assert compose_cfg("experiment=roberta_base_lora_sst2", "method.alpha=16").method.alpha == 16
+    assert compose_cfg("experiment=paper_roberta_base_lora", "task=sst2", "method.alpha=16").method.alpha == 16
+    large = compose_cfg("experiment=paper_roberta_large_lora", "task=mrpc")
+    assert (large.train.batch_size, large.train.epochs, large.task.max_length, large.method.alpha) == (4, 20, 512, 16)
+    deberta = compose_cfg("experiment=paper_deberta_xxl_lora", "task=stsb")
+    assert (deberta.train.weight_decay, deberta.task.max_length, deberta.train.warmup_ratio) == (0.1, 128, 0.1)
+
+
+def test_mnli_initialised_rows_need_the_mnli_run_first(tmp_path):
+    cfg = compose_cfg("experiment=paper_roberta_base_lora", "task=rte", f"output_root={tmp_path}")
+    assert cfg.init_from == "mnli"
+    with pytest.raises(ConfigError, match="init_from=mnli: no finished mnli run of roberta_base \\+ lora seed 42"):
+        validate(cfg)
+    assert compose_cfg("experiment=paper_roberta_large_lora_houlsby", "task=rte").get("init_from") is None
+
+
+@pytest.mark.parametrize("name", [p.stem for p in (CONF_DIR / "experiment").glob("paper_*.yaml")])
+@pytest.mark.parametrize("task", ["mnli", "sst2", "mrpc", "cola", "qnli", "qqp", "rte", "stsb"])
+def test_every_paper_experiment_resolves_for_every_task(name, task):
+    from omegaconf import OmegaConf
+
+    cfg = compose_cfg(f"experiment={name}", f"task={task}")
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert resolved["train"]["lr"] > 0 and resolved["train"]["batch_size"] > 0 and resolved["task"]["max_length"] >= 64
 
 
 def test_slurm_launcher_config_composes():

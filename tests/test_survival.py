@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from lora_repro.record import write_record
@@ -142,3 +143,35 @@ def test_two_process_data_parallel_on_cpu_agrees_and_only_rank_0_writes(tmp_path
     record = json.loads(records[0].read_text())
     assert record["status"] == "ok" and record["world_size"] == 2
     assert record["trainable_sha256"] == digests["0 of 2"]
+
+
+def test_init_from_a_finished_run_of_another_task_copies_the_method_weights_only(tmp_path, sst2_dir):
+    first = launch(tmp_path, sst2_dir, "train.max_steps=3")
+    assert first.returncode == 0, first.stderr[-2000:]
+    source = only_run_dir(tmp_path) / "checkpoint" / "trainable.safetensors"
+    header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
+    stsb = tmp_path / "STS-B"
+    stsb.mkdir()
+    for name in ("train.tsv", "dev.tsv"):
+        rows = [f"{i}\tg\tf\t2012\t{i}\ts\ts\tgood film {i}\tbad film\t{i % 5}.0" for i in range(16)]
+        (stsb / name).write_text(header + "\n" + "\n".join(rows) + "\n")
+    # init_from=sst2: the finished sst2 run of the same model, method and seed (a 2-class head
+    # there, a 1-output regression head here: only the LoRA factors are copied).
+    second = launch(tmp_path, sst2_dir, "task=stsb", f"task.data_dir={stsb}", "init_from=sst2", "train.max_steps=1")
+    assert second.returncode == 0, second.stderr[-2000:]
+    record = json.loads(next((tmp_path / "runs" / "stsb").rglob("record.json")).read_text())
+    assert record["status"] == "ok" and record["init_from"] == str(source)
+
+    from lora_repro.config import validate
+    from lora_repro.backbone import build_classifier, set_trainable
+    from lora_repro.trainer import load_method_weights
+
+    cfg = compose_cfg(*BASE, "task=stsb", f"task.data_dir={stsb}")
+    model = validate(cfg).apply(build_classifier(cfg.model, cfg.task), cfg.model)
+    set_trainable(model, list(cfg.model.head_modules))
+    head_before = model.base_model.model.classifier.weight.detach().clone()
+    load_method_weights(model, source, list(cfg.model.head_modules))
+    saved = load_file(source)
+    lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    assert lora and all(torch.equal(p.detach(), saved[n]) for n, p in lora.items())
+    assert torch.equal(model.base_model.model.classifier.weight, head_before)
