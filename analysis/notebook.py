@@ -1,0 +1,78 @@
+"""`make notebook` / `python -m analysis.notebook [RUNS_DIR]`: execute notebooks/results.ipynb top to
+bottom on the records under RUNS_DIR (default outputs/) and save the executed copy as
+results/results.ipynb. Also (re)writes the notebook source with `--write-source`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK = ROOT / "notebooks" / "results.ipynb"
+
+CELLS = [
+    ("markdown", "# lora-repro results\n\nLoads every `record.json` under the runs folder with the same code as "
+                 "`make tables` and `make plots` (`analysis/`), and shows the Table 2 layout beside the published "
+                 "numbers, the plots, and a per-method summary. Runs offline; set `LORA_REPRO_RUNS` to read another folder."),
+    ("code", "import os\nfrom pathlib import Path\n\nimport pandas as pd\nfrom IPython.display import Image, Markdown, display\n\n"
+             "from analysis.plots import make_plots\nfrom analysis.records import load_records\n"
+             "from analysis.tables import build_table2, to_markdown\n\n"
+             "ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / 'pyproject.toml').is_file())\n"
+             "RUNS = Path(os.environ.get('LORA_REPRO_RUNS', ROOT / 'outputs'))\n"
+             "records = load_records(RUNS)\nprint(records.summary())"),
+    ("markdown", "## Table 2 layout\n\nMedian over seeds at the best evaluation (x100), ±std, number of seeds, and "
+                 "the published value with the difference where the paper has the same model, method and size."),
+    ("code", "table = build_table2(records)\ndisplay(Markdown(to_markdown(table, records)))"),
+    ("markdown", "## Per-method summary"),
+    ("code", "ok = records.ok\nif ok.empty:\n    print('no finished runs yet')\nelse:\n"
+             "    summary = ok.groupby(['model', 'task', 'method']).agg(\n"
+             "        runs=('seed', 'count'), accuracy=('metric.accuracy', 'median'), adapted=('params.adapted', 'median'),\n"
+             "        peak_gib=('peak_memory_bytes', lambda b: b.median() / 2**30),\n"
+             "        tokens_per_s=('throughput.train_tokens_per_s', 'median'))\n"
+             "    display(summary.round(4))"),
+    ("markdown", "## Plots"),
+    ("code", "for path in make_plots(RUNS, ROOT / 'results' / 'plots'):\n    display(Markdown(f'**{path.name}**'))\n"
+             "    display(Image(filename=str(path)))"),
+]
+
+
+def write_source() -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell(src) if kind == "markdown" else nbformat.v4.new_code_cell(src)
+                for kind, src in CELLS]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    NOTEBOOK.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, NOTEBOOK)
+
+
+def execute(runs_dir: str | Path, out: str | Path, timeout: int = 600) -> Path:
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    os.environ["LORA_REPRO_RUNS"] = str(Path(runs_dir).absolute())
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs_dir", nargs="?", default="outputs")
+    parser.add_argument("--out", default="results/results.ipynb")
+    parser.add_argument("--write-source", action="store_true")
+    args = parser.parse_args(argv)
+    if args.write_source:
+        write_source()
+        print(f"wrote {NOTEBOOK}")
+        return 0
+    print(f"executed notebook written to {execute(args.runs_dir, args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

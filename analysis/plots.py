@@ -1,0 +1,166 @@
+"""`make plots` / `python -m analysis.plots [RUNS_DIR]`: PNGs under results/plots/ from run records.
+
+  rank.png             metric vs LoRA rank r (the shape of the paper's Tables 6 and 18)
+  loraplus_<model>_<task>.png   LoRA+ heatmap of the metric over (lr_A, lr ratio), LoRA+ Figs. 3-4
+  params_<model>_<task>.png     metric vs trainable parameters per method (log x), Table 2's published
+                                points of the same model and task overlaid
+  efficiency.png       peak memory and training throughput per method
+A plot whose records do not exist yet is skipped with a message, never drawn empty."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .records import load_records  # noqa: E402
+from .tables import PAPER_DIR, task_metric  # noqa: E402
+
+
+def scores(ok: pd.DataFrame) -> pd.DataFrame:
+    """Per run: the task's main metric at the best evaluation, x100."""
+    if ok.empty:
+        return ok
+    df = ok.copy()
+    df["score"] = [100.0 * row.get(f"best.{task_metric(row['task'])}", np.nan) for row in df.to_dict("records")]
+    return df.dropna(subset=["score"])
+
+
+def plot_rank(df: pd.DataFrame, out: Path) -> Path | None:
+    lora = df[df.method.isin(["lora", "lora_plus"])] if "hp.r" in df else df.iloc[0:0]
+    if lora.empty or lora["hp.r"].nunique() < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (model, task, method), group in lora.groupby(["model", "task", "method"]):
+        med = group.groupby("hp.r").score.median()
+        ax.plot(med.index, med.values, marker="o", label=f"{model} {task} {method}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("LoRA rank r")
+    ax.set_ylabel("dev metric (x100, median over seeds)")
+    ax.set_title("Metric vs rank (cf. LoRA Tables 6, 18)")
+    ax.legend(fontsize=7)
+    path = out / "rank.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_loraplus(df: pd.DataFrame, out: Path) -> list[Path]:
+    if "hp.loraplus_lr_ratio" not in df:
+        return []
+    paths = []
+    for (model, task), group in df[df.method == "lora_plus"].groupby(["model", "task"]):
+        grid = group.pivot_table(index="hp.loraplus_lr_ratio", columns="train.lr", values="score", aggfunc="median")
+        if grid.shape[0] < 2 or grid.shape[1] < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        image = ax.imshow(grid.values, origin="lower", aspect="auto", cmap="viridis")
+        ax.set_xticks(range(grid.shape[1]), [f"{v:.0e}" for v in grid.columns], rotation=45)
+        ax.set_yticks(range(grid.shape[0]), [f"{v:g}" for v in grid.index])
+        for i in range(grid.shape[0]):
+            for j in range(grid.shape[1]):
+                if not np.isnan(grid.values[i, j]):
+                    ax.text(j, i, f"{grid.values[i, j]:.1f}", ha="center", va="center", fontsize=7, color="w")
+        ax.set_xlabel("lr(A) = train.lr")
+        ax.set_ylabel("lr(B) / lr(A)")
+        ax.set_title(f"LoRA+ {model} {task} (cf. LoRA+ Figs. 3-4)")
+        fig.colorbar(image, ax=ax, label="dev metric (x100)")
+        path = out / f"loraplus_{model}_{task}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def published_points() -> pd.DataFrame:
+    paper = pd.read_csv(PAPER_DIR / "table2.csv")
+    paper = paper[paper.task != "avg"].copy()
+    paper["adapted"] = paper.params.str.rstrip("M").astype(float) * 1e6
+    return paper
+
+
+def plot_params(df: pd.DataFrame, out: Path) -> list[Path]:
+    paper = published_points()
+    paths = []
+    for (model, task), group in df.groupby(["model", "task"]):
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        med = group.groupby(["method", "params.adapted"]).score.agg(["median", "min", "max"]).reset_index()
+        for method, rows in med.groupby("method"):
+            ax.errorbar(rows["params.adapted"], rows["median"], yerr=[rows["median"] - rows["min"], rows["max"] - rows["median"]],
+                        fmt="o", capsize=3, label=f"{method} (ours)")
+        pub = paper[(paper.model == model) & (paper.task == task)]
+        if len(pub):
+            ax.scatter(pub.adapted, pub.value, marker="x", color="k", label="published (Table 2)")
+            for r in pub.itertuples():
+                ax.annotate(r.method, (r.adapted, r.value), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("trainable parameters (the paper's count, head excluded)")
+        ax.set_ylabel(f"{task_metric(task)} (x100)")
+        ax.set_title(f"{model} on {task}")
+        ax.legend(fontsize=7)
+        path = out / f"params_{model}_{task}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def plot_efficiency(ok: pd.DataFrame, out: Path) -> Path | None:
+    if ok.empty or "throughput.train_tokens_per_s" not in ok:
+        return None
+    agg = ok.groupby(["model", "method"]).agg(memory=("peak_memory_bytes", "median"),
+                                              tokens=("throughput.train_tokens_per_s", "median")).reset_index()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, column, label in ((axes[0], "memory", "peak memory (GiB)"), (axes[1], "tokens", "training tokens/s")):
+        pivot = agg.pivot(index="method", columns="model", values=column)
+        (pivot / 2**30 if column == "memory" else pivot).plot.bar(ax=ax, rot=40)
+        ax.set_ylabel(label)
+        ax.set_title(f"{label} per method (median over runs)")
+    path = out / "efficiency.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def make_plots(runs_dir: str | Path, out: str | Path = "results/plots") -> list[Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = load_records(runs_dir)
+    df = scores(records.ok)
+    written: list[Path] = []
+    if df.empty:
+        print("no finished runs: nothing to plot")
+        return written
+    for name, result in (("rank", plot_rank(df, out)), ("loraplus", plot_loraplus(df, out)),
+                         ("params", plot_params(df, out)), ("efficiency", plot_efficiency(records.ok, out))):
+        produced = [result] if isinstance(result, Path) else (result or [])
+        if not produced:
+            print(f"skipped {name}: no records with what it plots yet")
+        written += produced
+    print(records.summary())
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs_dir", nargs="?", default="outputs")
+    parser.add_argument("--out", default="results/plots")
+    args = parser.parse_args(argv)
+    for path in make_plots(args.runs_dir, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
