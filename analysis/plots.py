@@ -24,6 +24,13 @@ from .records import load_records  # noqa: E402
 from .tables import PAPER_DIR, task_metric  # noqa: E402
 
 
+def save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def scores(ok: pd.DataFrame) -> pd.DataFrame:
     """Per run: the task's main metric at the best evaluation, x100."""
     if ok.empty:
@@ -46,11 +53,7 @@ def plot_rank(df: pd.DataFrame, out: Path) -> Path | None:
     ax.set_ylabel("dev metric (x100, median over seeds)")
     ax.set_title("Metric vs rank (cf. LoRA Tables 6, 18)")
     ax.legend(fontsize=7)
-    path = out / "rank.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, out / "rank.png")
 
 
 def plot_loraplus(df: pd.DataFrame, out: Path) -> list[Path]:
@@ -73,11 +76,7 @@ def plot_loraplus(df: pd.DataFrame, out: Path) -> list[Path]:
         ax.set_ylabel("lr(B) / lr(A)")
         ax.set_title(f"LoRA+ {model} {task} (cf. LoRA+ Figs. 3-4)")
         fig.colorbar(image, ax=ax, label="dev metric (x100)")
-        path = out / f"loraplus_{model}_{task}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save(fig, out / f"loraplus_{model}_{task}.png"))
     return paths
 
 
@@ -107,11 +106,7 @@ def plot_params(df: pd.DataFrame, out: Path) -> list[Path]:
         ax.set_ylabel(f"{task_metric(task)} (x100)")
         ax.set_title(f"{model} on {task}")
         ax.legend(fontsize=7)
-        path = out / f"params_{model}_{task}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save(fig, out / f"params_{model}_{task}.png"))
     return paths
 
 
@@ -126,11 +121,7 @@ def plot_efficiency(ok: pd.DataFrame, out: Path) -> Path | None:
         (pivot / 2**30 if column == "memory" else pivot).plot.bar(ax=ax, rot=40)
         ax.set_ylabel(label)
         ax.set_title(f"{label} per method (median over runs)")
-    path = out / "efficiency.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, out / "efficiency.png")
 
 
 def make_plots(runs_dir: str | Path, out: str | Path = "results/plots") -> list[Path]:
