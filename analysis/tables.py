@@ -22,6 +22,11 @@ TABLE2_METRIC = {"mnli": "matched_accuracy", "cola": "mcc", "stsb": "pearson"}
 DEFAULT_METRIC = "accuracy"
 
 
+# A table row: runs of the same model, method, size and recipe (the conf/experiment file, "-" for
+# none). Runs of different recipes are never pooled into one median.
+ROW_KEY = ["model", "method", "adapted", "experiment"]
+
+
 def task_metric(task: str) -> str:
     return TABLE2_METRIC.get(task, DEFAULT_METRIC)
 
@@ -34,7 +39,7 @@ def run_scores(records: Records) -> pd.DataFrame:
     """One row per ok run: model, method, size (adapted params), task, seed, score (x100, best eval)."""
     df = records.ok
     if df.empty:
-        return pd.DataFrame(columns=["model", "method", "adapted", "task", "seed", "score"])
+        return pd.DataFrame(columns=["model", "method", "adapted", "experiment", "task", "seed", "score"])
     rows = []
     for r in df.to_dict("records"):
         metric = task_metric(r["task"])
@@ -42,29 +47,34 @@ def run_scores(records: Records) -> pd.DataFrame:
         if value is None or pd.isna(value):
             continue
         rows.append({"model": r["model"], "method": r["method"], "adapted": int(r["params.adapted"]),
-                     "task": r["task"], "seed": r["seed"], "score": 100.0 * float(value)})
+                     "experiment": r.get("experiment") or "-", "task": r["task"], "seed": r["seed"],
+                     "score": 100.0 * float(value)})
     return pd.DataFrame(rows)
 
 
 def aggregate(scores: pd.DataFrame) -> pd.DataFrame:
-    """Median, spread (std over seeds, 0 for one seed) and seed count per (model, method, size, task)."""
+    """Median, spread (std over seeds, 0 for one seed) and seed count per row key and task."""
     if scores.empty:
-        return pd.DataFrame(columns=["model", "method", "adapted", "task", "median", "spread", "n"])
-    grouped = scores.groupby(["model", "method", "adapted", "task"]).score
+        return pd.DataFrame(columns=[*ROW_KEY, "task", "median", "spread", "n"])
+    grouped = scores.groupby([*ROW_KEY, "task"]).score
     out = grouped.agg(median="median", n="count").reset_index()
     out["spread"] = grouped.std(ddof=0).values
     return out
 
 
 def published_table2() -> pd.DataFrame:
-    paper = pd.read_csv(PAPER_DIR / "table2.csv")
-    return paper[paper.setting == "paper"]
+    return pd.read_csv(PAPER_DIR / "table2.csv")
 
 
-def match_published(model: str, method: str, adapted: int, paper: pd.DataFrame) -> pd.DataFrame:
-    """The published row with the same model and method whose "# Trainable Parameters" equals our
-    adapted count at the paper's rounding (one decimal, in millions)."""
-    rows = paper[(paper.model == model) & (paper.method == method)]
+def paper_setting(experiment: str) -> str:
+    """Table 2's † rows (and all its adapter rows) ran in the Houlsby et al. setup."""
+    return "houlsby" if "houlsby" in experiment or "adapter" in experiment else "paper"
+
+
+def match_published(model: str, method: str, adapted: int, experiment: str, paper: pd.DataFrame) -> pd.DataFrame:
+    """The published row with the same model, method and setup whose "# Trainable Parameters"
+    equals our adapted count at the paper's rounding (one decimal, in millions)."""
+    rows = paper[(paper.model == model) & (paper.method == method) & (paper.setting == paper_setting(experiment))]
     if rows.empty:
         return rows
     ours = round(adapted / 1e6, 1)
@@ -72,34 +82,30 @@ def match_published(model: str, method: str, adapted: int, paper: pd.DataFrame) 
     return same if not same.empty else rows.iloc[0:0]
 
 
+def task_order(task: str) -> tuple:
+    return (task not in GLUE_TASKS, GLUE_TASKS.index(task) if task in GLUE_TASKS else task)
+
+
 def build_table2(records: Records) -> pd.DataFrame:
-    """Long format: one row per (model, method, size, task) with ours, published and the difference."""
+    """Long format: one row per (row key, task) with ours, published and the difference; an "avg"
+    row only over a complete set of the 8 GLUE tasks, as the paper's Avg."""
     agg = aggregate(run_scores(records))
     paper = published_table2()
     rows = []
-    for (model, method, adapted), group in agg.groupby(["model", "method", "adapted"]):
-        published = match_published(model, method, adapted, paper)
+    for (model, method, adapted, experiment), group in agg.groupby(ROW_KEY):
+        published = match_published(model, method, adapted, experiment, paper)
         pub = dict(zip(published.task, published.value))
-        tasks = sorted(set(group.task) | set(t for t in pub if t != "avg"), key=lambda t: (t not in GLUE_TASKS, GLUE_TASKS.index(t) if t in GLUE_TASKS else t))
-        by_task = group.set_index("task")
-        for task in tasks:
-            ours = by_task.loc[task] if task in by_task.index else None
-            rows.append({"model": model, "method": method, "adapted": adapted, "params": millions(adapted),
-                         "published_row": published.row.iloc[0] if len(published) else None, "task": task,
-                         "median": None if ours is None else ours["median"], "spread": None if ours is None else ours["spread"],
-                         "n_seeds": 0 if ours is None else int(ours["n"]), "published": pub.get(task),
-                         "diff": None if ours is None or task not in pub else ours["median"] - pub[task]})
-        glue = group[group.task.isin(GLUE_TASKS)]
-        if set(glue.task) == set(GLUE_TASKS):  # Avg only over a complete row, as the paper's
-            avg = glue["median"].mean()
-            rows.append({"model": model, "method": method, "adapted": adapted, "params": millions(adapted),
-                         "published_row": published.row.iloc[0] if len(published) else None, "task": "avg",
-                         "median": avg, "spread": None, "n_seeds": int(glue.n.min()), "published": pub.get("avg"),
-                         "diff": avg - pub["avg"] if "avg" in pub else None})
-        elif "avg" in pub:
-            rows.append({"model": model, "method": method, "adapted": adapted, "params": millions(adapted),
-                         "published_row": published.row.iloc[0], "task": "avg", "median": None, "spread": None,
-                         "n_seeds": 0, "published": pub["avg"], "diff": None})
+        key = {"model": model, "method": method, "adapted": adapted, "experiment": experiment, "params": millions(adapted),
+               "published_row": published.row.iloc[0] if len(published) else None}
+        ours = {r["task"]: (r["median"], r["spread"], int(r["n"])) for r in group.to_dict("records")}
+        glue = [ours[t][0] for t in GLUE_TASKS if t in ours]
+        if len(glue) == len(GLUE_TASKS):
+            ours["avg"] = (sum(glue) / len(glue), None, min(ours[t][2] for t in GLUE_TASKS))
+        for task in sorted(set(ours) | set(pub), key=task_order):
+            median, spread, n = ours.get(task, (None, None, 0))
+            rows.append({**key, "task": task, "median": median, "spread": spread, "n_seeds": n,
+                         "published": pub.get(task),
+                         "diff": None if median is None or task not in pub else median - pub[task]})
     return pd.DataFrame(rows)
 
 
@@ -125,9 +131,10 @@ def to_markdown(table: pd.DataFrame, records: Records) -> str:
         tasks += ["avg"] if "avg" in set(table.task) else []
         lines.append("| Model & Method | # Trainable Params | " + " | ".join(t.upper() if t != "avg" else "Avg." for t in tasks) + " |")
         lines.append("|---|---|" + "---|" * len(tasks))
-        for (model, method, adapted), group in table.groupby(["model", "method", "adapted"], sort=False):
+        for (model, method, adapted, experiment), group in table.groupby(ROW_KEY, sort=False):
             cells = {row["task"]: cell(pd.Series(row)) for row in group.to_dict("records")}
-            lines.append(f"| {model} ({method}) | {millions(adapted)} | " + " | ".join(cells.get(t, "—") for t in tasks) + " |")
+            label = f"{model} ({method})" + ("" if experiment == "-" else f" [{experiment}]")
+            lines.append(f"| {label} | {millions(adapted)} | " + " | ".join(cells.get(t, "—") for t in tasks) + " |")
     lines += ["", f"Records: {records.summary()}"]
     return "\n".join(lines) + "\n"
 

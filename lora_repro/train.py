@@ -47,12 +47,13 @@ def _main(cfg: DictConfig) -> float | None:
     if done and done.get("status") == "ok" and not cfg.overwrite:
         log.info("already done (status ok), skipping: %s  [overwrite=true re-runs it]", run_dir)
         return (done.get("metrics") or {}).get(cfg.task.main_metric)
+    experiment = HydraConfig.get().runtime.choices.get("experiment")
     try:
         if is_main_process():
             with RunDirLock(run_dir):
-                record = run(cfg, method, run_dir)
+                record = run(cfg, method, run_dir, experiment)
         else:
-            record = run(cfg, method, run_dir)
+            record = run(cfg, method, run_dir, experiment)
     except Exception as exc:
         return fail(f"error: {one_line(exc)} (recorded in {run_dir}/record.json)"
                     if (run_dir / "record.json").is_file() else f"error: {one_line(exc)}")

@@ -52,3 +52,13 @@ def test_markdown_lists_excluded_records(runs):
     assert "| roberta_base (lora) | 0.3M |" in text
     assert "95.0±0.8 (3) [paper 95.1, -0.1]" in text
     assert "1 failed, 1 unreadable" in text and "sst2_failed" in text and "broken" in text
+
+
+def test_runs_of_different_recipes_are_not_pooled(tmp_path):
+    for seed, (acc, experiment) in enumerate(((0.95, "paper_roberta_base_lora"), (0.70, "mini"), (0.96, "paper_roberta_base_lora"))):
+        write_record(tmp_path / str(seed), {**record("sst2", "lora", seed, {"accuracy": acc}, 294_912), "experiment": experiment})
+    table = build_table2(load_records(tmp_path))
+    sst2 = table[table.task == "sst2"].set_index("experiment")
+    assert sst2.loc["paper_roberta_base_lora", "median"] == pytest.approx(95.5)
+    assert sst2.loc["mini", "median"] == pytest.approx(70.0) and sst2.loc["mini", "n_seeds"] == 1
+    assert "[mini]" in to_markdown(table, load_records(tmp_path))
