@@ -42,7 +42,7 @@ def make_compute_metrics(task_cfg: Any) -> Callable[[Any], dict[str, float]]:
 
 
 def check_metric_names(task_cfg: Any) -> None:
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     unknown = [m for m in task_cfg.metrics if m not in METRICS]
     if unknown:
