@@ -1,9 +1,10 @@
 """`make plots` / `python -m analysis.plots [RUNS_DIR]`: PNGs under results/plots/ from run records.
 
   rank.png             metric vs LoRA rank r (the shape of the paper's Tables 6 and 18)
-  loraplus_<model>_<task>.png   LoRA+ heatmap of the metric over (lr_A, lr ratio), LoRA+ Figs. 3-4
-  params_<model>_<task>.png     metric vs trainable parameters per method (log x), Table 2's published
-                                points of the same model and task overlaid
+  loraplus_<model>_<task>[_<experiment>].png   LoRA+ heatmap of the metric over (lr_A, lr ratio)
+  params_<model>_<task>[_<experiment>].png     metric vs trainable parameters per method (log x),
+                                Table 2's published points of the same model and task overlaid
+Runs of different recipes (their conf/experiment file) are drawn apart, never pooled.
   efficiency.png       peak memory and training throughput per method
 A plot whose records do not exist yet is skipped with a message, never drawn empty."""
 
@@ -31,6 +32,11 @@ def save(fig, path: Path) -> Path:
     return path
 
 
+def suffix(experiment: str, sep: str = "_") -> str:
+    """Runs of different recipes (conf/experiment files) are drawn apart, never pooled."""
+    return "" if experiment == "-" else f"{sep}[{experiment}]" if sep == " " else f"{sep}{experiment}"
+
+
 def scores(ok: pd.DataFrame) -> pd.DataFrame:
     """Per run: the task's main metric at the best evaluation, x100."""
     if ok.empty:
@@ -45,9 +51,9 @@ def plot_rank(df: pd.DataFrame, out: Path) -> Path | None:
     if lora.empty or lora["hp.r"].nunique() < 2:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
-    for (model, task, method), group in lora.groupby(["model", "task", "method"]):
+    for (model, task, method, experiment), group in lora.groupby(["model", "task", "method", "experiment"]):
         med = group.groupby("hp.r").score.median()
-        ax.plot(med.index, med.values, marker="o", label=f"{model} {task} {method}")
+        ax.plot(med.index, med.values, marker="o", label=f"{model} {task} {method}{suffix(experiment, ' ')}")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("LoRA rank r")
     ax.set_ylabel("dev metric (x100, median over seeds)")
@@ -60,7 +66,7 @@ def plot_loraplus(df: pd.DataFrame, out: Path) -> list[Path]:
     if "hp.loraplus_lr_ratio" not in df:
         return []
     paths = []
-    for (model, task), group in df[df.method == "lora_plus"].groupby(["model", "task"]):
+    for (model, task, experiment), group in df[df.method == "lora_plus"].groupby(["model", "task", "experiment"]):
         grid = group.pivot_table(index="hp.loraplus_lr_ratio", columns="train.lr", values="score", aggfunc="median")
         if grid.shape[0] < 2 or grid.shape[1] < 2:
             continue
@@ -74,9 +80,9 @@ def plot_loraplus(df: pd.DataFrame, out: Path) -> list[Path]:
                     ax.text(j, i, f"{grid.values[i, j]:.1f}", ha="center", va="center", fontsize=7, color="w")
         ax.set_xlabel("lr(A) = train.lr")
         ax.set_ylabel("lr(B) / lr(A)")
-        ax.set_title(f"LoRA+ {model} {task} (cf. LoRA+ Figs. 3-4)")
+        ax.set_title(f"LoRA+ {model} {task}{suffix(experiment, ' ')} (cf. LoRA+ Figs. 3-4)")
         fig.colorbar(image, ax=ax, label="dev metric (x100)")
-        paths.append(save(fig, out / f"loraplus_{model}_{task}.png"))
+        paths.append(save(fig, out / f"loraplus_{model}_{task}{suffix(experiment)}.png"))
     return paths
 
 
@@ -90,7 +96,7 @@ def published_points() -> pd.DataFrame:
 def plot_params(df: pd.DataFrame, out: Path) -> list[Path]:
     paper = published_points()
     paths = []
-    for (model, task), group in df.groupby(["model", "task"]):
+    for (model, task, experiment), group in df.groupby(["model", "task", "experiment"]):
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
         med = group.groupby(["method", "params.adapted"]).score.agg(["median", "min", "max"]).reset_index()
         for method, rows in med.groupby("method"):
@@ -104,20 +110,21 @@ def plot_params(df: pd.DataFrame, out: Path) -> list[Path]:
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters (the paper's count, head excluded)")
         ax.set_ylabel(f"{task_metric(task)} (x100)")
-        ax.set_title(f"{model} on {task}")
+        ax.set_title(f"{model} on {task}{suffix(experiment, ' ')}")
         ax.legend(fontsize=7)
-        paths.append(save(fig, out / f"params_{model}_{task}.png"))
+        paths.append(save(fig, out / f"params_{model}_{task}{suffix(experiment)}.png"))
     return paths
 
 
 def plot_efficiency(ok: pd.DataFrame, out: Path) -> Path | None:
     if ok.empty or "throughput.train_tokens_per_s" not in ok:
         return None
-    agg = ok.groupby(["model", "method"]).agg(memory=("peak_memory_bytes", "median"),
-                                              tokens=("throughput.train_tokens_per_s", "median")).reset_index()
+    agg = ok.groupby(["model", "experiment", "method"]).agg(memory=("peak_memory_bytes", "median"),
+                                                            tokens=("throughput.train_tokens_per_s", "median")).reset_index()
+    agg["setting"] = [f"{m}{suffix(e, ' ')}" for m, e in zip(agg.model, agg.experiment)]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, column, label in ((axes[0], "memory", "peak memory (GiB)"), (axes[1], "tokens", "training tokens/s")):
-        pivot = agg.pivot(index="method", columns="model", values=column)
+        pivot = agg.pivot(index="method", columns="setting", values=column)
         (pivot / 2**30 if column == "memory" else pivot).plot.bar(ax=ax, rot=40)
         ax.set_ylabel(label)
         ax.set_title(f"{label} per method (median over runs)")

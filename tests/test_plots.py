@@ -48,3 +48,11 @@ def test_results_notebook_runs_top_to_bottom_offline(tmp_path):
     text = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/markdown", "")) for o in outputs)
     assert "2 ok runs, 0 failed, 0 unreadable" in text and "95.0" in text
     assert any("image/png" in o.get("data", {}) for o in outputs)
+
+
+def test_runs_of_different_recipes_get_separate_plots(tmp_path):
+    runs = tmp_path / "runs"
+    write_record(runs / "a", {**rec("lora", 1, 0.9, 294_912, {"r": 8}), "experiment": "mini"})
+    write_record(runs / "b", rec("lora", 1, 0.7, 294_912, {"r": 8}))
+    names = sorted(p.name for p in make_plots(runs, tmp_path / "plots"))
+    assert "params_roberta_base_sst2.png" in names and "params_roberta_base_sst2_mini.png" in names
