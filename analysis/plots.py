@@ -98,7 +98,7 @@ def plot_params(df: pd.DataFrame, out: Path) -> list[Path]:
     paths = []
     for (model, task, experiment), group in df.groupby(["model", "task", "experiment"]):
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
-        med = group.groupby(["method", "params.adapted"]).score.agg(["median", "min", "max"]).reset_index()
+        med = group.groupby(["method", "variant", "params.adapted"]).score.agg(["median", "min", "max"]).reset_index()
         for method, rows in med.groupby("method"):
             ax.errorbar(rows["params.adapted"], rows["median"], yerr=[rows["median"] - rows["min"], rows["max"] - rows["median"]],
                         fmt="o", capsize=3, label=f"{method} (ours)")

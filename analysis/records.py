@@ -27,7 +27,9 @@ class Records:
 
 def flatten(record: dict, path: Path) -> dict:
     row = {k: record.get(k) for k in ("task", "model", "method", "seed", "wall_s", "peak_memory_bytes", "checkpoint_bytes")}
-    row["experiment"] = record.get("experiment") or "-"  # runs of different recipes are never pooled
+    # Runs of different recipes (experiment file, hyper-parameter overrides) are never pooled.
+    row["experiment"] = record.get("experiment") or "-"
+    row["variant"] = record.get("overrides") or ""
     row["path"] = str(path.parent)
     row.update({f"hp.{k}": (tuple(v) if isinstance(v, list) else v) for k, v in (record.get("hparams") or {}).items()})
     row.update({f"metric.{k}": v for k, v in (record.get("metrics") or {}).items()})

@@ -24,7 +24,7 @@ DEFAULT_METRIC = "accuracy"
 
 # A table row: runs of the same model, method, size and recipe (the conf/experiment file, "-" for
 # none). Runs of different recipes are never pooled into one median.
-ROW_KEY = ["model", "method", "adapted", "experiment"]
+ROW_KEY = ["model", "method", "adapted", "experiment", "variant"]
 
 
 def task_metric(task: str) -> str:
@@ -39,7 +39,7 @@ def run_scores(records: Records) -> pd.DataFrame:
     """One row per ok run: model, method, size (adapted params), task, seed, score (x100, best eval)."""
     df = records.ok
     if df.empty:
-        return pd.DataFrame(columns=["model", "method", "adapted", "experiment", "task", "seed", "score"])
+        return pd.DataFrame(columns=[*ROW_KEY, "task", "seed", "score"])
     rows = []
     for r in df.to_dict("records"):
         metric = task_metric(r["task"])
@@ -47,7 +47,8 @@ def run_scores(records: Records) -> pd.DataFrame:
         if value is None or pd.isna(value):
             continue
         rows.append({"model": r["model"], "method": r["method"], "adapted": int(r["params.adapted"]),
-                     "experiment": r.get("experiment") or "-", "task": r["task"], "seed": r["seed"],
+                     "experiment": r.get("experiment") or "-", "variant": r.get("variant") or "",
+                     "task": r["task"], "seed": r["seed"],
                      "score": 100.0 * float(value)})
     return pd.DataFrame(rows)
 
@@ -92,10 +93,11 @@ def build_table2(records: Records) -> pd.DataFrame:
     agg = aggregate(run_scores(records))
     paper = published_table2()
     rows = []
-    for (model, method, adapted, experiment), group in agg.groupby(ROW_KEY):
-        published = match_published(model, method, adapted, experiment, paper)
+    for (model, method, adapted, experiment, variant), group in agg.groupby(ROW_KEY):
+        published = match_published(model, method, adapted, experiment, paper) if not variant else paper.iloc[0:0]
         pub = dict(zip(published.task, published.value))
-        key = {"model": model, "method": method, "adapted": adapted, "experiment": experiment, "params": millions(adapted),
+        key = {"model": model, "method": method, "adapted": adapted, "experiment": experiment, "variant": variant,
+               "params": millions(adapted),
                "published_row": published.row.iloc[0] if len(published) else None}
         ours = {r["task"]: (r["median"], r["spread"], int(r["n"])) for r in group.to_dict("records")}
         glue = [ours[t][0] for t in GLUE_TASKS if t in ours]
@@ -131,9 +133,10 @@ def to_markdown(table: pd.DataFrame, records: Records) -> str:
         tasks += ["avg"] if "avg" in set(table.task) else []
         lines.append("| Model & Method | # Trainable Params | " + " | ".join(t.upper() if t != "avg" else "Avg." for t in tasks) + " |")
         lines.append("|---|---|" + "---|" * len(tasks))
-        for (model, method, adapted, experiment), group in table.groupby(ROW_KEY, sort=False):
+        for (model, method, adapted, experiment, variant), group in table.groupby(ROW_KEY, sort=False):
             cells = {row["task"]: cell(pd.Series(row)) for row in group.to_dict("records")}
-            label = f"{model} ({method})" + ("" if experiment == "-" else f" [{experiment}]")
+            tags = [t for t in (experiment if experiment != "-" else "", variant) if t]
+            label = f"{model} ({method})" + (f" [{'; '.join(tags)}]" if tags else "")
             lines.append(f"| {label} | {millions(adapted)} | " + " | ".join(cells.get(t, "—") for t in tasks) + " |")
     lines += ["", f"Records: {records.summary()}"]
     return "\n".join(lines) + "\n"

@@ -18,7 +18,7 @@ from . import PROJECT_ROOT
 
 RECORD_NAME = "record.json"
 RECORD_FIELDS = (
-    "status", "error", "task", "model", "method", "seed", "experiment", "hparams", "metrics", "best_metrics",
+    "status", "error", "task", "model", "method", "seed", "experiment", "overrides", "hparams", "metrics", "best_metrics",
     "params", "optimizer_groups", "peak_memory_bytes", "peak_memory_source", "throughput", "wall_s",
     "checkpoint_bytes", "git_commit", "config",
 )

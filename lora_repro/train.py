@@ -48,12 +48,13 @@ def _main(cfg: DictConfig) -> float | None:
         log.info("already done (status ok), skipping: %s  [overwrite=true re-runs it]", run_dir)
         return (done.get("metrics") or {}).get(cfg.task.main_metric)
     experiment = HydraConfig.get().runtime.choices.get("experiment")
+    recipe = recipe_overrides(list(HydraConfig.get().overrides.task))
     try:
         if is_main_process():
             with RunDirLock(run_dir):
-                record = run(cfg, method, run_dir, experiment)
+                record = run(cfg, method, run_dir, experiment, recipe)
         else:
-            record = run(cfg, method, run_dir, experiment)
+            record = run(cfg, method, run_dir, experiment, recipe)
     except Exception as exc:
         return fail(f"error: {one_line(exc)} (recorded in {run_dir}/record.json)"
                     if (run_dir / "record.json").is_file() else f"error: {one_line(exc)}")
@@ -61,6 +62,18 @@ def _main(cfg: DictConfig) -> float | None:
     log.info("%s %s %s seed=%s: %s=%.4f -> %s", cfg.task.name, cfg.model.name, cfg.method.name, cfg.seed,
              cfg.task.main_metric, main, run_dir)
     return main
+
+
+# Command-line overrides that do not change the recipe: which task/model/method/seed (recorded in
+# their own fields), where results go, and bookkeeping.
+NOT_RECIPE = ("task=", "seed=", "experiment=", "model=", "method=", "output_root=", "overwrite=", "resume=",
+              "logger.", "hydra.", "save_checkpoint=", "task.data_dir=")
+
+
+def recipe_overrides(overrides: list[str]) -> str:
+    """The overrides that change how a run trains (e.g. `method.r=4 train.lr=1e-3`), sorted, so the
+    analysis never pools runs of different hyper-parameters into one median."""
+    return " ".join(sorted(o.lstrip("+") for o in overrides if not o.lstrip("+~").startswith(NOT_RECIPE)))
 
 
 def output_root_override(argv: list[str]) -> str:

@@ -237,10 +237,11 @@ def save_trainable(model: torch.nn.Module, run_dir: Path, save: bool) -> int:
     return path.stat().st_size
 
 
-def base_record(cfg: DictConfig, method: Method, experiment: str | None) -> dict[str, Any]:
+def base_record(cfg: DictConfig, method: Method, experiment: str | None, overrides: str) -> dict[str, Any]:
     return {
         "status": "running", "error": None, "task": cfg.task.name, "model": cfg.model.name,
-        "method": cfg.method.name, "seed": int(cfg.seed), "experiment": experiment, "hparams": method.hparams(),
+        "method": cfg.method.name, "seed": int(cfg.seed), "experiment": experiment, "overrides": overrides,
+        "hparams": method.hparams(),
         "metrics": None, "best_metrics": None, "params": None, "optimizer_groups": None,
         "peak_memory_bytes": None, "peak_memory_source": None, "throughput": None, "wall_s": None,
         "checkpoint_bytes": None, "train_loss_curve": None, "resumed_from_step": None, "init_from": None, "git_commit": git_commit(),
@@ -253,15 +254,17 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def run(cfg: DictConfig, method: Method, run_dir: str | Path, experiment: str | None = None) -> dict[str, Any]:
+def run(cfg: DictConfig, method: Method, run_dir: str | Path, experiment: str | None = None,
+        overrides: str = "") -> dict[str, Any]:
     """Train and evaluate one config; write and return its record (rank 0 only writes). Resumes
     from the folder's last checkpoint when cfg.resume and one exists. Failures are recorded
-    (status "failed", one-line error) and re-raised. `experiment` names the conf/experiment file the
-    run was composed with, so tables never pool runs of different recipes."""
+    (status "failed", one-line error) and re-raised. `experiment` (the conf/experiment file) and
+    `overrides` (the recipe-changing command-line overrides) let the analysis keep runs of different
+    recipes apart."""
     run_dir = Path(run_dir)
     main_process = is_main_process()
     start = time.perf_counter()
-    record = base_record(cfg, method, experiment)
+    record = base_record(cfg, method, experiment, overrides)
     memory = PeakMemory()
     wandb_run: WandbRun | None = None
     try:

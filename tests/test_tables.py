@@ -62,3 +62,21 @@ def test_runs_of_different_recipes_are_not_pooled(tmp_path):
     assert sst2.loc["paper_roberta_base_lora", "median"] == pytest.approx(95.5)
     assert sst2.loc["mini", "median"] == pytest.approx(70.0) and sst2.loc["mini", "n_seeds"] == 1
     assert "[mini]" in to_markdown(table, load_records(tmp_path))
+
+
+def test_runs_with_different_overrides_are_not_pooled(tmp_path):
+    for seed, (acc, overrides) in enumerate(((0.9, ""), (0.6, "train.lr=1e-2"), (0.92, ""))):
+        write_record(tmp_path / str(seed), {**record("sst2", "lora", seed, {"accuracy": acc}, 294_912), "overrides": overrides})
+    table = build_table2(load_records(tmp_path))
+    sst2 = table[table.task == "sst2"].set_index("variant")
+    assert sst2.loc["", "median"] == pytest.approx(91.0) and sst2.loc["train.lr=1e-2", "median"] == pytest.approx(60.0)
+    assert pd.isna(sst2.loc["train.lr=1e-2", "published"])  # a changed recipe is not the paper's row
+    assert "[train.lr=1e-2]" in to_markdown(table, load_records(tmp_path))
+
+
+def test_recipe_overrides_keep_only_what_changes_training():
+    from lora_repro.train import recipe_overrides
+
+    assert recipe_overrides(["experiment=mini", "task=sst2", "method=lora", "seed=3", "train.lr=1e-3", "method.r=4",
+                             "output_root=/x", "logger.wandb.mode=disabled", "+method.init=b_random"]) == \
+        "method.init=b_random method.r=4 train.lr=1e-3"
