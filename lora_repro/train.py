@@ -48,7 +48,7 @@ def _main(cfg: DictConfig) -> float | None:
         log.info("already done (status ok), skipping: %s  [overwrite=true re-runs it]", run_dir)
         return (done.get("metrics") or {}).get(cfg.task.main_metric)
     experiment = HydraConfig.get().runtime.choices.get("experiment")
-    recipe = recipe_overrides(list(HydraConfig.get().overrides.task))
+    recipe = recipe_variant(cfg)
     try:
         if is_main_process():
             with RunDirLock(run_dir):
@@ -64,16 +64,34 @@ def _main(cfg: DictConfig) -> float | None:
     return main
 
 
-# Command-line overrides that do not change the recipe: which task/model/method/seed (recorded in
-# their own fields), where results go, and bookkeeping.
-NOT_RECIPE = ("task=", "seed=", "experiment=", "model=", "method=", "output_root=", "overwrite=", "resume=",
-              "logger.", "hydra.", "save_checkpoint=", "task.data_dir=")
+def flat(node: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
-def recipe_overrides(overrides: list[str]) -> str:
-    """The overrides that change how a run trains (e.g. `method.r=4 train.lr=1e-3`), sorted, so the
-    analysis never pools runs of different hyper-parameters into one median."""
-    return " ".join(sorted(o.lstrip("+") for o in overrides if not o.lstrip("+~").startswith(NOT_RECIPE)))
+def recipe_variant(cfg: DictConfig) -> str:
+    """How this run's recipe differs from its named defaults (the experiment file and the chosen
+    model/method/task/train configs), e.g. `method.r=4 train.lr=0.001`: the resolved configs are
+    compared, so the same recipe gets the same label however it was typed, and the analysis never
+    pools runs of different hyper-parameters into one median. Data location is not a recipe."""
+    from hydra import compose
+    from omegaconf import OmegaConf
+
+    from .rundir import HASHED_KEYS
+
+    choices = HydraConfig.get().runtime.choices
+    base_overrides = [f"{group}={choices[group]}" for group in ("model", "method", "task", "train", "experiment")
+                      if choices.get(group)] + [f"seed={cfg.seed}", f"output_root={cfg.output_root}"]
+    base = compose(config_name="config", overrides=base_overrides)
+    ours = flat({k: OmegaConf.to_container(cfg, resolve=True).get(k) for k in HASHED_KEYS if k in cfg})
+    theirs = flat({k: OmegaConf.to_container(base, resolve=True).get(k) for k in HASHED_KEYS if k in base})
+    changed = [k for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k) and k != "task.data_dir"]
+    return " ".join(f"{k}={ours.get(k)}" for k in changed)
 
 
 def output_root_override(argv: list[str]) -> str:

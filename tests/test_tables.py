@@ -74,9 +74,17 @@ def test_runs_with_different_overrides_are_not_pooled(tmp_path):
     assert "[train.lr=1e-2]" in to_markdown(table, load_records(tmp_path))
 
 
-def test_recipe_overrides_keep_only_what_changes_training():
-    from lora_repro.train import recipe_overrides
+def test_recipe_variant_is_the_resolved_difference_from_the_named_defaults(tmp_path, sst2_dir):
+    import json
+    import subprocess
+    import sys
 
-    assert recipe_overrides(["experiment=mini", "task=sst2", "method=lora", "seed=3", "train.lr=1e-3", "method.r=4",
-                             "output_root=/x", "logger.wandb.mode=disabled", "+method.init=b_random"]) == \
-        "method.init=b_random method.r=4 train.lr=1e-3"
+    base = [sys.executable, "-m", "lora_repro.train", "model=tiny_bert", "task=sst2", f"task.data_dir={sst2_dir}",
+            "logger.wandb.mode=disabled", "train.max_steps=1", "train.checkpoint_every=0"]
+    for i, extra in enumerate((["method.r=4", "train.lr=1e-3"], ["train.lr=0.001", "method.r=4"], [])):
+        proc = subprocess.run([*base, f"output_root={tmp_path / str(i)}", *extra], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    variants = [json.loads(next((tmp_path / str(i)).rglob("record.json")).read_text())["overrides"] for i in range(3)]
+    # however it was typed; the shared train.* settings of this test are part of every variant
+    assert variants[0] == variants[1] == "method.r=4 train.checkpoint_every=0 train.lr=0.001 train.max_steps=1"
+    assert variants[2] == "train.checkpoint_every=0 train.max_steps=1"
