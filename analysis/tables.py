@@ -50,7 +50,8 @@ def run_scores(records: Records) -> pd.DataFrame:
                      "experiment": r.get("experiment") or "-", "variant": r.get("variant") or "",
                      "task": r["task"], "seed": r["seed"],
                      "score": 100.0 * float(value)})
-    return pd.DataFrame(rows)
+    # One recipe and seed counts once, even if it was run twice (e.g. in two output folders).
+    return pd.DataFrame(rows).drop_duplicates(subset=[*ROW_KEY, "task", "seed"], keep="last")
 
 
 def aggregate(scores: pd.DataFrame) -> pd.DataFrame:

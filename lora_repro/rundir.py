@@ -21,12 +21,23 @@ HASHED_KEYS = ("model", "method", "task", "train", "init_from")
 LOCK_NAME = ".lock"
 
 
+def _canonical(value: Any) -> Any:
+    """Numbers as floats, so `ratio=16` on the command line and `16.0` in a yaml name one folder."""
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
 def config_hash(cfg: Any) -> str:
     """8 hex digits of sha256 over the resolved model/method/task/train config."""
     container = OmegaConf.to_container(cfg, resolve=False)
     container.pop("hydra", None)  # Hydra's own node refers back to this hash
     resolved = OmegaConf.to_container(OmegaConf.create(container), resolve=True)
-    payload = json.dumps({k: resolved.get(k) for k in HASHED_KEYS}, sort_keys=True, default=str)
+    payload = json.dumps(_canonical({k: resolved.get(k) for k in HASHED_KEYS}), sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:8]
 
 

@@ -71,6 +71,9 @@ def test_run_folder_is_unique_per_config_and_seed(tmp_path, sst2_dir):
     register_resolvers()
     base = compose_cfg(*BASE, f"task.data_dir={sst2_dir}")
     assert config_hash(base) == config_hash(compose_cfg(*BASE, f"task.data_dir={sst2_dir}", "seed=7", "overwrite=true"))
+    # The same value typed as an int or a float names the same folder.
+    ratio = [*BASE[:-1], "method=lora_plus", f"task.data_dir={sst2_dir}"]
+    assert config_hash(compose_cfg(*ratio, "method.loraplus_lr_ratio=16")) == config_hash(compose_cfg(*ratio))
     for change in ["method.r=4", "train.lr=1e-3", "task.max_length=32", "method=bitfit"]:
         assert config_hash(compose_cfg(*BASE, f"task.data_dir={sst2_dir}", change)) != config_hash(base), change
 

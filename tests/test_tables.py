@@ -88,3 +88,11 @@ def test_recipe_variant_is_the_resolved_difference_from_the_named_defaults(tmp_p
     # however it was typed; the shared train.* settings of this test are part of every variant
     assert variants[0] == variants[1] == "method.r=4 train.checkpoint_every=0 train.lr=0.001 train.max_steps=1"
     assert variants[2] == "train.checkpoint_every=0 train.max_steps=1"
+
+
+def test_the_same_recipe_and_seed_counts_once(tmp_path):
+    for folder, acc in (("a", 0.90), ("b", 0.90), ("c", 0.80)):
+        seed = 2 if folder == "c" else 1
+        write_record(tmp_path / folder, record("sst2", "lora", seed, {"accuracy": acc}, 294_912))
+    sst2 = build_table2(load_records(tmp_path)).set_index("task").loc["sst2"]
+    assert sst2["n_seeds"] == 2 and sst2["median"] == pytest.approx(85.0)
