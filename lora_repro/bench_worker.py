@@ -14,20 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from safetensors.torch import save_file
 
-from . import CONF_DIR
 from .backbone import build_causal_lm, build_classifier, count_parameters, set_trainable
-from .config import instantiate_method
+from .config import compose_config, instantiate_method
 from .trainer import trainable_state
 
 
 def compose_run_cfg(model: str, method: str, *overrides: str):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=[f"model={model}", "model.init=random", f"method={method}", "task=sst2", *overrides])
+    """A benchmark run's config: the architecture only (random weights), any method."""
+    return compose_config([f"model={model}", "model.init=random", f"method={method}", "task=sst2", *overrides])
 
 
 def device() -> torch.device:

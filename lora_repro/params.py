@@ -15,21 +15,12 @@ from typing import Any
 
 import pandas as pd
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-
-from . import CONF_DIR, PROJECT_ROOT
+from . import PROJECT_ROOT
 from .backbone import arch_config, build_causal_lm, count_parameters, set_trainable
-from .config import instantiate_method
+from .config import compose_config, instantiate_method
 
 PAPER_PARAMS = PROJECT_ROOT / "analysis" / "paper" / "params.csv"
 GPT3 = {"d_model": 12288, "n_layers": 96, "vocab": 50257, "positions": 2048}
-
-
-def compose_cfg(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
 
 
 def dims(model_cfg: Any) -> tuple[int, int]:
@@ -76,7 +67,7 @@ def build_rows(paper: pd.DataFrame) -> pd.DataFrame:
     for r in paper.itertuples(index=False):
         overrides = str(r.overrides).split() if isinstance(r.overrides, str) else []
         model_for_cfg = "gpt2_medium" if r.model == "gpt3_175b" else r.model
-        cfg = compose_cfg([f"model={model_for_cfg}", "model.init=random", f"method={r.method}", "task=sst2", *overrides])
+        cfg = compose_config([f"model={model_for_cfg}", "model.init=random", f"method={r.method}", "task=sst2", *overrides])
         method = instantiate_method(cfg.method)
         if r.model == "gpt3_175b":
             # GPT-3 is GPT-2's architecture scaled up (fused q|k|v), so GPT-2's model config stands in.

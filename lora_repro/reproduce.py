@@ -17,11 +17,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from . import CONF_DIR
+from .config import compose_config
 from .errors import ConfigError
 from .rundir import config_hash, existing_record
 
@@ -37,12 +36,6 @@ class Job:
     done: bool
 
 
-def compose_job(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=overrides)
-
-
 def plan(grid, model: str, extra: list[str]) -> list[Job]:
     experiments = grid.experiments.get(model)
     if not experiments:
@@ -53,7 +46,7 @@ def plan(grid, model: str, extra: list[str]) -> list[Job]:
         overrides = [f"experiment={experiment}", f"task={task}", f"seed={seed}", f"model={model}", *extra]
         if method:
             overrides.insert(2, f"method={method}")
-        cfg = compose_job(overrides)
+        cfg = compose_config(overrides)
         run_dir = Path(str(cfg.output_root)) / "runs" / task / cfg.model.name / cfg.method.name / f"{config_hash(cfg)}_seed{seed}"
         record = existing_record(run_dir)
         size = grid.train_sizes.get(task, 0)
@@ -141,14 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"skipping task(s) {', '.join(missing)}: their data folder is not present", flush=True)
         jobs = [j for j in jobs if j.task not in missing]
-    print(describe(jobs, measured_throughput(str(compose_job(jobs[0].overrides).output_root) if jobs else "outputs")), flush=True)
+    print(describe(jobs, measured_throughput(str(compose_config(jobs[0].overrides).output_root) if jobs else "outputs")), flush=True)
     if args.dry_run or not any(not j.done for j in jobs):
         return 0
     return launch(jobs, grid, extra)
 
 
 def _data_available(job: Job) -> bool:
-    data_dir = compose_job(job.overrides).task.data_dir
+    data_dir = compose_config(job.overrides).task.data_dir
     return data_dir is None or Path(str(data_dir)).is_dir()
 
 

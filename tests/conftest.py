@@ -7,10 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-
-from lora_repro import CONF_DIR
+from lora_repro.config import compose_config
 
 POSITIVE = ["good", "great", "fine", "superb", "lovely", "wonderful"]
 NEGATIVE = ["bad", "awful", "poor", "dull", "boring", "terrible"]
@@ -18,9 +15,7 @@ FILLER = ["the", "movie", "film", "plot", "was", "really", "quite", "acting", "s
 
 
 def compose_cfg(*overrides: str):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    return compose_config(list(overrides))
 
 
 @pytest.fixture
