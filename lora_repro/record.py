@@ -17,6 +17,9 @@ import torch
 from . import PROJECT_ROOT
 
 RECORD_NAME = "record.json"
+# The fine-tuned model's trainable tensors: inside a run folder, and inside a resumable checkpoint.
+TRAINABLE_FILE = "trainable.safetensors"
+CHECKPOINT_FILE = f"checkpoint/{TRAINABLE_FILE}"
 RECORD_FIELDS = (
     "status", "error", "task", "model", "method", "seed", "experiment", "overrides", "hparams", "metrics", "best_metrics",
     "params", "optimizer_groups", "peak_memory_bytes", "peak_memory_source", "throughput", "wall_s",

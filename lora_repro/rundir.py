@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from .errors import ConfigError
-from .record import RECORD_NAME
+from .record import CHECKPOINT_FILE, RECORD_NAME, TRAINABLE_FILE
 
 # The parts of the config that decide a run's result (the seed is named separately in the folder).
 HASHED_KEYS = ("model", "method", "task", "train", "init_from")
@@ -32,12 +32,17 @@ def _canonical(value: Any) -> Any:
     return value
 
 
-def config_hash(cfg: Any) -> str:
-    """8 hex digits of sha256 over the resolved model/method/task/train config."""
+def recipe_part(cfg: Any) -> dict[str, Any]:
+    """The resolved model/method/task/train/init_from sections: what decides a run's result."""
     container = OmegaConf.to_container(cfg, resolve=False)
-    container.pop("hydra", None)  # Hydra's own node refers back to this hash
+    container.pop("hydra", None)  # Hydra's own node refers back to the hash of this part
     resolved = OmegaConf.to_container(OmegaConf.create(container), resolve=True)
-    payload = json.dumps(_canonical({k: resolved.get(k) for k in HASHED_KEYS}), sort_keys=True, default=str)
+    return {k: resolved.get(k) for k in HASHED_KEYS}
+
+
+def config_hash(cfg: Any) -> str:
+    """8 hex digits of sha256 over the config's recipe part."""
+    payload = json.dumps(_canonical(recipe_part(cfg)), sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:8]
 
 
@@ -56,17 +61,17 @@ def resolve_init_from(cfg: Any) -> Path | None:
     if path.is_file():
         return path
     if path.is_dir():
-        for candidate in (path / "checkpoint" / "trainable.safetensors", path / "trainable.safetensors"):
+        for candidate in (path / CHECKPOINT_FILE, path / TRAINABLE_FILE):
             if candidate.is_file():
                 return candidate
-        raise ConfigError(f"init_from={value}: no checkpoint/trainable.safetensors in that folder")
+        raise ConfigError(f"init_from={value}: no {CHECKPOINT_FILE} in that folder")
     if "/" in str(value):
         raise ConfigError(f"init_from={value} does not exist")
     runs = Path(str(cfg.output_root)) / "runs" / str(value) / cfg.model.name / cfg.method.name
     done = []
     for record_path in sorted(runs.glob(f"*_seed{cfg.seed}/{RECORD_NAME}")):
         record = existing_record(record_path.parent)
-        weights = record_path.parent / "checkpoint" / "trainable.safetensors"
+        weights = record_path.parent / CHECKPOINT_FILE
         if record and record.get("status") == "ok" and weights.is_file():
             done.append(weights)
     if not done:

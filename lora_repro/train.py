@@ -80,16 +80,14 @@ def recipe_variant(cfg: DictConfig) -> str:
     compared, so the same recipe gets the same label however it was typed, and the analysis never
     pools runs of different hyper-parameters into one median. Data location is not a recipe."""
     from hydra import compose
-    from omegaconf import OmegaConf
 
-    from .rundir import HASHED_KEYS
+    from .rundir import recipe_part
 
     choices = HydraConfig.get().runtime.choices
     base_overrides = [f"{group}={choices[group]}" for group in ("model", "method", "task", "train", "experiment")
                       if choices.get(group)] + [f"seed={cfg.seed}", f"output_root={cfg.output_root}"]
     base = compose(config_name="config", overrides=base_overrides)
-    ours = flat({k: OmegaConf.to_container(cfg, resolve=True).get(k) for k in HASHED_KEYS if k in cfg})
-    theirs = flat({k: OmegaConf.to_container(base, resolve=True).get(k) for k in HASHED_KEYS if k in base})
+    ours, theirs = flat(recipe_part(cfg)), flat(recipe_part(base))
     changed = [k for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k) and k != "task.data_dir"]
     return " ".join(f"{k}={ours.get(k)}" for k in changed)
 

@@ -26,13 +26,15 @@ from .data import TaskData, load_task
 from .errors import ConfigError, DataError, TrainingDiverged, one_line
 from .methods import Method
 from .metrics import make_compute_metrics
-from .record import PeakMemory, git_commit, write_record
+from .record import CHECKPOINT_FILE, TRAINABLE_FILE, PeakMemory, git_commit, write_record
 from .rundir import resolve_init_from
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = "checkpoint/trainable.safetensors"
-TRAINABLE_FILE = "trainable.safetensors"
+
+
+def run_name(cfg: DictConfig) -> str:
+    return f"{cfg.task.name}-{cfg.model.name}-{cfg.method.name}-seed{cfg.seed}"
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -67,7 +69,7 @@ class RunTrainer(Trainer):
         if not os.path.isfile(path):
             raise DataError(f"checkpoint {resume_from_checkpoint} has no {TRAINABLE_FILE}")
         state = load_file(path)
-        expected = set(trainable_state(model))
+        expected = {n for n, p in model.named_parameters() if p.requires_grad}
         if set(state) != expected:
             raise DataError(f"checkpoint {resume_from_checkpoint} does not match this config's trainable parameters")
         model.load_state_dict(state, strict=False)
@@ -153,7 +155,7 @@ def training_arguments(cfg: DictConfig, run_dir: Path, report_to: list[str]) -> 
         save_total_limit=1,
         logging_steps=int(train.logging_steps),
         report_to=report_to,
-        run_name=f"{cfg.task.name}-{cfg.model.name}-{cfg.method.name}-seed{cfg.seed}",
+        run_name=run_name(cfg),
         seed=int(cfg.seed),
         dataloader_num_workers=int(train.num_workers),
         label_names=["labels"],
@@ -205,7 +207,7 @@ class WandbRun:
         try:
             self.run = wandb.init(
                 project=wcfg.project, entity=wcfg.entity, mode=wcfg.mode, dir=str(run_dir),
-                name=f"{cfg.task.name}-{cfg.model.name}-{cfg.method.name}-seed{cfg.seed}",
+                name=run_name(cfg),
                 tags=list(wcfg.tags), config=OmegaConf.to_container(cfg, resolve=True), reinit="finish_previous",
             )
         except Exception as exc:  # wandb problems must not cost a run
@@ -226,9 +228,8 @@ class WandbRun:
         self.run.finish(exit_code=0 if record["status"] == "ok" else 1)
 
 
-def save_trainable(model: torch.nn.Module, run_dir: Path, save: bool) -> int:
-    """Save the fine-tuned model's trainable tensors; return their size in bytes."""
-    state = trainable_state(model)
+def save_trainable(state: dict[str, torch.Tensor], run_dir: Path, save: bool) -> int:
+    """Save the fine-tuned model's trainable tensors (when `save`); return their size in bytes."""
     if not save:
         return sum(t.numel() * t.element_size() for t in state.values())
     path = run_dir / CHECKPOINT_FILE
@@ -329,14 +330,13 @@ def run(cfg: DictConfig, method: Method, run_dir: str | Path, experiment: str | 
             }
             record["train_loss_curve"] = [[e["step"], e["loss"]] for e in trainer.state.log_history if "loss" in e]
             record["world_size"] = int(trainer.args.world_size)
-            record["trainable_sha256"] = state_digest(trainable_state(model))
+            state = trainable_state(model)
+            record["trainable_sha256"] = state_digest(state)
             log.info("rank %s of %s: trainable_sha256=%s", trainer.args.process_index, trainer.args.world_size,
                      record["trainable_sha256"])
+            record["checkpoint_bytes"] = save_trainable(state, run_dir, main_process and bool(cfg.save_checkpoint))
             if main_process:
-                record["checkpoint_bytes"] = save_trainable(model, run_dir, bool(cfg.save_checkpoint))
                 shutil.rmtree(checkpoint_root, ignore_errors=True)  # resumable state is no longer needed
-            else:
-                record["checkpoint_bytes"] = sum(t.numel() * t.element_size() for t in trainable_state(model).values())
         record["status"] = "ok"
     except BaseException as exc:
         record["status"] = "failed"

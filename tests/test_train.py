@@ -8,7 +8,8 @@ import pytest
 from lora_repro.config import validate
 from lora_repro.errors import TrainingDiverged
 from lora_repro.record import RECORD_FIELDS
-from lora_repro.trainer import CHECKPOINT_FILE, run
+from lora_repro.record import CHECKPOINT_FILE
+from lora_repro.trainer import run
 
 from .conftest import TINY, compose_cfg
 
