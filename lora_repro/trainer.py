@@ -18,16 +18,15 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
-from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from .backbone import build_classifier, count_parameters, head_parameter_names, load_tokenizer, set_trainable
-from .data import TaskData, load_task
+from .backbone import count_parameters, head_parameter_names, load_tokenizer, set_trainable
 from .errors import ConfigError, DataError, TrainingDiverged, one_line
 from .methods import Method
-from .metrics import make_compute_metrics
 from .record import CHECKPOINT_FILE, TRAINABLE_FILE, PeakMemory, git_commit, write_record
 from .rundir import resolve_init_from
+from .tasks import task_runner
 
 log = logging.getLogger(__name__)
 
@@ -113,22 +112,8 @@ def load_method_weights(model: torch.nn.Module, source: Path, head: list[str]) -
             own[name].copy_(tensor)
 
 
-def tokenize(data: TaskData, tokenizer: Any, task_cfg: Any) -> TaskData:
-    fields = list(task_cfg.text_fields)
-
-    def encode(batch: dict[str, list]) -> dict[str, list]:
-        texts = [batch[f] for f in fields]
-        enc = tokenizer(*texts, truncation=True, max_length=int(task_cfg.max_length))
-        enc["labels"] = batch["label"]
-        return enc
-
-    def run(ds):
-        return ds.map(encode, batched=True, remove_columns=ds.column_names, desc=None)
-
-    return TaskData(train=run(data.train), evals={k: run(v) for k, v in data.evals.items()})
-
-
-def training_arguments(cfg: DictConfig, run_dir: Path, report_to: list[str]) -> TrainingArguments:
+def training_arguments(cfg: DictConfig, run_dir: Path, report_to: list[str], evaluate: bool = True,
+                       prediction_loss_only: bool = False) -> TrainingArguments:
     train = cfg.train
     warmup = int(train.warmup_steps) if train.warmup_steps else float(train.warmup_ratio)
     by_steps = train.eval_every != "epoch"
@@ -149,8 +134,9 @@ def training_arguments(cfg: DictConfig, run_dir: Path, report_to: list[str]) -> 
         weight_decay=float(train.weight_decay),
         bf16=train.precision == "bf16",
         fp16=train.precision == "fp16",
-        eval_strategy="steps" if by_steps else "epoch",
-        eval_steps=int(train.eval_every) if by_steps else None,
+        eval_strategy="no" if not evaluate else ("steps" if by_steps else "epoch"),
+        eval_steps=int(train.eval_every) if by_steps and evaluate else None,
+        prediction_loss_only=prediction_loss_only,
         **save,
         save_total_limit=1,
         logging_steps=int(train.logging_steps),
@@ -166,27 +152,6 @@ def training_arguments(cfg: DictConfig, run_dir: Path, report_to: list[str]) -> 
         # On CPU this makes torchrun / accelerate launch use DDP over gloo (accelerate's MULTI_CPU).
         use_cpu=not torch.cuda.is_available(),
     )
-
-
-def strip_eval_prefix(metrics: dict[str, float], eval_splits: list[str]) -> dict[str, float]:
-    """Trainer names metrics `eval_<split>_<metric>` (several eval sets) or `eval_<metric>` (one);
-    the record uses `<split>_<metric>` or `<metric>`, and drops the runtime counters."""
-    out = {}
-    for key, value in metrics.items():
-        if not key.startswith("eval_") or key.endswith(("_runtime", "_per_second", "_loss")) or key == "eval_epoch":
-            continue
-        out[key[len("eval_"):]] = value
-    return out
-
-
-def evaluations(log_history: list[dict], main_key: str) -> list[dict]:
-    """One dict per evaluation in the Trainer's log, merging the per-split entries of that step."""
-    by_step: dict[int, dict] = {}
-    for entry in log_history:
-        if any(k.startswith("eval_") for k in entry):
-            merged = by_step.setdefault(entry["step"], {"step": entry["step"], "epoch": entry.get("epoch")})
-            merged.update({k: v for k, v in entry.items() if k.startswith("eval_")})
-    return [e for _, e in sorted(by_step.items()) if f"eval_{main_key}" in e]
 
 
 class WandbRun:
@@ -245,7 +210,7 @@ def base_record(cfg: DictConfig, method: Method, experiment: str | None, overrid
         "hparams": method.hparams(),
         "metrics": None, "best_metrics": None, "params": None, "optimizer_groups": None,
         "peak_memory_bytes": None, "peak_memory_source": None, "throughput": None, "wall_s": None,
-        "checkpoint_bytes": None, "train_loss_curve": None, "resumed_from_step": None, "init_from": None, "git_commit": git_commit(),
+        "checkpoint_bytes": None, "train_loss_curve": None, "eval_loss_curve": None, "decoding": None, "resumed_from_step": None, "init_from": None, "git_commit": git_commit(),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
 
@@ -271,12 +236,12 @@ def run(cfg: DictConfig, method: Method, run_dir: str | Path, experiment: str | 
     try:
         with memory:
             set_seed(int(cfg.seed))
+            runner = task_runner(cfg)
             tokenizer = load_tokenizer(cfg.model)
-            data = tokenize(load_task(cfg.task), tokenizer, cfg.task)
-            model = build_classifier(cfg.model, cfg.task)
-            model = method.apply(model, cfg.model)
-            head = list(cfg.model.head_modules)
-            if set_trainable(model, head) == 0:
+            data = runner.encode(tokenizer)
+            model = method.apply(runner.build_model(), cfg.model)
+            head = runner.head_modules()
+            if head and set_trainable(model, head) == 0:
                 raise ConfigError(f"model.head_modules {head} match no module of {cfg.model.name}")
             source = resolve_init_from(cfg)
             if source is not None:
@@ -288,15 +253,16 @@ def run(cfg: DictConfig, method: Method, run_dir: str | Path, experiment: str | 
 
             wandb_run = WandbRun(cfg, run_dir) if main_process else None
             report_to = wandb_run.report_to if wandb_run else []
-            evals = data.evals if len(data.evals) > 1 else next(iter(data.evals.values()))
+            evals = (data.evals if len(data.evals) > 1 else next(iter(data.evals.values()))) if data.evals else None
             trainer = RunTrainer(
                 model=model,
-                args=training_arguments(cfg, run_dir, report_to),
+                args=training_arguments(cfg, run_dir, report_to, evaluate=evals is not None,
+                                        prediction_loss_only=runner.prediction_loss_only),
                 train_dataset=data.train,
                 eval_dataset=evals,
-                data_collator=DataCollatorWithPadding(tokenizer),
+                data_collator=runner.collator(tokenizer),
                 processing_class=tokenizer,
-                compute_metrics=make_compute_metrics(cfg.task),
+                compute_metrics=runner.compute_metrics(),
                 optimizers=(optimizer, None),
                 callbacks=[KillAtStep(int(os.environ[KillAtStep.ENV]))] if os.environ.get(KillAtStep.ENV) else None,
             )
@@ -309,16 +275,7 @@ def run(cfg: DictConfig, method: Method, run_dir: str | Path, experiment: str | 
                 log.info("resuming from %s", last)
                 record["resumed_from_step"] = int(Path(last).name.split("-")[-1])
             train_out = trainer.train(resume_from_checkpoint=last)
-            main = str(cfg.task.main_metric)
-            history = evaluations(trainer.state.log_history, main)
-            if not history or history[-1]["step"] != trainer.state.global_step:
-                trainer.evaluate()
-                history = evaluations(trainer.state.log_history, main)
-            eval_splits = list(data.evals)
-            final = history[-1]
-            best = max(history, key=lambda e: e[f"eval_{main}"])
-            record["metrics"] = strip_eval_prefix(final, eval_splits)
-            record["best_metrics"] = {**strip_eval_prefix(best, eval_splits), "step": best["step"], "epoch": best["epoch"]}
+            runner.results(trainer, model, tokenizer, run_dir, record)
             runtime = float(train_out.metrics["train_runtime"])
             record["throughput"] = {
                 # Tokens of this session only (a resumed run's counter includes the earlier ones).

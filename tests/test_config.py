@@ -55,7 +55,7 @@ def test_data_dir_without_the_split_files(tmp_path):
 
 
 @pytest.mark.parametrize("override,valid", [("method=lorra", "adapter_p, bitfit, ft_top2, full_ft, lora, lora_plus, prefix_embed, prefix_layer"),
-                                           ("task=sst3", "cola, mnli"), ("model=bert_huge", "deberta_v2_xxlarge")])
+                                           ("task=sst3", "cola, e2e, mnli"), ("model=bert_huge", "deberta_v2_xxlarge")])
 def test_unknown_group_names_list_the_valid_ones(override, valid):
     with pytest.raises(ConfigError, match="unknown") as info:
         check_group_overrides([override])

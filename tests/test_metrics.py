@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from lora_repro.metrics import compute_metrics, metric_keys, predictions_from_logits
-from lora_repro.trainer import evaluations, strip_eval_prefix
+from lora_repro.tasks import evaluations, strip_eval_prefix
 
 
 def test_mcc_on_hand_counted_confusion_matrix():
@@ -42,6 +42,6 @@ def test_mnli_matched_and_mismatched_are_both_recorded():
         {"eval_matched_accuracy": 0.85, "step": 20, "epoch": 2.0},
         {"eval_mismatched_accuracy": 0.75, "step": 20, "epoch": 2.0},
     ]
-    evals = evaluations(history, "matched_accuracy")
+    evals = evaluations(history, "eval_matched_accuracy")
     assert [e["step"] for e in evals] == [10, 20]
-    assert strip_eval_prefix(evals[0], ["matched", "mismatched"]) == {"matched_accuracy": 0.8, "mismatched_accuracy": 0.7}
+    assert strip_eval_prefix(evals[0]) == {"matched_accuracy": 0.8, "mismatched_accuracy": 0.7}

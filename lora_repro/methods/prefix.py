@@ -89,6 +89,11 @@ class VirtualTokenModel(nn.Module):
                 return None
             is_virtual, which = self._slots
             hidden = args[0] if args else kwargs["hidden_states"]
+            if hidden.shape[1] != is_virtual.shape[1]:
+                return None  # a cached decoding step: only new, real tokens
+            if hidden.shape[0] != is_virtual.shape[0]:  # beam search repeats each row num_beams times
+                repeat = hidden.shape[0] // is_virtual.shape[0]
+                is_virtual, which = is_virtual.repeat_interleave(repeat, 0), which.repeat_interleave(repeat, 0)
             hidden = torch.where(is_virtual[..., None], self.virtual[index][which].to(hidden.dtype), hidden)
             if args:
                 return (hidden, *args[1:]), kwargs
@@ -99,9 +104,8 @@ class VirtualTokenModel(nn.Module):
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()
 
-    def forward(self, input_ids, attention_mask=None, labels=None, token_type_ids=None, **kwargs):
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+    def _extend(self, input_ids, attention_mask, labels):
+        """The sequence with virtual tokens laid in: embeddings, mask, and where the virtual slots are."""
         source = virtual_layout(attention_mask, labels, self.n_prefix, self.n_infix, self.lead)
         is_virtual = source < 0
         real = source.clamp(min=0)
@@ -110,6 +114,39 @@ class VirtualTokenModel(nn.Module):
         if not self.per_layer:
             embeds = torch.where(is_virtual[..., None], self.virtual[which].to(embeds.dtype), embeds)
         new_mask = torch.where(is_virtual, torch.ones_like(real), torch.gather(attention_mask, 1, real))
+        return source, real, is_virtual, which, embeds, new_mask
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask=None, **kwargs):
+        """transformers' generate on a left-padded prompt (its usual contract): the prefix, the
+        prompt, then the infix (where the target begins), fed as inputs_embeds. Returns the prompt
+        ids followed by the new tokens, as generate does for input_ids."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        lengths = attention_mask.sum(dim=1)
+        width = input_ids.shape[1]
+        # Left -> right padding (the layout's convention), lay in the virtual tokens, back to left.
+        rows = range(input_ids.shape[0])
+        right_ids = torch.stack([input_ids[i].roll(-(width - int(lengths[i]))) for i in rows])
+        right_mask = torch.stack([attention_mask[i].roll(-(width - int(lengths[i]))) for i in rows])
+        _, _, is_virtual, which, embeds, new_mask = self._extend(right_ids, right_mask, None)
+        total = new_mask.shape[1]
+        shifts = [total - int(n) for n in new_mask.sum(dim=1)]
+        embeds = torch.stack([embeds[i].roll(shifts[i], 0) for i in rows])
+        new_mask = torch.stack([new_mask[i].roll(shifts[i]) for i in rows])
+        is_virtual = torch.stack([is_virtual[i].roll(shifts[i]) for i in rows])
+        which = torch.stack([which[i].roll(shifts[i]) for i in rows])
+        self._slots = (is_virtual, which) if self.per_layer else None
+        try:
+            new_tokens = self.model.generate(inputs_embeds=embeds, attention_mask=new_mask, **kwargs)
+        finally:
+            self._slots = None
+        return torch.cat([input_ids, new_tokens], dim=1)
+
+    def forward(self, input_ids, attention_mask=None, labels=None, token_type_ids=None, **kwargs):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        source, real, is_virtual, which, embeds, new_mask = self._extend(input_ids, attention_mask, labels)
         if token_type_ids is not None:
             kwargs["token_type_ids"] = torch.where(is_virtual, 0, torch.gather(token_type_ids, 1, real))
         if labels is not None and labels.dim() == 2:  # token-level labels (causal LM)

@@ -1,0 +1,162 @@
+"""What differs between kinds of task, behind one interface the trainer calls: how to build the
+model, encode the data, and turn a trained model into the record's metrics.
+
+  classification / regression   a sequence classifier with a fresh head; the Trainer's evaluation
+                                of every non-train split gives the metrics (GLUE, Rotten Tomatoes)
+  generation                    a causal LM; the Trainer evaluates the loss on the non-decoded
+                                splits, and after training the decode splits are beam-searched and
+                                scored with the E2E metrics (E2E NLG)"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
+
+from .backbone import build_causal_lm, build_classifier
+from .data import TaskData, load_task
+from .errors import ConfigError
+from .generation import (decode, group_references, smoothed_causal_lm_loss, tokenize_lm, write_decoded)
+from .metrics import make_compute_metrics
+
+log = logging.getLogger(__name__)
+
+
+def strip_eval_prefix(metrics: dict[str, float]) -> dict[str, float]:
+    """Trainer names metrics `eval_<split>_<metric>` (several eval sets) or `eval_<metric>` (one);
+    the record uses `<split>_<metric>` or `<metric>`, and drops the runtime counters."""
+    out = {}
+    for key, value in metrics.items():
+        if not key.startswith("eval_") or key.endswith(("_runtime", "_per_second", "_loss")) or key == "eval_epoch":
+            continue
+        out[key[len("eval_"):]] = value
+    return out
+
+
+def evaluations(log_history: list[dict], key: str | None) -> list[dict]:
+    """One dict per evaluation in the Trainer's log, merging the per-split entries of that step;
+    only those that have `key` (all when None)."""
+    by_step: dict[int, dict] = {}
+    for entry in log_history:
+        if any(k.startswith("eval_") for k in entry):
+            merged = by_step.setdefault(entry["step"], {"step": entry["step"], "epoch": entry.get("epoch")})
+            merged.update({k: v for k, v in entry.items() if k.startswith("eval_")})
+    return [e for _, e in sorted(by_step.items()) if key is None or key in e]
+
+
+class ClassificationTask:
+    """GLUE-style classification and regression."""
+
+    prediction_loss_only = False
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+
+    def head_modules(self) -> list[str]:
+        return list(self.cfg.model.head_modules)
+
+    def build_model(self) -> torch.nn.Module:
+        return build_classifier(self.cfg.model, self.cfg.task)
+
+    def encode(self, tokenizer: Any) -> TaskData:
+        task_cfg = self.cfg.task
+        data = load_task(task_cfg)
+        fields = list(task_cfg.text_fields)
+
+        def encode(batch: dict[str, list]) -> dict[str, list]:
+            enc = tokenizer(*[batch[f] for f in fields], truncation=True, max_length=int(task_cfg.max_length))
+            enc["labels"] = batch["label"]
+            return enc
+
+        def run(ds):
+            return ds.map(encode, batched=True, remove_columns=ds.column_names, desc=None)
+
+        return TaskData(train=run(data.train), evals={k: run(v) for k, v in data.evals.items()})
+
+    def collator(self, tokenizer: Any):
+        return DataCollatorWithPadding(tokenizer)
+
+    def compute_metrics(self):
+        return make_compute_metrics(self.cfg.task)
+
+    def results(self, trainer: Any, model: torch.nn.Module, tokenizer: Any, run_dir: Path, record: dict) -> None:
+        key = f"eval_{self.cfg.task.main_metric}"
+        history = evaluations(trainer.state.log_history, key)
+        if not history or history[-1]["step"] != trainer.state.global_step:
+            trainer.evaluate()
+            history = evaluations(trainer.state.log_history, key)
+        best = max(history, key=lambda e: e[key])
+        record["metrics"] = strip_eval_prefix(history[-1])
+        record["best_metrics"] = {**strip_eval_prefix(best), "step": best["step"], "epoch": best["epoch"]}
+
+
+class GenerationTask:
+    """Data-to-text with a causal LM (E2E NLG)."""
+
+    prediction_loss_only = True  # evaluation is the loss; logits over the vocabulary are not kept
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.raw: TaskData | None = None
+
+    def head_modules(self) -> list[str]:
+        return []  # the LM head is the (tied) word embedding: frozen unless the method trains it
+
+    def build_model(self) -> torch.nn.Module:
+        model = build_causal_lm(self.cfg.model)
+        model.loss_function = smoothed_causal_lm_loss(float(self.cfg.task.label_smoothing))
+        return model
+
+    def encode(self, tokenizer: Any) -> TaskData:
+        self.raw = load_task(self.cfg.task)
+        decode_splits = set(self.cfg.task.decode_splits)
+        evals = {k: tokenize_lm(v, tokenizer, self.cfg.task, k) for k, v in self.raw.evals.items() if k not in decode_splits}
+        return TaskData(train=tokenize_lm(self.raw.train, tokenizer, self.cfg.task, "train"), evals=evals)
+
+    def collator(self, tokenizer: Any):
+        # Pads input_ids with the pad token and labels with -100, on the right (training batches).
+        return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+
+    def compute_metrics(self):
+        return None
+
+    def results(self, trainer: Any, model: torch.nn.Module, tokenizer: Any, run_dir: Path, record: dict) -> None:
+        from .metrics.e2e import e2e_scores
+
+        record["eval_loss_curve"] = [
+            [e["step"], {k[len("eval_"):]: v for k, v in e.items() if k.endswith("loss")}]
+            for e in evaluations(trainer.state.log_history, None)
+        ] or None
+        task_cfg = self.cfg.task
+        gen = task_cfg.generation
+        metrics: dict[str, float] = {}
+        decoding: dict[str, Any] = {}
+        many = len(task_cfg.decode_splits) > 1
+        for split in task_cfg.decode_splits:
+            mrs, refs = group_references(self.raw.evals[split])
+            if gen.max_mrs:
+                mrs, refs = mrs[: int(gen.max_mrs)], refs[: int(gen.max_mrs)]
+            log.info("decoding %d %s MRs (beam %s)", len(mrs), split, gen.num_beams)
+            result = decode(model, tokenizer, mrs, task_cfg, int(gen.batch_size))
+            files = write_decoded(run_dir, split, mrs, refs, result.outputs)
+            scores = e2e_scores(refs, result.outputs)
+            metrics.update({f"{split}_{k}" if many else k: v for k, v in scores.items()})
+            decoding[split] = {**files, "mrs_decoded": len(mrs), "n_references": sum(len(r) for r in refs),
+                               "decode_s": result.seconds, "new_tokens": result.new_tokens,
+                               "mrs_per_s": len(mrs) / result.seconds if result.seconds else None}
+        record["metrics"] = metrics
+        record["decoding"] = {"settings": dict(gen), **decoding}
+
+
+KINDS = {"classification": ClassificationTask, "regression": ClassificationTask, "generation": GenerationTask}
+
+
+def task_runner(cfg: DictConfig) -> ClassificationTask | GenerationTask:
+    try:
+        return KINDS[cfg.task.kind](cfg)
+    except KeyError:
+        raise ConfigError(f"task.kind={cfg.task.kind!r}; valid: {', '.join(KINDS)}") from None
