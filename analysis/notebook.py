@@ -17,10 +17,11 @@ NOTEBOOK = ROOT / "notebooks" / "results.ipynb"
 
 CELLS = [
     ("markdown", "# lora-repro results\n\nLoads every `record.json` under the runs folder with the same code as "
-                 "`make tables` and `make plots` (`analysis/`), and shows the Table 2 layout beside the published "
+                 "`make tables` and `make plots` (`analysis/`), and shows the Table 2 and Table 3 layouts beside the published "
                  "numbers, the plots, and a per-method summary. Runs offline; set `LORA_REPRO_RUNS` to read another folder."),
     ("code", "import os\nfrom pathlib import Path\n\nimport pandas as pd\nfrom IPython.display import Image, Markdown, display\n\n"
              "from analysis.plots import make_plots\nfrom analysis.records import load_records\n"
+             "from analysis.plots import scores\nfrom analysis.table3 import build_table3, table3_markdown\n"
              "from analysis.tables import build_table2, to_markdown\n\n"
              "ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / 'pyproject.toml').is_file())\n"
              "RUNS = Path(os.environ.get('LORA_REPRO_RUNS', ROOT / 'outputs'))\n"
@@ -28,10 +29,14 @@ CELLS = [
     ("markdown", "## Table 2 layout\n\nMedian over seeds at the best evaluation (x100), ±std, number of seeds, and "
                  "the published value with the difference where the paper has the same model, method and size."),
     ("code", "table = build_table2(records)\ndisplay(Markdown(to_markdown(table, records)))"),
-    ("markdown", "## Per-method summary"),
-    ("code", "ok = records.ok\nif ok.empty:\n    print('no finished runs yet')\nelse:\n"
+    ("markdown", "## Table 3 layout (E2E NLG)\n\nMean over seeds ±std of the five official metrics on the decoded "
+                 "test set (BLEU, METEOR, ROUGE-L x100), beside the paper's row for the same model and method."),
+    ("code", "display(Markdown(table3_markdown(build_table3(records))))"),
+    ("markdown", "## Per-method summary\n\n`main` is each task's main metric x100 (GLUE: Table 2's metric at the best "
+                 "evaluation; E2E: test BLEU)."),
+    ("code", "ok = scores(records.ok)\nif ok.empty:\n    print('no finished runs yet')\nelse:\n"
              "    summary = ok.groupby(['model', 'task', 'method']).agg(\n"
-             "        runs=('seed', 'count'), accuracy=('metric.accuracy', 'median'), adapted=('params.adapted', 'median'),\n"
+             "        runs=('seed', 'count'), main=('score', 'median'), adapted=('params.adapted', 'median'),\n"
              "        peak_gib=('peak_memory_bytes', lambda b: b.median() / 2**30),\n"
              "        tokens_per_s=('throughput.train_tokens_per_s', 'median'))\n"
              "    display(summary.round(4))"),

@@ -38,11 +38,20 @@ def suffix(experiment: str, sep: str = "_") -> str:
 
 
 def scores(ok: pd.DataFrame) -> pd.DataFrame:
-    """Per run: the task's main metric at the best evaluation, x100."""
+    """Per run: the task's main metric at the best evaluation (the final one where a task has no
+    best, e.g. E2E BLEU on the decoded test set), x100."""
     if ok.empty:
         return ok
     df = ok.copy()
-    df["score"] = [100.0 * row.get(f"best.{task_metric(row['task'])}", np.nan) for row in df.to_dict("records")]
+
+    def score(row: dict) -> float:
+        metric = task_metric(row["task"])
+        value = row.get(f"best.{metric}", np.nan)
+        if value is None or pd.isna(value):
+            value = row.get(f"metric.{metric}", np.nan)
+        return 100.0 * float(value) if value is not None and not pd.isna(value) else np.nan
+
+    df["score"] = [score(row) for row in df.to_dict("records")]
     return df.dropna(subset=["score"])
 
 
@@ -56,7 +65,7 @@ def plot_rank(df: pd.DataFrame, out: Path) -> Path | None:
         ax.plot(med.index, med.values, marker="o", label=f"{model} {task} {method}{suffix(experiment, ' ')}")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("LoRA rank r")
-    ax.set_ylabel("dev metric (x100, median over seeds)")
+    ax.set_ylabel("main metric (x100, median over seeds; E2E: test BLEU)")
     ax.set_title("Metric vs rank (cf. LoRA Tables 6, 18)")
     ax.legend(fontsize=7)
     return save(fig, out / "rank.png")
@@ -87,8 +96,12 @@ def plot_loraplus(df: pd.DataFrame, out: Path) -> list[Path]:
 
 
 def published_points() -> pd.DataFrame:
+    """Table 2 (GLUE) and Table 3 (E2E BLEU) published values with their printed sizes."""
     paper = pd.read_csv(PAPER_DIR / "table2.csv")
     paper = paper[paper.task != "avg"].copy()
+    e2e = pd.read_csv(PAPER_DIR / "table3.csv")
+    e2e = e2e[e2e.metric == "BLEU"].assign(task="e2e")
+    paper = pd.concat([paper, e2e[["table", "row", "model", "method", "params", "task", "value"]]], ignore_index=True)
     paper["adapted"] = paper.params.str.rstrip("M").astype(float) * 1e6
     return paper
 
@@ -104,7 +117,7 @@ def plot_params(df: pd.DataFrame, out: Path) -> list[Path]:
                         fmt="o", capsize=3, label=f"{method} (ours)")
         pub = paper[(paper.model == model) & (paper.task == task)]
         if len(pub):
-            ax.scatter(pub.adapted, pub.value, marker="x", color="k", label="published (Table 2)")
+            ax.scatter(pub.adapted, pub.value, marker="x", color="k", label=f"published (Table {int(pub.table.iloc[0])})")
             for r in pub.itertuples():
                 ax.annotate(r.method, (r.adapted, r.value), fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.set_xscale("log")

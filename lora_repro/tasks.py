@@ -131,6 +131,9 @@ class GenerationTask:
             [e["step"], {k[len("eval_"):]: v for k, v in e.items() if k.endswith("loss")}]
             for e in evaluations(trainer.state.log_history, None)
         ] or None
+        if not trainer.is_world_process_zero():
+            record["metrics"] = {}  # one process decodes and scores; under DDP the others are done
+            return
         task_cfg = self.cfg.task
         gen = task_cfg.generation
         metrics: dict[str, float] = {}

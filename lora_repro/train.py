@@ -58,9 +58,9 @@ def _main(cfg: DictConfig) -> float | None:
     except Exception as exc:
         return fail(f"error: {one_line(exc)} (recorded in {run_dir}/record.json)"
                     if (run_dir / "record.json").is_file() else f"error: {one_line(exc)}")
-    main = record["metrics"].get(cfg.task.main_metric)
-    log.info("%s %s %s seed=%s: %s=%.4f -> %s", cfg.task.name, cfg.model.name, cfg.method.name, cfg.seed,
-             cfg.task.main_metric, main, run_dir)
+    main = (record["metrics"] or {}).get(cfg.task.main_metric)
+    log.info("%s %s %s seed=%s: %s=%s -> %s", cfg.task.name, cfg.model.name, cfg.method.name, cfg.seed,
+             cfg.task.main_metric, "-" if main is None else f"{main:.4f}", run_dir)
     return main
 
 

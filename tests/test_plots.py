@@ -56,3 +56,12 @@ def test_runs_of_different_recipes_get_separate_plots(tmp_path):
     write_record(runs / "b", rec("lora", 1, 0.7, 294_912, {"r": 8}))
     names = sorted(p.name for p in make_plots(runs, tmp_path / "plots"))
     assert "params_roberta_base_sst2.png" in names and "params_roberta_base_sst2_mini.png" in names
+
+
+def test_e2e_runs_plot_test_bleu_against_rank_and_table3(tmp_path):
+    runs = tmp_path / "runs"
+    for r, bleu in ((1, 0.687), (4, 0.704), (16, 0.696)):
+        write_record(runs / f"e2e_r{r}", {**rec("lora", 1, None, 98_304 * r, {"r": r}, task="e2e", model="gpt2_medium"),
+                                          "metrics": {"BLEU": bleu, "NIST": 8.8}, "best_metrics": None})
+    names = sorted(p.name for p in make_plots(runs, tmp_path / "plots"))
+    assert names == ["efficiency.png", "params_gpt2_medium_e2e.png", "rank.png"]
