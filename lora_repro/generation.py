@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from transformers import LogitsProcessor, LogitsProcessorList, NoRepeatNGramLogitsProcessor
 
+from .data import active_splits
 from .errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -84,12 +85,13 @@ def tokenize_lm(dataset: Any, tokenizer: Any, task_cfg: Any, split: str) -> Any:
 
     columns: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": []}
     dropped = truncated = 0
+    end = eos_id(tokenizer)
     for mr, ref in zip(dataset["mr"], dataset["ref"]):
         example = encode_example(tokenizer, mr, ref, task_cfg)
         if example is None:
             dropped += 1
             continue
-        if example["labels"][-1] != eos_id(tokenizer):
+        if example["labels"][-1] != end:
             truncated += 1
         for key, value in example.items():
             columns[key].append(value)
@@ -183,7 +185,6 @@ def decode(model: nn.Module, tokenizer: Any, mrs: list[str], task_cfg: Any, batc
     model.eval()
     pad = tokenizer.pad_token_id
     end = eos_id(tokenizer)
-    outputs: list[str] = []
     new_tokens = 0
     start = time.perf_counter()
     # Longest prompts first, so a batch holds prompts of similar length (less padding); output order
@@ -243,7 +244,7 @@ def check_generation_config(task_cfg: Any) -> None:
         raise ConfigError(f"task.mr_format={task_cfg.mr_format!r}; valid: raw, pipes")
     if not 0.0 <= float(task_cfg.label_smoothing) < 1.0:
         raise ConfigError(f"task.label_smoothing must be in [0, 1), got {task_cfg.label_smoothing}")
-    splits = [s for s, spec in task_cfg.splits.items() if spec is not None and s != "train"]
+    splits = [s for s in active_splits(task_cfg) if s != "train"]
     unknown = [s for s in task_cfg.decode_splits if s not in splits]
     if unknown or not task_cfg.decode_splits:
         raise ConfigError(f"task.decode_splits {list(task_cfg.decode_splits)} must name evaluation splits of {task_cfg.name}: {splits}")

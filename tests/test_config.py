@@ -137,3 +137,10 @@ def test_slurm_launcher_config_composes():
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert (launcher.partition, launcher.gpus_per_node, launcher.tasks_per_node) == ("gpu", 1, 1)
     assert cfg.hydra.sweep.dir.endswith("/runs")  # jobs land in the canonical run folders
+
+
+def test_a_null_split_is_not_an_evaluation_split():
+    """With MNLI's mismatched split dropped, one split is evaluated, so metrics carry no split prefix."""
+    validate(compose_cfg("model=tiny_bert", "task=mnli", "task.splits.mismatched=null", "task.main_metric=accuracy"))
+    with pytest.raises(ConfigError, match="task.main_metric='matched_accuracy'"):
+        validate(compose_cfg("model=tiny_bert", "task=mnli", "task.splits.mismatched=null"))

@@ -47,7 +47,9 @@ def check_metric_names(task_cfg: Any) -> None:
     unknown = [m for m in task_cfg.metrics if m not in METRICS]
     if unknown:
         raise ConfigError(f"task.metrics has unknown metric(s) {unknown}; valid: {sorted(METRICS)}")
-    eval_splits = [s for s in task_cfg.splits if s != "train"]
+    from ..data import active_splits
+
+    eval_splits = [s for s in active_splits(task_cfg) if s != "train"]
     valid_main = metric_keys(list(task_cfg.metrics), eval_splits)
     if task_cfg.main_metric not in valid_main:
         raise ConfigError(f"task.main_metric={task_cfg.main_metric!r} is not one of {valid_main}")
