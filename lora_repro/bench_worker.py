@@ -16,44 +16,38 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from .backbone import build_causal_lm, build_classifier, count_parameters, set_trainable
-from .config import compose_config, instantiate_method
+from .backbone import count_parameters
+
+from .assembly import build as assemble
+from .config import compose_config
 from .trainer import trainable_state
 
 
 def compose_run_cfg(model: str, method: str, *overrides: str):
-    """A benchmark run's config: the architecture only (random weights), any method."""
-    return compose_config([f"model={model}", "model.init=random", f"method={method}", "task=sst2", *overrides])
+    """A benchmark run's config: the architecture only (random weights), any method; decoders as
+    language models (the E2E task), encoders as classifiers (SST-2)."""
+    base = [f"model={model}", "model.init=random", f"method={method}"]
+    cfg = compose_config([*base, "task=sst2", *overrides])
+    return compose_config([*base, "task=e2e", *overrides]) if cfg.model.decoder else cfg
 
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def is_decoder(model_cfg: Any) -> bool:
-    return not model_cfg.get("cls_token_first", True)
-
-
 def build(model_name: str, method_name: str, *overrides: str):
-    """The benchmark's model: GPT-2 families as language models, encoders as classifiers."""
+    """The benchmark's model, assembled as a training run assembles it (lora_repro.assembly)."""
     cfg = compose_run_cfg(model_name, method_name, *overrides)
-    method = instantiate_method(cfg.method)
     torch.manual_seed(0)
-    if is_decoder(cfg.model):
-        model, head = build_causal_lm(cfg.model), []
-    else:
-        model, head = build_classifier(cfg.model, cfg.task), list(cfg.model.head_modules)
-    model = method.apply(model, cfg.model)
-    if head:
-        set_trainable(model, head)
-    return cfg, method, model, head
+    built = assemble(cfg)
+    return cfg, built.method, built.model, built.head
 
 
 def random_batch(cfg: Any, batch_size: int, seq_len: int, dev: torch.device) -> dict[str, torch.Tensor]:
     vocab = int(cfg.model.arch.get("vocab_size", 30000))
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (batch_size, seq_len), generator=g).to(dev)
-    labels = ids.clone() if is_decoder(cfg.model) else torch.zeros(batch_size, dtype=torch.long, device=dev)
+    labels = ids.clone() if cfg.model.decoder else torch.zeros(batch_size, dtype=torch.long, device=dev)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 

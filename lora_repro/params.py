@@ -16,11 +16,13 @@ from typing import Any
 import pandas as pd
 import torch
 from . import PROJECT_ROOT
-from .backbone import arch_config, build_causal_lm, count_parameters, set_trainable
+from .assembly import build
 from .config import compose_config, instantiate_method
 
 PAPER_PARAMS = PROJECT_ROOT / "analysis" / "paper" / "params.csv"
 GPT3 = {"d_model": 12288, "n_layers": 96, "vocab": 50257, "positions": 2048}
+# Table 2 counts classifiers (GLUE), Tables 3 and 4 language models (E2E; GPT-3 analytically).
+TABLE_TASK = {2: "sst2", 3: "e2e", 4: "e2e"}
 
 
 def dims(model_cfg: Any) -> tuple[int, int]:
@@ -28,32 +30,12 @@ def dims(model_cfg: Any) -> tuple[int, int]:
     return int(arch.get("hidden_size", arch.get("n_embd"))), int(arch.get("num_hidden_layers", arch.get("n_layer")))
 
 
-def count_instantiated(cfg: Any, table: int) -> int:
-    """Build the architecture on the meta device, apply the method, count its own parameters.
-    Table 2 rows are sequence classifiers (head excluded); Table 3 rows are GPT-2 language models."""
-    from transformers import AutoModelForSequenceClassification
-
-    method = instantiate_method(cfg.method)
+def count_instantiated(cfg: Any) -> int:
+    """Build the architecture on the meta device exactly as a run builds it (lora_repro.assembly:
+    a classifier for GLUE rows, a language model for E2E rows) and count the method's own
+    parameters, the task head excluded."""
     with torch.device("meta"):
-        if table == 3:
-            model = method.apply(build_causal_lm(cfg.model), cfg.model)
-            return count_parameters(model, [])["trainable"]
-        model = AutoModelForSequenceClassification.from_config(arch_config(cfg.model, num_labels=2))
-        model = method.apply(model, cfg.model)
-    head = list(cfg.model.head_modules)
-    set_trainable(model, head)
-    return count_parameters(model, head)["adapted"]
-
-
-def gpt3_count(method_name: str, method: Any, model_cfg: Any) -> int:
-    """GPT-3 175B analytically: 12 L d^2 + 13 L d weights and biases per block stack, token and
-    position embeddings, a final LayerNorm; BitFit trains 11 d biases per block + the final LN's."""
-    d, L, V, P = GPT3["d_model"], GPT3["n_layers"], GPT3["vocab"], GPT3["positions"]
-    if method_name == "full_ft":
-        return 12 * L * d * d + 13 * L * d + (V + P) * d + 2 * d
-    if method_name == "bitfit":
-        return 11 * d * L + d
-    return method.formula_params(d, L, model_cfg)
+        return build(cfg).params()["adapted"]
 
 
 def published_millions(text: str) -> tuple[float, int]:
@@ -67,15 +49,16 @@ def build_rows(paper: pd.DataFrame) -> pd.DataFrame:
     for r in paper.itertuples(index=False):
         overrides = str(r.overrides).split() if isinstance(r.overrides, str) else []
         model_for_cfg = "gpt2_medium" if r.model == "gpt3_175b" else r.model
-        cfg = compose_config([f"model={model_for_cfg}", "model.init=random", f"method={r.method}", "task=sst2", *overrides])
+        task = TABLE_TASK[int(r.table)]
+        cfg = compose_config([f"model={model_for_cfg}", "model.init=random", f"method={r.method}", f"task={task}", *overrides])
         method = instantiate_method(cfg.method)
         if r.model == "gpt3_175b":
             # GPT-3 is GPT-2's architecture scaled up (fused q|k|v), so GPT-2's model config stands in.
-            counted = gpt3_count(r.method, method, cfg.model)
+            counted = method.analytic_params(GPT3, cfg.model)
             formula = method.formula_params(GPT3["d_model"], GPT3["n_layers"], cfg.model)
             how = "analytic"
         else:
-            counted = count_instantiated(cfg, int(r.table))
+            counted = count_instantiated(cfg)
             formula = method.formula_params(*dims(cfg.model), cfg.model)
             how = "instantiated"
         value, decimals = published_millions(r.published)

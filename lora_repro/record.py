@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import psutil
 import torch
@@ -20,11 +20,69 @@ RECORD_NAME = "record.json"
 # The fine-tuned model's trainable tensors: inside a run folder, and inside a resumable checkpoint.
 TRAINABLE_FILE = "trainable.safetensors"
 CHECKPOINT_FILE = f"checkpoint/{TRAINABLE_FILE}"
-RECORD_FIELDS = (
-    "status", "error", "task", "model", "method", "seed", "experiment", "overrides", "hparams", "metrics", "best_metrics",
-    "params", "optimizer_groups", "peak_memory_bytes", "peak_memory_source", "throughput", "wall_s",
-    "checkpoint_bytes", "git_commit", "config",
-)
+
+
+class RunRecord(TypedDict):
+    """record.json, declared once: the trainer fills it, the analysis reads it (analysis.records)."""
+
+    status: str                     # "running" while it trains, then "ok" or "failed"
+    error: str | None               # one line naming why a run failed
+    study: str | None               # the experiments/<study> that launched it (None: launched by hand)
+    task: str
+    model: str
+    method: str
+    method_info: dict[str, Any]     # Method.info(): family, rank_key, lr_ratio_key, paper_setting
+    paper_setting: str              # "paper" or "houlsby": which published Table 2 rows it compares with
+    seed: int
+    experiment: str | None          # the conf/experiment recipe it used
+    overrides: str                  # how its recipe differs from the named defaults ("" when it does not)
+    hparams: dict[str, Any]         # the method's own settings
+    metrics: dict[str, float] | None          # the final evaluation
+    best_metrics: dict[str, Any] | None       # the evaluation with the best main metric, with step, epoch
+    eval_curve: list[dict[str, Any]] | None   # every evaluation: {"step", "epoch", metric: value, ...}
+    params: dict[str, int] | None             # adapted (the papers' count), trainable, total
+    optimizer_groups: list[dict[str, Any]] | None
+    peak_memory_bytes: int | None
+    peak_memory_source: str | None
+    throughput: dict[str, float] | None
+    wall_s: float | None
+    checkpoint_bytes: int | None
+    train_loss_curve: list[list[float]] | None
+    eval_loss_curve: list[list[Any]] | None
+    decoding: dict[str, Any] | None
+    resumed_from_step: int | None
+    init_from: str | None
+    world_size: int | None
+    trainable_sha256: str | None
+    git_commit: str | None
+    config: dict[str, Any]
+
+
+RECORD_FIELDS = tuple(RunRecord.__annotations__)
+
+
+def new_record(**known: Any) -> RunRecord:
+    """A record with every field present (None until measured); `known` fills some of them."""
+    unknown = set(known) - set(RECORD_FIELDS)
+    if unknown:
+        raise KeyError(f"not run-record fields: {sorted(unknown)}")
+    values: dict[str, Any] = {name: None for name in RECORD_FIELDS}
+    values.update(status="running", **known)
+    return RunRecord(**values)  # type: ignore[typeddict-item]
+
+
+def iter_records(root: str | Path):
+    """(path, record or None, why) for every record.json under `root`; None where it is not readable
+    JSON or not a run record, with the reason."""
+    for path in sorted(Path(root).rglob(RECORD_NAME)):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(record, dict) or "status" not in record:
+                raise ValueError("not a run record (no status)")
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            yield path, None, " ".join(str(exc).split())[:200]
+            continue
+        yield path, record, ""
 
 
 def write_record(run_dir: str | Path, record: dict[str, Any]) -> Path:

@@ -18,15 +18,34 @@ from .record import CHECKPOINT_FILE, RECORD_NAME, TRAINABLE_FILE
 
 # The parts of the config that decide a run's result (the seed is named separately in the folder).
 HASHED_KEYS = ("model", "method", "task", "train", "init_from")
+# Keys inside those parts that change how a run is carried out or logged, never its result.
+NOT_RECIPE = {("train", "num_workers"), ("train", "logging_steps"), ("train", "checkpoint_every"),
+              ("train", "eval_batch_size"), ("task", "generation", "batch_size")}
+# Bumped whenever the rules below change which folder a config maps to. Version 1 (before this
+# constant) hashed every key, nulls included; folders it made are still read by the analysis, but
+# a re-run of their config makes a new folder (README: "Run folders").
+HASH_VERSION = 2
+RUNS_DIR = "runs"
 LOCK_NAME = ".lock"
 
 
-def _canonical(value: Any) -> Any:
-    """Numbers as floats, so `ratio=16` on the command line and `16.0` in a yaml name one folder."""
+def _canonical(value: Any, path: tuple[str, ...] = ()) -> Any:
+    """The hashed form of a config part. Numbers as floats, so `ratio=16` on the command line and
+    `16.0` in a yaml name one folder. Null values and empty mappings are left out, so a new option
+    added with a null or empty default leaves every existing folder name as it was; so are the
+    keys of NOT_RECIPE."""
     if isinstance(value, dict):
-        return {k: _canonical(v) for k, v in value.items()}
+        out = {}
+        for key, item in value.items():
+            if path + (key,) in NOT_RECIPE:
+                continue
+            item = _canonical(item, path + (key,))
+            if item is None or item == {}:
+                continue
+            out[key] = item
+        return out
     if isinstance(value, list):
-        return [_canonical(v) for v in value]
+        return [_canonical(v, path) for v in value]
     if isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
@@ -41,15 +60,25 @@ def recipe_part(cfg: Any) -> dict[str, Any]:
 
 
 def config_hash(cfg: Any) -> str:
-    """8 hex digits of sha256 over the config's recipe part."""
-    payload = json.dumps(_canonical(recipe_part(cfg)), sort_keys=True, default=str)
+    """8 hex digits of sha256 over the config's recipe part (and HASH_VERSION)."""
+    payload = json.dumps({"v": HASH_VERSION, **_canonical(recipe_part(cfg))}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:8]
 
 
+def run_subdir(cfg: Any) -> str:
+    """THE run-folder formula, relative to output_root: one folder per (recipe, seed)."""
+    return f"{RUNS_DIR}/{cfg.task.name}/{cfg.model.name}/{cfg.method.name}/{config_hash(cfg)}_seed{cfg.seed}"
+
+
+def run_dir(cfg: Any) -> Path:
+    return Path(str(cfg.output_root)) / run_subdir(cfg)
+
+
 def register_resolvers() -> None:
-    """`${cfg_hash:}` in conf/hydra/default.yaml names each run's folder."""
-    if not OmegaConf.has_resolver("cfg_hash"):
-        OmegaConf.register_new_resolver("cfg_hash", lambda *, _root_: config_hash(_root_))
+    """`${run_subdir:}` in conf/hydra/default.yaml names each run's folder (Hydra's run and sweep
+    dirs), from run_subdir above."""
+    if not OmegaConf.has_resolver("run_subdir"):
+        OmegaConf.register_new_resolver("run_subdir", lambda *, _root_: run_subdir(_root_))
 
 
 def resolve_init_from(cfg: Any) -> Path | None:
@@ -67,7 +96,7 @@ def resolve_init_from(cfg: Any) -> Path | None:
         raise ConfigError(f"init_from={value}: no {CHECKPOINT_FILE} in that folder")
     if "/" in str(value):
         raise ConfigError(f"init_from={value} does not exist")
-    runs = Path(str(cfg.output_root)) / "runs" / str(value) / cfg.model.name / cfg.method.name
+    runs = Path(str(cfg.output_root)) / RUNS_DIR / str(value) / cfg.model.name / cfg.method.name
     done = []
     for record_path in sorted(runs.glob(f"*_seed{cfg.seed}/{RECORD_NAME}")):
         record = existing_record(record_path.parent)

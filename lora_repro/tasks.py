@@ -90,6 +90,7 @@ class ClassificationTask:
             trainer.evaluate()
             history = evaluations(trainer.state.log_history, key)
         best = max(history, key=lambda e: e[key])
+        record["eval_curve"] = [{"step": e["step"], "epoch": e["epoch"], **strip_eval_prefix(e)} for e in history]
         record["metrics"] = strip_eval_prefix(history[-1])
         record["best_metrics"] = {**strip_eval_prefix(best), "step": best["step"], "epoch": best["epoch"]}
 

@@ -21,16 +21,14 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from .backbone import count_parameters, head_parameter_names, load_tokenizer, set_trainable
+from .backbone import head_parameter_names, load_tokenizer
+from .assembly import Built, build
 from .errors import ConfigError, DataError, TrainingDiverged, one_line
 from .methods import Method
-from .record import CHECKPOINT_FILE, TRAINABLE_FILE, PeakMemory, git_commit, write_record
+from .record import CHECKPOINT_FILE, TRAINABLE_FILE, PeakMemory, RunRecord, git_commit, new_record, write_record
 from .rundir import resolve_init_from
-from .tasks import task_runner
 
 log = logging.getLogger(__name__)
-
-
 
 def run_name(cfg: DictConfig) -> str:
     return f"{cfg.task.name}-{cfg.model.name}-{cfg.method.name}-seed{cfg.seed}"
@@ -203,97 +201,101 @@ def save_trainable(state: dict[str, torch.Tensor], run_dir: Path, save: bool) ->
     return path.stat().st_size
 
 
-def base_record(cfg: DictConfig, method: Method, experiment: str | None, overrides: str) -> dict[str, Any]:
-    return {
-        "status": "running", "error": None, "task": cfg.task.name, "model": cfg.model.name,
-        "method": cfg.method.name, "seed": int(cfg.seed), "experiment": experiment, "overrides": overrides,
-        "hparams": method.hparams(),
-        "metrics": None, "best_metrics": None, "params": None, "optimizer_groups": None,
-        "peak_memory_bytes": None, "peak_memory_source": None, "throughput": None, "wall_s": None,
-        "checkpoint_bytes": None, "train_loss_curve": None, "eval_loss_curve": None, "decoding": None, "resumed_from_step": None, "init_from": None, "git_commit": git_commit(),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
-
-
 def is_main_process() -> bool:
     """Rank 0 under torchrun / accelerate launch (and any single-process run)."""
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def start_record(cfg: DictConfig, method: Method, experiment: str | None, overrides: str) -> RunRecord:
+    return new_record(
+        study=cfg.get("study"), task=cfg.task.name, model=cfg.model.name, method=cfg.method.name,
+        method_info=method.info(), paper_setting=cfg.get("paper_setting") or method.paper_setting,
+        seed=int(cfg.seed), experiment=experiment, overrides=overrides, hparams=method.hparams(),
+        git_commit=git_commit(), config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+def make_trainer(cfg: DictConfig, built: Built, data: Any, tokenizer: Any, optimizer: torch.optim.Optimizer,
+                 run_dir: Path, report_to: list[str]) -> RunTrainer:
+    evals = (data.evals if len(data.evals) > 1 else next(iter(data.evals.values()))) if data.evals else None
+    return RunTrainer(
+        model=built.model,
+        args=training_arguments(cfg, run_dir, report_to, evaluate=evals is not None,
+                                prediction_loss_only=built.task.prediction_loss_only),
+        train_dataset=data.train,
+        eval_dataset=evals,
+        data_collator=built.task.collator(tokenizer),
+        processing_class=tokenizer,
+        compute_metrics=built.task.compute_metrics(),
+        optimizers=(optimizer, None),
+        callbacks=[KillAtStep(int(os.environ[KillAtStep.ENV]))] if os.environ.get(KillAtStep.ENV) else None,
+    )
+
+
+def resume_point(cfg: DictConfig, run_dir: Path) -> str | None:
+    """The last resumable checkpoint of this run folder; with resume=false they are discarded."""
+    checkpoint_root = run_dir / "trainer"
+    last = get_last_checkpoint(str(checkpoint_root)) if checkpoint_root.is_dir() else None
+    if last and not cfg.resume:
+        shutil.rmtree(checkpoint_root, ignore_errors=True)
+        return None
+    if last:
+        log.info("resuming from %s", last)
+    return last
+
+
+def throughput(trainer: Trainer, train_out: Any) -> dict[str, float]:
+    runtime = float(train_out.metrics["train_runtime"])
+    # Tokens of this session only (a resumed run's counter includes the earlier ones).
+    tokens = trainer.state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
+    return {"train_tokens_per_s": tokens / runtime if runtime else None,
+            "train_samples_per_s": float(train_out.metrics["train_samples_per_second"]),
+            "train_runtime_s": runtime, "train_steps": trainer.state.global_step}
+
+
 def run(cfg: DictConfig, method: Method, run_dir: str | Path, experiment: str | None = None,
-        overrides: str = "") -> dict[str, Any]:
+        overrides: str = "") -> RunRecord:
     """Train and evaluate one config; write and return its record (rank 0 only writes). Resumes
     from the folder's last checkpoint when cfg.resume and one exists. Failures are recorded
     (status "failed", one-line error) and re-raised. `experiment` (the conf/experiment file) and
-    `overrides` (the recipe-changing command-line overrides) let the analysis keep runs of different
-    recipes apart."""
+    `overrides` (how the recipe differs from its named defaults) keep runs of different recipes
+    apart in the analysis."""
     run_dir = Path(run_dir)
     main_process = is_main_process()
     start = time.perf_counter()
-    record = base_record(cfg, method, experiment, overrides)
+    record = start_record(cfg, method, experiment, overrides)
     memory = PeakMemory()
     wandb_run: WandbRun | None = None
     try:
         with memory:
             set_seed(int(cfg.seed))
-            runner = task_runner(cfg)
+            built = build(cfg, method)
             tokenizer = load_tokenizer(cfg.model)
-            data = runner.encode(tokenizer)
-            model = method.apply(runner.build_model(), cfg.model)
-            head = runner.head_modules()
-            if head and set_trainable(model, head) == 0:
-                raise ConfigError(f"model.head_modules {head} match no module of {cfg.model.name}")
+            data = built.task.encode(tokenizer)
             source = resolve_init_from(cfg)
             if source is not None:
                 record["init_from"] = str(source)
-                load_method_weights(model, source, head)
-            record["params"] = count_parameters(model, head)
-            optimizer, groups = method.create_optimizer(model, cfg.train)
+                load_method_weights(built.model, source, built.head)
+            record["params"] = built.params()
+            optimizer, groups = method.create_optimizer(built.model, cfg.train)
             record["optimizer_groups"] = [vars(g) for g in groups]
-
             wandb_run = WandbRun(cfg, run_dir) if main_process else None
-            report_to = wandb_run.report_to if wandb_run else []
-            evals = (data.evals if len(data.evals) > 1 else next(iter(data.evals.values()))) if data.evals else None
-            trainer = RunTrainer(
-                model=model,
-                args=training_arguments(cfg, run_dir, report_to, evaluate=evals is not None,
-                                        prediction_loss_only=runner.prediction_loss_only),
-                train_dataset=data.train,
-                eval_dataset=evals,
-                data_collator=runner.collator(tokenizer),
-                processing_class=tokenizer,
-                compute_metrics=runner.compute_metrics(),
-                optimizers=(optimizer, None),
-                callbacks=[KillAtStep(int(os.environ[KillAtStep.ENV]))] if os.environ.get(KillAtStep.ENV) else None,
-            )
-            checkpoint_root = run_dir / "trainer"
-            last = get_last_checkpoint(str(checkpoint_root)) if checkpoint_root.is_dir() else None
-            if last and not cfg.resume:
-                shutil.rmtree(checkpoint_root, ignore_errors=True)  # resume=false: start over
-                last = None
-            if last:
-                log.info("resuming from %s", last)
-                record["resumed_from_step"] = int(Path(last).name.split("-")[-1])
+            trainer = make_trainer(cfg, built, data, tokenizer, optimizer, run_dir,
+                                   wandb_run.report_to if wandb_run else [])
+            last = resume_point(cfg, run_dir)
+            record["resumed_from_step"] = int(Path(last).name.split("-")[-1]) if last else None
             train_out = trainer.train(resume_from_checkpoint=last)
-            runner.results(trainer, model, tokenizer, run_dir, record)
-            runtime = float(train_out.metrics["train_runtime"])
-            record["throughput"] = {
-                # Tokens of this session only (a resumed run's counter includes the earlier ones).
-                "train_tokens_per_s": (trainer.state.num_input_tokens_seen
-                                       - getattr(trainer, "_initial_num_input_tokens_seen", 0)) / runtime if runtime else None,
-                "train_samples_per_s": float(train_out.metrics["train_samples_per_second"]),
-                "train_runtime_s": runtime,
-                "train_steps": trainer.state.global_step,
-            }
+            built.task.results(trainer, built.model, tokenizer, run_dir, record)
+            record["throughput"] = throughput(trainer, train_out)
             record["train_loss_curve"] = [[e["step"], e["loss"]] for e in trainer.state.log_history if "loss" in e]
             record["world_size"] = int(trainer.args.world_size)
-            state = trainable_state(model)
+            state = trainable_state(built.model)
             record["trainable_sha256"] = state_digest(state)
             log.info("rank %s of %s: trainable_sha256=%s", trainer.args.process_index, trainer.args.world_size,
                      record["trainable_sha256"])
             record["checkpoint_bytes"] = save_trainable(state, run_dir, main_process and bool(cfg.save_checkpoint))
             if main_process:
-                shutil.rmtree(checkpoint_root, ignore_errors=True)  # resumable state is no longer needed
+                shutil.rmtree(run_dir / "trainer", ignore_errors=True)  # resumable state is no longer needed
         record["status"] = "ok"
     except BaseException as exc:
         record["status"] = "failed"

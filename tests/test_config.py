@@ -91,7 +91,7 @@ def test_paper_experiment_looks_up_table_9_settings_per_task():
     cfg = compose_cfg("experiment=paper_roberta_base_lora", "task=sst2")
     method = validate(cfg)
     assert (cfg.model.name, cfg.task.name, method.name) == ("roberta_base", "sst2", "lora")
-    assert (method.r, method.alpha, method.target_modules) == (8, 8, ["query", "value"])
+    assert (method.r, method.alpha, method.targets(cfg.model)) == (8, 8, ["query", "value"])
     assert (cfg.train.batch_size, cfg.train.epochs, cfg.train.lr, cfg.task.max_length) == (16, 60, 5e-4, 512)
     cola = compose_cfg("experiment=paper_roberta_base_lora", "task=cola")
     assert (cola.train.batch_size, cola.train.epochs, cola.train.lr, cola.init_from) == (32, 80, 4e-4, None)
@@ -136,7 +136,11 @@ def test_slurm_launcher_config_composes():
     launcher = cfg.hydra.launcher
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert (launcher.partition, launcher.gpus_per_node, launcher.tasks_per_node) == ("gpu", 1, 1)
-    assert cfg.hydra.sweep.dir.endswith("/runs")  # jobs land in the canonical run folders
+    # Jobs land in the canonical run folders (lora_repro.rundir.run_dir).
+    from lora_repro.rundir import run_dir
+
+    assert f"{cfg.hydra.sweep.dir}/{cfg.hydra.sweep.subdir}" == str(run_dir(cfg))
+    assert cfg.hydra.run.dir == str(run_dir(cfg))
 
 
 def test_a_null_split_is_not_an_evaluation_split():

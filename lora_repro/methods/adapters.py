@@ -15,7 +15,7 @@ W_up starts at zero, so an adapted model starts as exactly the pretrained functi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -24,6 +24,16 @@ from ..errors import ConfigError
 from .base import Method, freeze_all, require_positive
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
+# Where each site is inside one transformer block, per model family (transformers' model_type):
+# `attention` = the attention output projection, `ffn` = the MLP's output projection.
+_ENCODER_SITES = {"attention": "attention.output.dense", "ffn": "output.dense"}
+SITES_BY_MODEL_TYPE = {
+    "bert": _ENCODER_SITES,
+    "roberta": _ENCODER_SITES,
+    "deberta-v2": _ENCODER_SITES,
+    "gpt2": {"attention": "attn.c_proj", "ffn": "mlp.c_proj"},
+    "llama": {"attention": "self_attn.o_proj", "ffn": "mlp.down_proj"},
+}
 
 
 class BottleneckAdapter(nn.Module):
@@ -59,11 +69,15 @@ class AdaptedProjection(nn.Module):
 class BottleneckAdapters(Method):
     name: str = "adapter_p"
     r: int = 16
-    sites: list[str] = field(default_factory=lambda: ["ffn"])   # keys of model.adapter_sites
+    sites: list[str] = field(default_factory=lambda: ["ffn"])   # keys of SITES_BY_MODEL_TYPE[...]
     layer_norm: bool = False          # an extra trainable LayerNorm in front of each adapter (AdapterL)
     drop_lowest: int = 0              # AdapterDrop: no adapters in the lowest k blocks
     activation: str = "relu"
     train_layer_norms: bool = False   # also train the backbone's LayerNorms (the Houlsby recipe)
+
+    family: ClassVar[str] = "adapter"
+    rank_key: ClassVar[str | None] = "r"
+    paper_setting: ClassVar[str] = "houlsby"   # Table 2's adapter rows ran in Houlsby et al.'s setup
 
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int):
@@ -78,10 +92,10 @@ class BottleneckAdapters(Method):
         self.sites = [str(s) for s in self.sites]
 
     def check(self, model_cfg: Any, task_cfg: Any) -> None:
-        known = dict(model_cfg.get("adapter_sites") or {})
+        known = adapter_sites(model_cfg)
         missing = [s for s in self.sites if s not in known]
         if missing:
-            raise ConfigError(f"{self.name}: model {model_cfg.name} defines no adapter site {missing}; it has {sorted(known)}")
+            raise ConfigError(f"{self.name}: model {model_cfg.name} has no adapter site {missing}; it has {sorted(known)}")
         layers = n_layers(model_cfg)
         if layers is not None and self.drop_lowest >= layers:
             raise ConfigError(f"method.drop_lowest={self.drop_lowest} removes every adapter ({model_cfg.name} has {layers} blocks)")
@@ -90,11 +104,12 @@ class BottleneckAdapters(Method):
         freeze_all(model)
         d = hidden_size(model)
         blocks = find_blocks(model)
+        sites = adapter_sites(model_cfg)
         for index, block in enumerate(blocks):
             if index < self.drop_lowest:
                 continue
             for site in self.sites:
-                path = model_cfg.adapter_sites[site]
+                path = sites[site]
                 parent_path, _, leaf = path.rpartition(".")
                 parent = block.get_submodule(parent_path) if parent_path else block
                 adapter = BottleneckAdapter(d, self.r, self.activation, self.layer_norm)
@@ -113,6 +128,14 @@ class BottleneckAdapters(Method):
         if self.train_layer_norms:
             layer_norms += 2 * n_layers  # the two LayerNorms of each block
         return adapters * (2 * d_model * self.r + self.r + d_model) + 2 * layer_norms * d_model
+
+
+def adapter_sites(model_cfg: Any) -> dict[str, str]:
+    kind = str((model_cfg.get("arch") or {}).get("model_type", ""))
+    if kind not in SITES_BY_MODEL_TYPE:
+        raise ConfigError(f"adapters know no sites for model type {kind!r} ({model_cfg.name}); "
+                          f"known: {', '.join(SITES_BY_MODEL_TYPE)} (add it to SITES_BY_MODEL_TYPE)")
+    return SITES_BY_MODEL_TYPE[kind]
 
 
 def n_layers(model_cfg: Any) -> int | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -26,9 +26,20 @@ class ParamGroup:
 @dataclass
 class Method:
     """Base class. Subclasses are dataclasses: Hydra instantiates them from `conf/method/*.yaml`,
-    so `__post_init__` validates hyper-parameters before any model is loaded."""
+    so `__post_init__` validates hyper-parameters before any model is loaded.
+
+    A method also declares what it is, so that nothing downstream (params, tables, plots) needs its
+    name: `family` groups variants of one idea (lora, adapter, prefix, ...), `rank_key` names the
+    hyper-parameter that is its rank (the rank plot draws methods that have one), `lr_ratio_key` the
+    one that scales a second learning rate (the LoRA+ heatmap), and `paper_setting` the training
+    setup its Table 2 rows used ("paper", or "houlsby" for the rows run in Houlsby et al.'s setup)."""
 
     name: str
+
+    family: ClassVar[str] = "other"
+    rank_key: ClassVar[str | None] = None
+    lr_ratio_key: ClassVar[str | None] = None
+    paper_setting: ClassVar[str] = "paper"
 
     def check(self, model_cfg: Any, task_cfg: Any) -> None:
         """Config-time checks against the model and task (no weights loaded). Raise ConfigError."""
@@ -54,6 +65,16 @@ class Method:
     def formula_params(self, d_model: int, n_layers: int, model_cfg: Any = None) -> int | None:
         """The LoRA paper's Section 5.1 count for this method, or None where it gives no formula."""
         return None
+
+    def analytic_params(self, dims: dict[str, int], model_cfg: Any = None) -> int | None:
+        """What the method trains in a GPT-style model too large to build (GPT-3 175B): `dims` has
+        d_model, n_layers, vocab and positions. The Section 5.1 formula unless a method knows better."""
+        return self.formula_params(dims["d_model"], dims["n_layers"], model_cfg)
+
+    def info(self) -> dict[str, Any]:
+        """What the method is, for the run record and the analysis (see the class docstring)."""
+        return {"family": self.family, "rank_key": self.rank_key, "lr_ratio_key": self.lr_ratio_key,
+                "paper_setting": self.paper_setting}
 
     def hparams(self) -> dict[str, Any]:
         """The method's own settings, for the run record."""

@@ -4,7 +4,7 @@ BitFit tuner; it is a freeze pattern, not a new layer."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -15,6 +15,12 @@ from .base import Method, freeze_all
 @dataclass
 class BitFit(Method):
     name: str = "bitfit"
+    family: ClassVar[str] = "bitfit"
+
+    def analytic_params(self, dims: dict[str, int], model_cfg: Any = None) -> int:
+        """A GPT-style block has 11 d bias entries (q|k|v 3d, attention out d, MLP 4d + d, two
+        LayerNorm biases 2d); plus the final LayerNorm's bias."""
+        return 11 * dims["d_model"] * dims["n_layers"] + dims["d_model"]
 
     def apply(self, model: nn.Module, model_cfg: Any) -> nn.Module:
         freeze_all(model)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -15,6 +15,7 @@ from .base import Method, freeze_all
 @dataclass
 class FineTuneTopBlocks(Method):
     name: str = "ft_top2"
+    family: ClassVar[str] = "full_ft"
     top_k: int = 2
 
     def __post_init__(self) -> None:

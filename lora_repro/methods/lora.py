@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
+from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 
 from ..errors import ConfigError
@@ -30,14 +31,41 @@ def linear_layer_names(model: nn.Module) -> list[str]:
     return sorted(names)
 
 
+# The model families whose q, k, v come from one fused projection, and the slices the paper adapts
+# in it (GPT-2's c_attn = [q | k | v]; loralib's MergedLinear with enable_lora=[True, False, True]).
+FUSED_QKV_MODEL_TYPES = {"gpt2"}
+# LoraConfig fields this class sets itself; the rest pass through from the yaml's `peft_config`.
+OWN_LORA_FIELDS = {"r", "lora_alpha", "lora_dropout", "target_modules", "bias"}
+
+
+def model_type(model_cfg: Any) -> str:
+    """transformers' model_type of a model yaml (its `arch` block), the key of the family tables."""
+    return str((model_cfg.get("arch") or {}).get("model_type", ""))
+
+
+def default_targets(model_cfg: Any) -> list[str]:
+    """W_q and W_v of the model's family, from peft's own table (the paper adapts W_q, W_v)."""
+    targets = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type(model_cfg))
+    if not targets:
+        raise ConfigError(f"LoRA has no default target modules for model type {model_type(model_cfg)!r} "
+                          f"({model_cfg.name}); set method.target_modules=[...]")
+    return list(targets)
+
+
 @dataclass
 class LoRA(Method):
     name: str = "lora"
     r: int = 8
     alpha: float = 16
     dropout: float = 0.1
-    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+    target_modules: list[str] | None = None   # None: the family's W_q, W_v (peft's table)
     init: str = "a_random"
+    # Any further peft.LoraConfig argument (use_rslora, use_dora, init_lora_weights, ...), so a LoRA
+    # variant is one yaml file. Checked against LoraConfig's fields before anything is loaded.
+    peft_config: dict[str, Any] = field(default_factory=dict)
+
+    family: ClassVar[str] = "lora"
+    rank_key: ClassVar[str | None] = "r"
 
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int):
@@ -45,17 +73,38 @@ class LoRA(Method):
         require_positive("method", r=self.r, alpha=self.alpha)
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ConfigError(f"method.dropout must be in [0, 1), got {self.dropout}")
-        if not self.target_modules:
-            raise ConfigError("method.target_modules is empty")
-        self.target_modules = [str(t) for t in self.target_modules]
+        if self.target_modules is not None:
+            if not self.target_modules:
+                raise ConfigError("method.target_modules is empty")
+            self.target_modules = [str(t) for t in self.target_modules]
         if self.init not in INITS:
             raise ConfigError(f"method.init={self.init!r}; valid: {', '.join(INITS)}")
+        self.peft_config = dict(self.peft_config or {})
+        known = set(LoraConfig.__dataclass_fields__) - OWN_LORA_FIELDS
+        unknown = sorted(set(self.peft_config) - known)
+        if unknown:
+            raise ConfigError(f"method.peft_config: {unknown} {'is' if len(unknown) == 1 else 'are'} not a peft "
+                              f"LoraConfig argument this method passes through (r, alpha, dropout, target_modules "
+                              f"have their own keys); see peft.LoraConfig")
+        if self.init == "b_random" and "init_lora_weights" in self.peft_config:
+            raise ConfigError("method.init=b_random and method.peft_config.init_lora_weights both set the "
+                              "initialisation; keep one")
+
+    def targets(self, model_cfg: Any) -> list[str]:
+        return self.target_modules or default_targets(model_cfg)
+
+    def check(self, model_cfg: Any, task_cfg: Any) -> None:
+        if model_type(model_cfg) in FUSED_QKV_MODEL_TYPES and self.peft_config:
+            raise ConfigError(f"{self.name}: {sorted(self.peft_config)} cannot be applied to {model_cfg.name}: its q, k, v "
+                              f"share one fused projection, adapted here with separate q/v factors as the paper "
+                              f"(FusedQKVLoRA), which peft's options do not reach; use a model with separate projections")
 
     def apply(self, model: nn.Module, model_cfg: Any) -> nn.Module:
-        if model_cfg.get("fused_qkv"):
-            return apply_fused_qkv_lora(model, self)
+        targets = self.targets(model_cfg)
+        if model_type(model_cfg) in FUSED_QKV_MODEL_TYPES:
+            return apply_fused_qkv_lora(model, self, targets)
         available = linear_layer_names(model)
-        missing = [t for t in self.target_modules if t not in available]
+        missing = [t for t in targets if t not in available]
         if missing:
             raise ConfigError(
                 f"LoRA target module(s) {missing} not found in {model_cfg.name}; its linear layers are: "
@@ -65,20 +114,23 @@ class LoRA(Method):
             r=self.r,
             lora_alpha=self.alpha,
             lora_dropout=float(self.dropout),
-            target_modules=list(self.target_modules),
+            target_modules=targets,
             bias="none",
-            init_lora_weights=True,  # A Kaiming-uniform, B = 0 (loralib's init)
+            init_lora_weights=True,  # A Kaiming-uniform, B = 0 (loralib's init), unless peft_config says otherwise
+            **self.peft_config,
         )
         model = get_peft_model(model, config)
         if self.init == "b_random":
             swap_init_to_b_random(model)
         return model
 
-
     def formula_params(self, d_model: int, n_layers: int, model_cfg: Any = None) -> int:
         """Section 5.1: 2 x L_LoRA x d_model x r, L_LoRA the number of adapted d x d matrices (a
         fused c_attn counts its q and v)."""
-        per_layer = len(FusedQKVLoRA.SLICES) if model_cfg is not None and model_cfg.get("fused_qkv") else len(self.target_modules)
+        if model_cfg is not None and model_type(model_cfg) in FUSED_QKV_MODEL_TYPES:
+            per_layer = len(FusedQKVLoRA.SLICES)
+        else:
+            per_layer = len(self.target_modules or (default_targets(model_cfg) if model_cfg is not None else ["q", "v"]))
         return 2 * n_layers * per_layer * d_model * self.r
 
 
@@ -141,9 +193,9 @@ class FusedQKVLoRA(nn.Module):
         return self.base_layer
 
 
-def apply_fused_qkv_lora(model: nn.Module, method: "LoRA") -> nn.Module:
+def apply_fused_qkv_lora(model: nn.Module, method: "LoRA", target_modules: list[str]) -> nn.Module:
     freeze_all(model)
-    targets = set(method.target_modules)
+    targets = set(target_modules)
     replaced = 0
     for name, module in list(model.named_modules()):
         leaf = name.rsplit(".", 1)[-1]

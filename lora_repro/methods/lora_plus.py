@@ -6,7 +6,7 @@ other non-LoRA weights (the task head) get lr. The record lists each group's siz
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from peft.optimizers import create_loraplus_optimizer
@@ -24,6 +24,8 @@ LORAPLUS_GROUPS = ["A_and_other_weights", "embedding", "B_and_1d_decay", "B_and_
 class LoRAPlus(LoRA):
     name: str = "lora_plus"
     loraplus_lr_ratio: float = 16.0
+
+    lr_ratio_key: ClassVar[str | None] = "loraplus_lr_ratio"
 
     def __post_init__(self) -> None:
         super().__post_init__()

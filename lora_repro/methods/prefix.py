@@ -8,8 +8,8 @@ Both insert l_p prefix and l_i infix *virtual tokens* into every sequence, the b
             block are trainable (replaced, not added):                    |Theta| = L d (l_p + l_i)
 
 Where the virtual tokens go:
-  prefix  right after the first token for encoders whose head reads position 0 ([CLS]/<s>), at the
-          very start for decoders (model.cls_token_first);
+  prefix  right after the first token for encoders, whose head reads position 0 ([CLS]/<s>), at
+          the very start for decoders (model.decoder);
   infix   before the first supervised token of a causal-LM batch (the boundary between prompt and
           target, e.g. between an E2E meaning representation and its text), else after the last
           real token of each row. Batches must be right-padded.
@@ -21,7 +21,7 @@ every family here accepts (BERT, RoBERTa, DeBERTa-v2, GPT-2)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -60,12 +60,12 @@ class VirtualTokenModel(nn.Module):
     """Wraps a transformers model; inserts virtual tokens and fills them with trainable vectors,
     at the word-embedding level (per_layer=False) or at the input of every block (per_layer=True)."""
 
-    def __init__(self, model: nn.Module, n_prefix: int, n_infix: int, per_layer: bool, cls_token_first: bool):
+    def __init__(self, model: nn.Module, n_prefix: int, n_infix: int, per_layer: bool, lead: int):
         super().__init__()
         self.model = model
         self.config = model.config
         self.n_prefix, self.n_infix = n_prefix, n_infix
-        self.lead = 1 if cls_token_first else 0
+        self.lead = lead  # real tokens kept in front of the prefix
         d = hidden_size(model)
         n_virtual = n_prefix + n_infix
         self.per_layer = per_layer
@@ -167,6 +167,8 @@ class VirtualTokens(Method):
     n_infix: int = 0       # l_i
     per_layer: bool = False
 
+    family: ClassVar[str] = "prefix"
+
     def __post_init__(self) -> None:
         for key in ("n_prefix", "n_infix"):
             value = getattr(self, key)
@@ -176,7 +178,7 @@ class VirtualTokens(Method):
             raise ConfigError("method.n_prefix + method.n_infix must be > 0")
 
     def check(self, model_cfg: Any, task_cfg: Any) -> None:
-        if not model_cfg.get("cls_token_first", True) and task_cfg.kind in ("classification", "regression"):
+        if model_cfg.get("decoder") and task_cfg.kind in ("classification", "regression"):
             # GPT2ForSequenceClassification finds the last real token from input_ids, which a
             # model fed inputs_embeds cannot give it.
             raise ConfigError(f"{self.name} on decoder {model_cfg.name} supports language-modelling tasks only, not {task_cfg.name}")
@@ -191,8 +193,9 @@ class VirtualTokens(Method):
 
     def apply(self, model: nn.Module, model_cfg: Any) -> nn.Module:
         freeze_all(model)
-        return VirtualTokenModel(model, self.n_prefix, self.n_infix, self.per_layer,
-                                 bool(model_cfg.get("cls_token_first", True)))
+        # An encoder's head reads position 0 ([CLS], <s>): the prefix goes right after it.
+        lead = 0 if model_cfg.get("decoder") else 1
+        return VirtualTokenModel(model, self.n_prefix, self.n_infix, self.per_layer, lead)
 
     def formula_params(self, d_model: int, n_layers: int, model_cfg: Any = None) -> int:
         return (n_layers if self.per_layer else 1) * d_model * (self.n_prefix + self.n_infix)
