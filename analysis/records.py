@@ -1,15 +1,15 @@
-"""Read every record.json under a runs folder into one pandas frame. Unreadable or corrupt files,
-and runs whose status is not ok, are counted and listed, never used as results."""
+"""Run records into one pandas frame, from a runs folder or from one study's planned runs.
+Unreadable or corrupt files, and runs whose status is not ok, are counted and listed, never used as
+results. The record's fields are declared once, in lora_repro.record.RunRecord."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-RECORD_NAME = "record.json"
+from lora_repro.record import RECORD_NAME, iter_records, read_record
 
 
 @dataclass
@@ -17,9 +17,11 @@ class Records:
     ok: pd.DataFrame                                         # one row per finished run
     failed: list[tuple[str, str]] = field(default_factory=list)      # (path, error)
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
+    missing: list[str] = field(default_factory=list)                 # planned runs with no record yet (studies)
 
     def summary(self) -> str:
-        lines = [f"{len(self.ok)} ok runs, {len(self.failed)} failed, {len(self.unreadable)} unreadable"]
+        lines = [f"{len(self.ok)} ok runs, {len(self.failed)} failed, {len(self.unreadable)} unreadable"
+                 + (f", {len(self.missing)} planned but not run yet" if self.missing else "")]
         lines += [f"  failed: {p}: {e}" for p, e in self.failed]
         lines += [f"  skipped unreadable: {p}: {why}" for p, why in self.unreadable]
         return "\n".join(lines)
@@ -30,8 +32,18 @@ def flatten(record: dict, path: Path) -> dict:
     # Runs of different recipes (experiment file, hyper-parameter overrides) are never pooled.
     row["experiment"] = record.get("experiment") or "-"
     row["variant"] = record.get("overrides") or ""
+    row["study"] = record.get("study") or "-"
+    row["git_commit"] = record.get("git_commit")
     row["path"] = str(path.parent)
-    row.update({f"hp.{k}": (tuple(v) if isinstance(v, list) else v) for k, v in (record.get("hparams") or {}).items()})
+    hparams = record.get("hparams") or {}
+    info = record.get("method_info") or {}
+    row["family"] = info.get("family") or record.get("method")
+    row["paper_setting"] = record.get("paper_setting") or info.get("paper_setting") or "paper"
+    # What the method declares as its rank and its learning-rate ratio (Method.info()).
+    row["rank"] = hparams.get(info["rank_key"]) if info.get("rank_key") else None
+    row["lr_ratio"] = hparams.get(info["lr_ratio_key"]) if info.get("lr_ratio_key") else None
+    row.update({f"hp.{k}": (tuple(v) if isinstance(v, list) else str(v) if isinstance(v, dict) else v)
+                for k, v in hparams.items()})
     row.update({f"metric.{k}": v for k, v in (record.get("metrics") or {}).items()})
     row.update({f"best.{k}": v for k, v in (record.get("best_metrics") or {}).items() if k not in ("step", "epoch")})
     row.update({f"params.{k}": v for k, v in (record.get("params") or {}).items()})
@@ -41,19 +53,64 @@ def flatten(record: dict, path: Path) -> dict:
     return row
 
 
-def load_records(root: str | Path) -> Records:
-    root = Path(root)
+def collect(items) -> Records:
     rows, failed, unreadable = [], [], []
-    for path in sorted(root.rglob(RECORD_NAME)):
+    for path, record, why in items:
+        if record is None:
+            unreadable.append((str(path), why))
+        elif record["status"] != "ok":
+            failed.append((str(path), record.get("error") or record["status"]))
+        else:
+            rows.append(flatten(record, path))
+    return Records(ok=pd.DataFrame(rows), failed=failed, unreadable=unreadable)
+
+
+def check_runs_dir(root: str | Path) -> Path:
+    """A runs folder that does not exist is an error, never an empty table over earlier results."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SystemExit(f"error: runs folder {root} does not exist (RUNS=... names a folder of run records; "
+                         f"or STUDY=... one of experiments/)")
+    return root
+
+
+def load_records(root: str | Path) -> Records:
+    return collect(iter_records(check_runs_dir(root)))
+
+
+def load_run_dirs(run_dirs: list[Path]) -> Records:
+    """The records of the given run folders (a study's plan); folders with no record yet are listed
+    as missing."""
+    items, missing = [], []
+    for folder in run_dirs:
+        path = Path(folder) / RECORD_NAME
+        if not path.is_file():
+            missing.append(str(folder))
+            continue
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
+            record = read_record(path)
             if not isinstance(record, dict) or "status" not in record:
                 raise ValueError("not a run record (no status)")
+            items.append((path, record, ""))
         except (OSError, UnicodeDecodeError, ValueError) as exc:
-            unreadable.append((str(path), " ".join(str(exc).split())[:200]))
+            items.append((path, None, " ".join(str(exc).split())[:200]))
+    records = collect(items)
+    records.missing = missing
+    return records
+
+
+def load_study_records(name: str, assignments: dict[str, str] | None = None, extra: list[str] | None = None) -> Records:
+    """Exactly the runs a study plans (every choice of its params unless `assignments` fix some),
+    read from their canonical folders; a run planned by two studies counts in both."""
+    from lora_repro.study import load_study, param_choices, plan
+
+    folders: list[Path] = []
+    for choice in param_choices(name):
+        if assignments and any(choice.get(k) != v for k, v in assignments.items() if k in choice):
             continue
-        if record["status"] != "ok":
-            failed.append((str(path), record.get("error") or record["status"]))
-            continue
-        rows.append(flatten(record, path))
-    return Records(ok=pd.DataFrame(rows), failed=failed, unreadable=unreadable)
+        study = load_study(name, {**choice, **(assignments or {})})
+        folders += [r.run_dir for r in plan(study, list(extra or [])) if r.data_ok]
+    if assignments and not folders:  # a param value outside the listed choices
+        study = load_study(name, assignments)
+        folders = [r.run_dir for r in plan(study, list(extra or [])) if r.data_ok]
+    return load_run_dirs(list(dict.fromkeys(folders)))

@@ -50,20 +50,21 @@ def run_scores(records: Records) -> pd.DataFrame:
             continue
         rows.append({"model": r["model"], "method": r["method"], "adapted": int(r["params.adapted"]),
                      "experiment": r.get("experiment") or "-", "variant": r.get("variant") or "",
-                     "task": r["task"], "seed": r["seed"],
+                     "task": r["task"], "seed": r["seed"], "paper_setting": r.get("paper_setting") or "paper",
                      "score": 100.0 * float(value)})
     # One recipe and seed counts once, even if it was run twice (e.g. in two output folders).
-    return pd.DataFrame(rows, columns=[*ROW_KEY, "task", "seed", "score"]).drop_duplicates(
+    return pd.DataFrame(rows, columns=[*ROW_KEY, "task", "seed", "paper_setting", "score"]).drop_duplicates(
         subset=[*ROW_KEY, "task", "seed"], keep="last")
 
 
 def aggregate(scores: pd.DataFrame) -> pd.DataFrame:
     """Median, spread (std over seeds, 0 for one seed) and seed count per row key and task."""
     if scores.empty:
-        return pd.DataFrame(columns=[*ROW_KEY, "task", "median", "spread", "n"])
-    grouped = scores.groupby([*ROW_KEY, "task"]).score
-    out = grouped.agg(median="median", n="count").reset_index()
-    out["spread"] = grouped.std(ddof=0).values
+        return pd.DataFrame(columns=[*ROW_KEY, "task", "median", "spread", "n", "paper_setting"])
+    grouped = scores.groupby([*ROW_KEY, "task"])
+    out = grouped.score.agg(median="median", n="count").reset_index()
+    out["spread"] = grouped.score.std(ddof=0).values
+    out["paper_setting"] = grouped.paper_setting.first().values
     return out
 
 
@@ -71,15 +72,11 @@ def published_table2() -> pd.DataFrame:
     return pd.read_csv(PAPER_DIR / "table2.csv")
 
 
-def paper_setting(experiment: str) -> str:
-    """Table 2's † rows (and all its adapter rows) ran in the Houlsby et al. setup."""
-    return "houlsby" if "houlsby" in experiment or "adapter" in experiment else "paper"
-
-
-def match_published(model: str, method: str, adapted: int, experiment: str, paper: pd.DataFrame) -> pd.DataFrame:
-    """The published row with the same model, method and setup whose "# Trainable Parameters"
-    equals our adapted count at the paper's rounding (one decimal, in millions)."""
-    rows = paper[(paper.model == model) & (paper.method == method) & (paper.setting == paper_setting(experiment))]
+def match_published(model: str, method: str, adapted: int, setting: str, paper: pd.DataFrame) -> pd.DataFrame:
+    """The published row with the same model, method and setup (the record's paper_setting: Table
+    2's † and adapter rows ran in the Houlsby et al. setup) whose "# Trainable Parameters" equals
+    our adapted count at the paper's rounding (one decimal, in millions)."""
+    rows = paper[(paper.model == model) & (paper.method == method) & (paper.setting == setting)]
     if rows.empty:
         return rows
     ours = round(adapted / 1e6, 1)
@@ -98,7 +95,8 @@ def build_table2(records: Records) -> pd.DataFrame:
     paper = published_table2()
     rows = []
     for (model, method, adapted, experiment, variant), group in agg.groupby(ROW_KEY):
-        published = match_published(model, method, adapted, experiment, paper) if not variant else paper.iloc[0:0]
+        setting = group.paper_setting.iloc[0]
+        published = match_published(model, method, adapted, setting, paper) if not variant else paper.iloc[0:0]
         pub = dict(zip(published.task, published.value))
         key = {"model": model, "method": method, "adapted": adapted, "experiment": experiment, "variant": variant,
                "params": millions(adapted),
@@ -146,15 +144,10 @@ def to_markdown(table: pd.DataFrame, records: Records) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("runs_dir", nargs="?", default="outputs")
-    parser.add_argument("--out", default="results")
-    args = parser.parse_args(argv)
-    records = load_records(args.runs_dir)
-    table = build_table2(records)
-    out = Path(args.out)
+def write_tables(records: Records, out: Path) -> str:
+    """results/table2.{md,csv} and table3.{md,csv}; returns both markdown texts."""
     out.mkdir(parents=True, exist_ok=True)
+    table = build_table2(records)
     table.to_csv(out / "table2.csv", index=False)
     text = to_markdown(table, records)
     (out / "table2.md").write_text(text)
@@ -162,8 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     table3.to_csv(out / "table3.csv", index=False)
     text3 = table3_markdown(table3)
     (out / "table3.md").write_text(text3)
-    print(text)
-    print(text3)
+    return text + "\n" + text3
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .study import source_arguments, source_records
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    source_arguments(parser)
+    args, rest = parser.parse_known_args(argv)
+    records, out = source_records(args, rest)
+    print(write_tables(records, out))
     print(f"written to {out}/table2.md, {out}/table2.csv, {out}/table3.md and {out}/table3.csv")
     return 0
 

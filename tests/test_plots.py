@@ -1,11 +1,25 @@
 """Plots from synthetic records: each PNG is written, non-empty and really a PNG."""
 
-from analysis.plots import make_plots
+import pytest
+
+from analysis.plots import make_plots as make_plots_from_records
+from analysis.records import load_records
+from lora_repro.config import compose_config, instantiate_method
 from lora_repro.record import write_record
+
+
+def make_plots(runs, out):
+    return make_plots_from_records(load_records(runs), out)
+
+
+def method_info(method):
+    """What the real method declares (rank_key, lr_ratio_key, ...), as a trained run records it."""
+    return instantiate_method(compose_config([f"method={method}"]).method).info()
 
 
 def rec(method, seed, acc, adapted, hparams, lr=1e-3, task="sst2", model="roberta_base"):
     return {"status": "ok", "task": task, "model": model, "method": method, "seed": seed, "hparams": hparams,
+            "method_info": method_info(method),
             "metrics": {"accuracy": acc}, "best_metrics": {"accuracy": acc}, "peak_memory_bytes": 2**30 * (3 if method == "full_ft" else 1),
             "params": {"adapted": adapted, "trainable": adapted, "total": 10**8},
             "throughput": {"train_tokens_per_s": 1000.0, "train_samples_per_s": 30.0}, "config": {"train": {"lr": lr}}}
@@ -22,15 +36,22 @@ def test_every_plot_is_written(tmp_path):
     write_record(runs / "ft", rec("full_ft", 1, 0.948, 124_055_040, {}))
     paths = make_plots(runs, tmp_path / "plots")
     names = sorted(p.name for p in paths)
-    assert names == ["efficiency.png", "loraplus_roberta_base_sst2.png", "params_roberta_base_sst2.png", "rank.png"]
+    assert names == ["efficiency.png", "lora_plus_ratio_roberta_base_sst2.png", "params_roberta_base_sst2.png", "rank.png"]
     for p in paths:
         data = p.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
 
 def test_nothing_to_plot_writes_nothing(tmp_path):
+    (tmp_path / "empty").mkdir()
     assert make_plots(tmp_path / "empty", tmp_path / "plots") == []
     assert not any((tmp_path / "plots").iterdir())
+
+
+def test_a_mistyped_runs_folder_is_an_error_not_empty_results(tmp_path):
+    with pytest.raises(SystemExit, match="runs folder .*missing does not exist"):
+        make_plots(tmp_path / "missing", tmp_path / "plots")
+    assert not (tmp_path / "plots").exists()
 
 
 def test_results_notebook_runs_top_to_bottom_offline(tmp_path):
