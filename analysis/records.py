@@ -54,14 +54,16 @@ def flatten(record: dict, path: Path) -> dict:
 
 
 def collect(items) -> Records:
+    """Items are (path, record or None, why) or (path, record, why, labels): `labels` replace the
+    record's own (a study's plan says under which recipe it counts a shared run)."""
     rows, failed, unreadable = [], [], []
-    for path, record, why in items:
+    for path, record, why, *labels in items:
         if record is None:
             unreadable.append((str(path), why))
         elif record["status"] != "ok":
             failed.append((str(path), record.get("error") or record["status"]))
         else:
-            rows.append(flatten(record, path))
+            rows.append({**flatten(record, path), **(labels[0] if labels else {})})
     return Records(ok=pd.DataFrame(rows), failed=failed, unreadable=unreadable)
 
 
@@ -78,11 +80,11 @@ def load_records(root: str | Path) -> Records:
     return collect(iter_records(check_runs_dir(root)))
 
 
-def load_run_dirs(run_dirs: list[Path]) -> Records:
-    """The records of the given run folders (a study's plan); folders with no record yet are listed
-    as missing."""
+def load_run_dirs(run_dirs: list[Path], labels: list[dict] | None = None) -> Records:
+    """The records of the given run folders (a study's plan), each row labelled as `labels` say;
+    folders with no record yet are listed as missing."""
     items, missing = [], []
-    for folder in run_dirs:
+    for index, folder in enumerate(run_dirs):
         path = Path(folder) / RECORD_NAME
         if not path.is_file():
             missing.append(str(folder))
@@ -91,7 +93,7 @@ def load_run_dirs(run_dirs: list[Path]) -> Records:
             record = read_record(path)
             if not isinstance(record, dict) or "status" not in record:
                 raise ValueError("not a run record (no status)")
-            items.append((path, record, ""))
+            items.append((path, record, "", labels[index] if labels else {}))
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             items.append((path, None, " ".join(str(exc).split())[:200]))
     records = collect(items)
@@ -104,13 +106,13 @@ def load_study_records(name: str, assignments: dict[str, str] | None = None, ext
     read from their canonical folders; a run planned by two studies counts in both."""
     from lora_repro.study import load_study, param_choices, plan
 
-    folders: list[Path] = []
+    planned = []
     for choice in param_choices(name):
         if assignments and any(choice.get(k) != v for k, v in assignments.items() if k in choice):
             continue
-        study = load_study(name, {**choice, **(assignments or {})})
-        folders += [r.run_dir for r in plan(study, list(extra or [])) if r.data_ok]
-    if assignments and not folders:  # a param value outside the listed choices
-        study = load_study(name, assignments)
-        folders = [r.run_dir for r in plan(study, list(extra or [])) if r.data_ok]
-    return load_run_dirs(list(dict.fromkeys(folders)))
+        planned += plan(load_study(name, {**choice, **(assignments or {})}), list(extra or []))
+    if assignments and not planned:  # a param value outside the listed choices
+        planned = plan(load_study(name, assignments), list(extra or []))
+    unique = {(r.run_dir, r.experiment): r for r in planned if r.data_ok}
+    labels = [{"experiment": r.experiment or "-", "paper_setting": r.paper_setting} for r in unique.values()]
+    return load_run_dirs([r.run_dir for r in unique.values()], labels)

@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for path in written:
-        print(f"wrote {Path(path).resolve().relative_to(PROJECT_ROOT)}")
+        path = Path(path).resolve()
+        print(f"wrote {path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path}")
     return 0
 
 

@@ -24,14 +24,14 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 WANDB_MODES = ("online", "offline", "disabled")
 
 
-def compose_config(overrides: list[str]) -> DictConfig:
+def compose_config(overrides: list[str], conf_dir: str | None = None) -> DictConfig:
     """The project's config composed outside a Hydra app (tools, tests): the same files and
-    override syntax as `python -m lora_repro.train`."""
+    override syntax as `python -m lora_repro.train` (`conf_dir`: another copy of conf/)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir or CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
 
 

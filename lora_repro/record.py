@@ -67,7 +67,8 @@ def new_record(**known: Any) -> RunRecord:
     if unknown:
         raise KeyError(f"not run-record fields: {sorted(unknown)}")
     values: dict[str, Any] = {name: None for name in RECORD_FIELDS}
-    values.update(status="running", **known)
+    values["status"] = "running"
+    values.update(known)
     return RunRecord(**values)  # type: ignore[typeddict-item]
 
 

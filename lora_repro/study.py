@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import statistics
 import subprocess
 import sys
@@ -39,12 +40,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from . import PROJECT_ROOT
-from .config import compose_config
+from .config import compose_config, instantiate_method
 from .errors import ConfigError
 from .record import iter_records
 from .rundir import existing_record, run_dir
 
-EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
+# The studies: the project's experiments/ (LORA_REPRO_EXPERIMENTS names another folder of studies).
+EXPERIMENTS_DIR = Path(os.environ.get("LORA_REPRO_EXPERIMENTS", PROJECT_ROOT / "experiments")).resolve()
 STUDY_FILE = "study.yaml"
 RESULTS_DIR = "results"
 KNOWN_KEYS = {"description", "cost", "params", "paper_rows", "common", "variants", "grid", "seeds", "first",
@@ -147,6 +149,8 @@ class PlannedRun:
     done: bool
     group: tuple[int, str]    # (phase, variant): the Hydra multirun that launches it
     values: dict[str, str]    # its grid values
+    experiment: str | None    # the recipe (conf/experiment) this study plans it under
+    paper_setting: str        # the published rows it compares with (config's, else the method's)
 
 
 def plan(study: Study, extra: list[str]) -> list[PlannedRun]:
@@ -166,6 +170,10 @@ def plan(study: Study, extra: list[str]) -> list[PlannedRun]:
                 except Exception as exc:  # a bad override or key: one line, before anything runs
                     raise ConfigError(f"study {study.name}: {' '.join(str(exc).split())}") from None
                 samples = _samples(cfg, sizes)
+                # Two rows of a study may plan the same recipe (Table 2's LoRA and LoRA† rows agree on
+                # MNLI and SST-2): one folder, one run, counted in both rows by the analysis.
+                experiment = next((o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("experiment=")), None)
+                setting = cfg.get("paper_setting") or instantiate_method(cfg.method).paper_setting
                 data_ok = cfg.task.data_dir is None or Path(str(cfg.task.data_dir)).expanduser().is_dir()
                 for seed in study.seeds():
                     cfg.seed = seed
@@ -174,7 +182,7 @@ def plan(study: Study, extra: list[str]) -> list[PlannedRun]:
                     runs.append(PlannedRun([*overrides, f"seed={seed}"], folder, cfg.model.name, cfg.method.name,
                                            cfg.task.name, samples, data_ok,
                                            bool(record and record.get("status") == "ok"),
-                                           (index, variant_name), dict(zip(keys, values))))
+                                           (index, variant_name), dict(zip(keys, values)), experiment, setting))
     return runs
 
 
@@ -262,7 +270,8 @@ def split_args(study_name: str, args: list[str]) -> tuple[dict[str, str], list[s
 
 
 def command_line(study: Study) -> str:
-    return str(study.spec["command"]).format(results=results_dir(study.name).relative_to(PROJECT_ROOT))
+    out = results_dir(study.name)
+    return str(study.spec["command"]).format(results=out.relative_to(PROJECT_ROOT) if out.is_relative_to(PROJECT_ROOT) else out)
 
 
 def build_results(name: str, assignments: dict[str, str], extra: list[str]) -> int:

@@ -1,0 +1,206 @@
+"""Studies (experiments/<study>/study.yaml): every study plans; a study's runs land in the canonical
+run folders and a re-run skips them; the library never imports the analysis layer; a LoRA variant
+is one yaml file; every method in conf/method/ declares what it is; the README quotes results only
+from committed study outputs."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lora_repro import CONF_DIR, PROJECT_ROOT
+from lora_repro.assembly import build
+from lora_repro.config import compose_config, instantiate_method, validate
+from lora_repro.methods import Method
+from lora_repro.rundir import HASH_VERSION, config_hash, run_dir
+from lora_repro.study import load_study, param_choices, plan, study_names
+from lora_repro.trainer import run
+
+from .conftest import TINY, write_sst2_dir
+
+STUDIES = ["demo", "demo_e2e", "efficiency", "loraplus_ratio", "mini", "param_counts", "rank_sweep",
+           "table2_glue", "table3_e2e"]
+
+
+def test_every_study_is_there_and_plans_for_every_choice_of_its_params():
+    assert study_names() == STUDIES
+    for name in STUDIES:
+        for choice in param_choices(name):
+            study = load_study(name, choice)
+            assert str(study.spec["description"]).strip() and study.spec.get("cost"), name
+            runs = plan(study, [])
+            if study.is_command:
+                assert not runs and "{results}" in study.spec["command"]
+                continue
+            assert runs, name
+            # Two rows may share a run only where their recipes are the same (one folder, one run).
+            assert len({(r.run_dir, r.experiment) for r in runs}) == len(runs), name
+            assert study.spec.get("results"), name
+
+
+def test_planned_folders_are_the_canonical_run_folders():
+    study = load_study("table2_glue", {"model": "roberta_base"})
+    runs = plan(study, [])
+    assert len(runs) == 8 * 5  # one paper row x 8 tasks x 5 seeds
+    assert [r.task for r in runs[:5]] == ["mnli"] * 5  # MNLI first: later rows start from it
+    for r in runs[::7]:
+        assert r.run_dir == run_dir(compose_config(r.overrides))
+
+
+def test_a_run_two_paper_rows_share_counts_in_both_rows(tmp_path):
+    """Table 2's RoBERTa-large LoRA and LoRA-dagger rows have the same MNLI recipe (Table 9): the
+    study plans one folder for both, and the analysis counts the one run in each row."""
+    from analysis.records import load_study_records
+    from analysis.tables import build_table2
+    from lora_repro.record import new_record, write_record
+
+    runs = plan(load_study("table2_glue", {"model": "roberta_large"}), [f"output_root={tmp_path}"])
+    mnli = [r for r in runs if r.task == "mnli" and r.experiment.startswith("paper_roberta_large_lora") and r.values]
+    shared = {r.run_dir for r in mnli if "seed=1" in r.overrides}
+    assert len(shared) == 1 and {r.paper_setting for r in mnli} == {"paper", "houlsby"}
+    record = new_record(status="ok", task="mnli", model="roberta_large", method="lora", seed=1, overrides="",
+                        experiment="paper_roberta_large_lora", paper_setting="paper",
+                        metrics={"matched_accuracy": 0.906}, best_metrics={"matched_accuracy": 0.906},
+                        params={"adapted": 786_432, "trainable": 786_432 + 1_051_650, "total": 356_000_000})
+    write_record(shared.pop(), record)
+    records = load_study_records("table2_glue", {"model": "roberta_large"}, [f"output_root={tmp_path}"])
+    table = build_table2(records)
+    rows = table[(table.task == "mnli") & table["median"].notna()]
+    assert sorted(rows.published_row) == ["RoB_large (LoRA)", "RoB_large (LoRA)†"]
+    assert list(rows["median"]) == [pytest.approx(90.6)] * 2 and list(rows.published) == [90.6, 90.6]
+
+
+def test_a_param_value_without_rows_is_one_error_naming_the_choices():
+    from lora_repro.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model=bert.*its params: model: roberta_base, roberta_large, deberta_v2_xxlarge"):
+        load_study("table2_glue", {"model": "bert"})
+
+
+def test_the_library_never_imports_the_analysis_layer():
+    for path in (PROJECT_ROOT / "lora_repro").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n == "analysis" or n.startswith("analysis.") for n in names), path
+
+
+def test_run_folder_hash_is_pinned_and_ignores_new_null_defaults(tmp_path):
+    # A change of the hashing rules must bump HASH_VERSION (README: "Run folders"); this pins v2.
+    assert HASH_VERSION == 2
+    assert config_hash(compose_config([])) == "e9e5e81c"
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF_DIR, conf)
+    with open(conf / "method" / "lora.yaml", "a") as handle:
+        handle.write("some_new_option: null\nanother_new_table: {}\n")
+    with open(conf / "train" / "default.yaml", "a") as handle:
+        handle.write("new_logging_knob: null\n")
+    assert config_hash(compose_config([], conf_dir=str(conf))) == config_hash(compose_config([]))
+    assert config_hash(compose_config(["train.logging_steps=3", "train.num_workers=2"])) == config_hash(compose_config([]))
+    assert config_hash(compose_config(["method.r=4"])) != config_hash(compose_config([]))
+
+
+def test_a_lora_variant_is_one_yaml_file_and_trains_with_no_code_change(tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF_DIR, conf)
+    (conf / "method" / "my_rslora.yaml").write_text(
+        "defaults:\n  - lora\n  - _self_\nname: my_rslora\npeft_config: {use_rslora: true}\n")
+    data = write_sst2_dir(tmp_path / "SST-2")
+    cfg = compose_config([*TINY, "method=my_rslora", "method.r=4", "method.alpha=8", f"task.data_dir={data}",
+                          "train.lr=2e-2", "train.epochs=2", "save_checkpoint=false"], conf_dir=str(conf))
+    method = validate(cfg)
+    built = build(cfg, method)
+    scalings = {m.scaling["default"] for m in built.model.modules() if hasattr(m, "lora_A") and hasattr(m, "scaling")}
+    assert scalings == {8 / 4 ** 0.5}  # rsLoRA: alpha / sqrt(r), not alpha / r
+    record = run(cfg, method, tmp_path / "run")
+    assert record["status"] == "ok" and record["method"] == "my_rslora"
+    assert record["hparams"]["peft_config"] == {"use_rslora": True}
+    assert record["method_info"]["family"] == "lora"
+    losses = [loss for _, loss in record["train_loss_curve"]]
+    assert losses[-1] < losses[0]
+
+
+def test_an_unknown_peft_argument_is_one_line():
+    from lora_repro.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"\['use_rsloraa'\] is not a peft LoraConfig argument"):
+        instantiate_method(compose_config(["+method.peft_config.use_rsloraa=true"]).method)
+
+
+def method_names() -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_every_method_in_conf_declares_what_it_is_and_trains_its_own_parameters(name):
+    """Discovered from conf/method/: a new method family is one module + one yaml, and this test
+    covers it without being edited."""
+    small = {"adapter_d": ["method.drop_lowest=1"], "ft_top2": ["method.top_k=1"]}
+    cfg = compose_config([*TINY, f"method={name}", *small.get(name, [])])
+    method = validate(cfg)
+    assert isinstance(method, Method) and method.name == name
+    info = method.info()
+    assert set(info) == {"family", "rank_key", "lr_ratio_key", "paper_setting"}
+    assert info["family"] != "other", f"{type(method).__name__} declares no family"
+    assert info["paper_setting"] in ("paper", "houlsby")
+    for key in ("rank_key", "lr_ratio_key"):
+        assert info[key] is None or info[key] in method.hparams()
+    torch.manual_seed(0)
+    built = build(cfg, method)
+    params = built.params()
+    assert 0 < params["adapted"] <= params["trainable"] <= params["total"]
+    formula = method.formula_params(32, 2, cfg.model)
+    assert formula is None or formula > 0
+
+
+@pytest.mark.slow
+def test_a_study_lands_in_run_folders_records_its_name_and_a_rerun_skips(tmp_path):
+    experiments = tmp_path / "experiments"
+    (experiments / "tiny").mkdir(parents=True)
+    data = write_sst2_dir(tmp_path / "SST-2", n_train=64, n_dev=32)
+    common = [*TINY, f"task.data_dir={data}", "train.max_steps=2", "save_checkpoint=false",
+              f"output_root={tmp_path / 'outputs'}"]
+    (experiments / "tiny" / "study.yaml").write_text(json.dumps({
+        "description": "two methods on the tiny model", "cost": "seconds",
+        "common": common, "variants": {"lora": ["method=lora"], "bitfit": ["method=bitfit", "train.lr=1e-2"]},
+        "seeds": [1], "results": ["method_table"]}))
+    env = {**os.environ, "LORA_REPRO_EXPERIMENTS": str(experiments), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "lora_repro.study", "tiny"]
+    first = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "2 runs planned: 0 already done (skipped), 2 to run." in first.stdout
+    records = sorted((tmp_path / "outputs" / "runs").rglob("record.json"))
+    assert [p.parent.parent.name for p in records] == ["bitfit", "lora"]
+    for path in records:
+        record = json.loads(path.read_text())
+        assert record["status"] == "ok" and record["study"] == "tiny"
+    table = (experiments / "tiny" / "results" / "methods.md").read_text()
+    assert "| lora |" in table and "| bitfit |" in table
+    summary = json.loads((experiments / "tiny" / "results" / "summary.json").read_text())
+    assert summary["runs"] == {"ok": 2, "failed": 0, "unreadable": 0, "missing": 0}
+    stamps = [p.stat().st_mtime_ns for p in records]
+
+    second = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "2 runs planned: 2 already done (skipped), 0 to run." in second.stdout
+    assert "lora_repro.train" not in second.stdout  # nothing launched
+    assert [p.stat().st_mtime_ns for p in records] == stamps
+    assert (experiments / "tiny" / "results" / "methods.md").read_text() == table  # same records, same bytes
+
+
+def test_the_readme_quotes_only_committed_study_results():
+    from analysis.readme import BLOCK, README, refill
+
+    text = README.read_text()
+    quoted = [m["path"] for m in BLOCK.finditer(text)]
+    assert "experiments/demo/results/methods.md" in quoted
+    assert all(p.startswith("experiments/") and "/results/" in p for p in quoted)
+    assert refill(text)[1] == [], "README blocks differ from the study results: run `make readme`"
