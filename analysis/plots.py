@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .records import Records  # noqa: E402
+from .records import Records, main_score  # noqa: E402
 from .tables import PAPER_DIR, task_metric  # noqa: E402
 
 
@@ -45,15 +45,8 @@ def scores(ok: pd.DataFrame) -> pd.DataFrame:
     if ok.empty:
         return ok
     df = ok.copy()
-
-    def score(row: dict) -> float:
-        metric = task_metric(row["task"])
-        value = row.get(f"best.{metric}", np.nan)
-        if value is None or pd.isna(value):
-            value = row.get(f"metric.{metric}", np.nan)
-        return 100.0 * float(value) if value is not None and not pd.isna(value) else np.nan
-
-    df["score"] = [score(row) for row in df.to_dict("records")]
+    values = [main_score(row) for row in df.to_dict("records")]
+    df["score"] = [np.nan if v is None else 100.0 * v for v in values]
     df["main_metric"] = [task_metric(t) for t in df.task]
     return df.dropna(subset=["score"])
 

@@ -12,18 +12,43 @@ import pandas as pd
 from lora_repro.record import RECORD_NAME, iter_records, read_record
 
 
+# The metric the papers report per task (x100 in the tables): MNLI matched accuracy, MCC for CoLA,
+# Pearson for STS-B, BLEU for E2E, accuracy elsewhere (also MRPC/QQP).
+TABLE2_METRIC = {"mnli": "matched_accuracy", "cola": "mcc", "stsb": "pearson", "e2e": "BLEU"}
+DEFAULT_METRIC = "accuracy"
+
+
+def task_metric(task: str) -> str:
+    return TABLE2_METRIC.get(task, DEFAULT_METRIC)
+
+
+def main_score(row: dict) -> float | None:
+    """A run's main metric at its best evaluation (the final one where there is no best, e.g. E2E
+    BLEU on the decoded test set); None when it has none or it is not a number."""
+    metric = task_metric(row["task"])
+    for key in (f"best.{metric}", f"metric.{metric}"):
+        value = row.get(key)
+        if value is not None and not pd.isna(value):
+            return float(value)
+    return None
+
+
 @dataclass
 class Records:
     ok: pd.DataFrame                                         # one row per finished run
     failed: list[tuple[str, str]] = field(default_factory=list)      # (path, error)
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
     missing: list[str] = field(default_factory=list)                 # planned runs with no record yet (studies)
+    no_score: list[tuple[str, str]] = field(default_factory=list)    # ok runs whose main metric is NaN/absent
 
     def summary(self) -> str:
         lines = [f"{len(self.ok)} ok runs, {len(self.failed)} failed, {len(self.unreadable)} unreadable"
-                 + (f", {len(self.missing)} planned but not run yet" if self.missing else "")]
+                 + (f", {len(self.missing)} planned but not run yet" if self.missing else "")
+                 + (f"; {len(self.no_score)} ok runs have no usable main metric and are left out of tables "
+                    f"and plots" if self.no_score else "")]
         lines += [f"  failed: {p}: {e}" for p, e in self.failed]
         lines += [f"  skipped unreadable: {p}: {why}" for p, why in self.unreadable]
+        lines += [f"  no main metric: {p}: {why}" for p, why in self.no_score]
         return "\n".join(lines)
 
 
@@ -64,7 +89,9 @@ def collect(items) -> Records:
             failed.append((str(path), record.get("error") or record["status"]))
         else:
             rows.append({**flatten(record, path), **(labels[0] if labels else {})})
-    return Records(ok=pd.DataFrame(rows), failed=failed, unreadable=unreadable)
+    no_score = [(row["path"], f"{task_metric(row['task'])} is "
+                 f"{row.get('metric.' + task_metric(row['task']), 'absent')}") for row in rows if main_score(row) is None]
+    return Records(ok=pd.DataFrame(rows), failed=failed, unreadable=unreadable, no_score=no_score)
 
 
 def check_runs_dir(root: str | Path) -> Path:

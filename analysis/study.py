@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from lora_repro.errors import ConfigError
+from lora_repro.record import RECORD_NAME, read_record
 from lora_repro.study import PROJECT_ROOT, load_study, results_dir, split_args
 
 from .plots import make_plots, scores
@@ -85,13 +86,21 @@ def e2e_vs_paper(records: Records) -> str:
         return "No finished E2E run yet.\n"
     lines = []
     for r in ok.to_dict("records"):
+        folder = Path(r["path"])
+        decoded = (read_record(folder / RECORD_NAME).get("decoding") or {}).get("test") or {}
         lines += [f"{r['model']} + {r['method']}, seed {r['seed']}: {int(r['params.adapted']):,} trained parameters, "
-                  f"{int(r['throughput.train_steps'])} steps in {r['throughput.train_runtime_s']:.0f} s, "
-                  f"wall {r['wall_s']:.0f} s, peak memory {r['peak_memory_bytes'] / 2**30:.1f} GiB", "",
+                  f"{int(r['throughput.train_steps'])} steps in {r['throughput.train_runtime_s']:.0f} s; "
+                  f"{decoded.get('mrs_decoded', '?')} test MRs / {decoded.get('n_references', '?')} references decoded "
+                  f"in {decoded.get('decode_s', float('nan')):.0f} s; wall {r['wall_s']:.0f} s, "
+                  f"peak memory {r['peak_memory_bytes'] / 2**30:.1f} GiB", "",
                   f"| metric | this run | paper, GPT-2 M + LoRA ({ref.row.iloc[0] if len(ref) else '-'}) |",
                   "|---|---|---|"]
         for metric in E2E_METRICS:
             lines.append(f"| {metric} | {r[f'metric.{metric}']:.4f} | {published.get(metric, float('nan')):.4f} |")
+        if decoded.get("mrs") and decoded.get("outputs"):
+            mrs = (folder / decoded["mrs"]).read_text(encoding="utf-8").splitlines()
+            outputs = (folder / decoded["outputs"]).read_text(encoding="utf-8").splitlines()
+            lines += ["", "First outputs:", ""] + [f"* `{mr}` -> \"{out}\"" for mr, out in list(zip(mrs, outputs))[:2]]
         lines.append("")
     return "\n".join(lines)
 

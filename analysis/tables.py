@@ -13,24 +13,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from .records import Records, load_records
+from .records import DEFAULT_METRIC, TABLE2_METRIC, Records, load_records, main_score, task_metric  # noqa: F401
 from .table3 import build_table3, table3_markdown
 
 PAPER_DIR = Path(__file__).resolve().parent / "paper"
 GLUE_TASKS = ["mnli", "sst2", "mrpc", "cola", "qnli", "qqp", "rte", "stsb"]
-# The metric Table 2 reports per task (x100): MNLI matched accuracy (R1 shows the LoRA rows' MNLI
-# column is matched accuracy), MCC for CoLA, Pearson for STS-B, accuracy elsewhere (also MRPC/QQP).
-TABLE2_METRIC = {"mnli": "matched_accuracy", "cola": "mcc", "stsb": "pearson", "e2e": "BLEU"}
-DEFAULT_METRIC = "accuracy"
 
 
 # A table row: runs of the same model, method, size and recipe (the conf/experiment file, "-" for
 # none). Runs of different recipes are never pooled into one median.
 ROW_KEY = ["model", "method", "adapted", "experiment", "variant"]
-
-
-def task_metric(task: str) -> str:
-    return TABLE2_METRIC.get(task, DEFAULT_METRIC)
 
 
 def millions(n: float) -> str:
@@ -44,9 +36,8 @@ def run_scores(records: Records) -> pd.DataFrame:
         return pd.DataFrame(columns=[*ROW_KEY, "task", "seed", "score"])
     rows = []
     for r in df[df.task != "e2e"].to_dict("records"):
-        metric = task_metric(r["task"])
-        value = r.get(f"best.{metric}", r.get(f"metric.{metric}"))
-        if value is None or pd.isna(value):
+        value = main_score(r)
+        if value is None:  # listed in records.no_score, named under the table
             continue
         rows.append({"model": r["model"], "method": r["method"], "adapted": int(r["params.adapted"]),
                      "experiment": r.get("experiment") or "-", "variant": r.get("variant") or "",

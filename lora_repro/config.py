@@ -106,8 +106,8 @@ def check_train_config(train: Any) -> None:
 
 def validate(cfg: DictConfig) -> Method:
     """Check the whole composed config; return the instantiated method. Loads nothing heavy."""
-    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
-        raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or not 0 <= cfg.seed < 2**32:
+        raise ConfigError(f"seed must be an integer in [0, 2**32), got {cfg.seed!r}")
     check_train_config(cfg.train)
     check_task_config(cfg.task)
     if cfg.task.kind not in KINDS:

@@ -8,6 +8,7 @@ import bz2
 import csv
 import hashlib
 import importlib.util
+import io
 import logging
 import math
 import sys
@@ -33,7 +34,7 @@ class TaskData:
 
 
 # --------------------------------------------------------------------------------------- TSV files
-def _parse_label(raw: str, tsv_cfg: Any, kind: str, where: str) -> int | float:
+def _parse_label(raw: str, tsv_cfg: Any, kind: str, where: str, num_labels: int | None = None) -> int | float:
     raw = raw.strip()
     if kind == "regression":
         try:
@@ -50,9 +51,25 @@ def _parse_label(raw: str, tsv_cfg: Any, kind: str, where: str) -> int | float:
         except ValueError:
             raise DataError(f"{where}: label {raw!r} is not one of {list(names)}") from None
     try:
-        return int(raw)
+        label = int(raw)
     except ValueError:
         raise DataError(f"{where}: label {raw!r} is not an integer class id") from None
+    if num_labels is not None and not 0 <= label < num_labels:
+        raise DataError(f"{where}: label {label} is outside the task's classes 0..{num_labels - 1}")
+    return label
+
+
+def read_text(path: Path) -> str:
+    """A data file as text: UTF-8, with a byte-order mark (the official MRPC files have one)
+    dropped. Bytes that are not UTF-8 are an error naming the file and line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise DataError(f"{path}:{line}: byte 0x{data[exc.start]:02x} at column {column} is not UTF-8 "
+                        f"(save the file as UTF-8, e.g. iconv -f latin1 -t utf-8)") from None
 
 
 def read_tsv(path: Path, task_cfg: Any) -> Dataset:
@@ -65,7 +82,8 @@ def read_tsv(path: Path, task_cfg: Any) -> Dataset:
     fields = list(task_cfg.text_fields)
     rows: dict[str, list] = {f: [] for f in fields + ["label"]}
     skipped = 0
-    with open(path, encoding="utf-8", newline="") as handle:
+    num_labels = int(task_cfg.num_labels) if task_cfg.kind == "classification" and not tsv.get("label_names") else None
+    with io.StringIO(read_text(path), newline="") as handle:
         reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader, None) if tsv.header else None
         if tsv.header and header is None:
@@ -85,6 +103,9 @@ def read_tsv(path: Path, task_cfg: Any) -> Dataset:
             where = f"{path}:{line_no}"
             if width is None:
                 width = len(row)
+            if max(index.values()) >= len(row) and not tsv.skip_malformed:
+                raise DataError(f"{where}: {len(row)} tab-separated fields, but task {task_cfg.name} reads column "
+                                f"{max(index.values())} (0-based): is {path.parent} the {task_cfg.name} data?")
             if len(row) != width or max(index.values()) >= len(row):
                 if tsv.skip_malformed:
                     skipped += 1
@@ -92,7 +113,7 @@ def read_tsv(path: Path, task_cfg: Any) -> Dataset:
                 raise DataError(f"{where}: expected {width} tab-separated fields, got {len(row)}")
             for field in fields:
                 rows[field].append(row[index[field]])
-            rows["label"].append(_parse_label(row[index["label"]], tsv, task_cfg.kind, where))
+            rows["label"].append(_parse_label(row[index["label"]], tsv, task_cfg.kind, where, num_labels))
     if skipped:
         log.warning("%s: skipped %d malformed rows", path, skipped)
     if not rows["label"]:
@@ -122,7 +143,7 @@ def read_mr_ref_csv(path: Path, task_cfg: Any) -> Dataset:
         raise DataError(f"missing data file {path}")
     mr_col, ref_col = str(task_cfg.csv_columns.mr), str(task_cfg.csv_columns.ref)
     rows: dict[str, list] = {"mr": [], "ref": []}
-    with open(path, encoding="utf-8-sig", newline="") as handle:
+    with io.StringIO(read_text(path), newline="") as handle:
         reader = csv.DictReader(handle)
         if not reader.fieldnames:
             raise DataError(f"{path} is empty (expected a header with columns {mr_col}, {ref_col})")
@@ -228,8 +249,24 @@ FILE_READERS: dict[str, Callable[[Path, Any], Dataset]] = {
 }
 
 
+# The shortest task.max_length that leaves room for a model's special tokens (up to 3 for a
+# sentence pair: [CLS] a [SEP] b [SEP]) and some text; below it tokenizers silently stop truncating.
+MIN_MAX_LENGTH = 8
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_task_config(task_cfg: Any) -> None:
-    """Cheap checks that need no data: loader name, data dir and its files."""
+    """Cheap checks that need no data: sizes, loader name, data dir and its files."""
+    if not _is_int(task_cfg.max_length) or task_cfg.max_length < MIN_MAX_LENGTH:
+        raise ConfigError(f"task.max_length must be an integer >= {MIN_MAX_LENGTH} (room for the special tokens), "
+                          f"got {task_cfg.max_length!r}")
+    for key in ("max_train_samples", "max_eval_samples"):
+        value = task_cfg.get(key)
+        if value is not None and (not _is_int(value) or value <= 0):
+            raise ConfigError(f"task.{key} must be a positive integer, or null for every row; got {value!r}")
     file_format = task_cfg.get("file_format", "tsv")
     if file_format not in FILE_READERS:
         raise ConfigError(f"task.file_format={file_format!r}; valid: {', '.join(FILE_READERS)}")

@@ -24,3 +24,7 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, LoraReproError):
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class RecordNotWritten(LoraReproError):
+    """record.json could not be written (e.g. a full disk): the run's outcome is not on disk."""

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +82,31 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("run_subdir", lambda *, _root_: run_subdir(_root_))
 
 
+def readable_safetensors(path: Path) -> bool:
+    """Whether `path` has a complete safetensors header (cheap: reads the header only)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.keys()
+        return True
+    except Exception:
+        return False
+
+
 def resolve_init_from(cfg: Any) -> Path | None:
     """The trainable.safetensors a run starts from (see `init_from` in conf/config.yaml)."""
     value = cfg.get("init_from")
     if not value:
         return None
+    path = _init_from_path(cfg, value)
+    if not readable_safetensors(path):
+        raise ConfigError(f"init_from={value}: {path} is not a readable safetensors file (truncated, or another "
+                          f"format); name a run folder or its checkpoint/{TRAINABLE_FILE}")
+    return path
+
+
+def _init_from_path(cfg: Any, value: Any) -> Path:
     path = Path(str(value)).expanduser()
     if path.is_file():
         return path
@@ -138,10 +159,21 @@ class RunDirLock:
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / LOCK_NAME
 
+    # A lock file is created empty and written a moment later; an empty one younger than this is
+    # taken as a live holder between those two steps, not as a stale lock.
+    FRESH_S = 10.0
+
     def _holder_alive(self) -> tuple[bool, str]:
         try:
-            host, pid = self.path.read_text().split()
-        except (OSError, ValueError):
+            text = self.path.read_text()
+            age = time.time() - self.path.stat().st_mtime
+        except OSError:
+            return False, "?"
+        if not text.strip() and age < self.FRESH_S:
+            return True, "(starting)"
+        try:
+            host, pid = text.split()
+        except ValueError:
             return False, "?"
         if host != socket.gethostname():
             return True, f"{pid} on {host}"

@@ -8,6 +8,7 @@ resumes from its last checkpoint (resume=false starts over). In a multirun a fai
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -15,11 +16,12 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from . import CONF_DIR
-from .config import check_group_overrides, validate
-from .errors import ConfigError, one_line
+from .config import GROUPS, check_group_overrides, compose_config, validate
+from .errors import ConfigError, RecordNotWritten, one_line
+from .record import RECORD_NAME
 from .rundir import RunDirLock, check_writable, existing_record, register_resolvers
 
 log = logging.getLogger("lora_repro")
@@ -34,15 +36,45 @@ def fail(message: str) -> None:
     sys.exit(message)
 
 
+def is_scaffolding(run_dir: Path) -> bool:
+    """A folder Hydra made for a job that never started: only .hydra/ and an empty train.log."""
+    if not run_dir.is_dir() or (run_dir / RECORD_NAME).exists():
+        return False
+    names = {p.name for p in run_dir.iterdir()}
+    log_file = run_dir / "train.log"
+    return names <= {".hydra", "train.log"} and (not log_file.exists() or log_file.stat().st_size == 0)
+
+
+def config_failure(cfg: DictConfig, run_dir: Path, exc: ConfigError) -> None:
+    """A job whose config is invalid. In a multirun the sweep goes on and the job is recorded as
+    failed (a re-run retries it); a single run exits with the one line and leaves no folder."""
+    message = f"error: {exc}"
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        from .record import new_record, write_record
+
+        try:
+            config = OmegaConf.to_container(cfg, resolve=True)
+        except Exception:  # the line above is what matters
+            config = None
+        write_record(run_dir, new_record(status="failed", error=f"config: {exc}", study=cfg.get("study"),
+                                         task=cfg.task.name, model=cfg.model.name, method=cfg.method.name,
+                                         seed=cfg.seed, config=config))
+        log.error("%s (recorded in %s/record.json; the sweep goes on)", message, run_dir)
+        return None
+    if is_scaffolding(run_dir):
+        shutil.rmtree(run_dir, ignore_errors=True)
+    sys.exit(message)
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _main(cfg: DictConfig) -> float | None:
     from .trainer import is_main_process, run  # heavy imports after the cheap checks
 
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         method = validate(cfg)
     except ConfigError as exc:
-        sys.exit(f"error: {exc}")
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+        return config_failure(cfg, run_dir, exc)
     done = existing_record(run_dir)
     if done and done.get("status") == "ok" and not cfg.overwrite:
         log.info("already done (status ok), skipping: %s  [overwrite=true re-runs it]", run_dir)
@@ -56,8 +88,9 @@ def _main(cfg: DictConfig) -> float | None:
         else:
             record = run(cfg, method, run_dir, experiment, recipe)
     except Exception as exc:
-        return fail(f"error: {one_line(exc)} (recorded in {run_dir}/record.json)"
-                    if (run_dir / "record.json").is_file() else f"error: {one_line(exc)}")
+        recorded = (getattr(exc, "record_written", True) and not isinstance(exc, RecordNotWritten)
+                    and (run_dir / RECORD_NAME).is_file())
+        return fail(f"error: {one_line(exc)}" + (f" (recorded in {run_dir}/record.json)" if recorded else ""))
     main = (record["metrics"] or {}).get(cfg.task.main_metric)
     log.info("%s %s %s seed=%s: %s=%s -> %s", cfg.task.name, cfg.model.name, cfg.method.name, cfg.seed,
              cfg.task.main_metric, "-" if main is None else f"{main:.4f}", run_dir)
@@ -86,17 +119,93 @@ def recipe_variant(cfg: DictConfig) -> str:
     choices = HydraConfig.get().runtime.choices
     base_overrides = [f"{group}={choices[group]}" for group in ("model", "method", "task", "train", "experiment")
                       if choices.get(group)] + [f"seed={cfg.seed}", f"output_root={cfg.output_root}"]
+    # Data location is not a recipe, and an experiment may only know where a task's data is when told.
+    base_overrides += [o for o in HydraConfig.get().overrides.task if o.lstrip("+").startswith("task.data_dir=")]
     base = compose(config_name="config", overrides=base_overrides)
     ours, theirs = flat(recipe_part(cfg)), flat(recipe_part(base))
     changed = [k for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k) and k != "task.data_dir"]
     return " ".join(f"{k}={ours.get(k)}" for k in changed)
 
 
-def output_root_override(argv: list[str]) -> str:
-    for item in argv:
-        if item.startswith("output_root="):
-            return item.split("=", 1)[1]
-    return "outputs"
+# Mappings whose keys are passed on as they are (peft's LoraConfig, transformers' model config), so
+# `+method.peft_config.use_rslora=true` adds a real setting; anywhere else an added key is read by
+# nothing, and is refused.
+FREE_FORM = ("method.peft_config", "model.arch")
+
+
+def job_overrides(argv: list[str]) -> tuple[bool, list[list[str]]]:
+    """Whether this is a multirun, and each job's overrides (a sweep expanded as Hydra expands it).
+    Hydra's own settings (hydra.*, hydra/...) are left out: they do not change a job's config."""
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    overrides = [a for a in argv if not a.startswith("-") and not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    if not multirun:
+        return False, [overrides]
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return True, [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def check_added_keys(overrides: list[str], cfg: DictConfig) -> None:
+    """`+train.learning_rate=1e-3` (Hydra's advice after a typo) adds a key that nothing reads: the
+    run would train at the default while its record claimed the new value."""
+    for item in overrides:
+        if not item.startswith("+") or item.startswith("++") or "=" not in item:
+            continue
+        key = item[1:].split("=", 1)[0]
+        if key in GROUPS or "/" in key:
+            continue  # a config group (+experiment=...)
+        parent = key.rpartition(".")[0]
+        if parent in FREE_FORM or parent.startswith(tuple(f"{f}." for f in FREE_FORM)):
+            continue
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        valid = sorted(k for k in (node.keys() if isinstance(node, DictConfig) else []) if k != key.rpartition(".")[2])
+        raise ConfigError(f"{item}: {key} is not a setting of this config, so nothing would read it"
+                          + (f"; {parent or 'the root'} has: {', '.join(valid)}" if valid else ""))
+
+
+def compose_job(overrides: list[str]) -> DictConfig:
+    """The job's config, resolved, or one ConfigError line (an experiment without an entry for
+    the chosen task, a key that does not exist, a value of the wrong type)."""
+    try:
+        cfg = compose_config(overrides)
+        OmegaConf.to_container(cfg, resolve=True)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{first} (the experiment or task you chose does not cover this combination, or a "
+                          f"key is misspelt)") from None
+    check_added_keys(overrides, cfg)
+    return cfg
+
+
+def precheck(argv: list[str]) -> bool:
+    """Everything the config alone shows, before Hydra makes a folder or starts a job: every job of
+    a sweep must compose; a single run is also validated, and skipped here when it is already done
+    (so a read-only archive of finished runs can be re-run over). Returns False when nothing is
+    left to do."""
+    from .rundir import run_dir
+
+    multirun, jobs = job_overrides(argv)
+    for job in jobs:
+        try:
+            cfg = compose_job(job)
+        except ConfigError as exc:
+            if multirun:  # no folder can be named for a config that does not compose: stop before any job
+                raise ConfigError(f"sweep job [{' '.join(job)}]: {exc}; nothing was run") from None
+            raise
+        check_writable(str(cfg.output_root))
+        if multirun:
+            continue  # a job that fails validation is recorded as failed and the sweep goes on
+        validate(cfg)
+        folder = run_dir(cfg)
+        done = existing_record(folder)
+        if done and done.get("status") == "ok" and not cfg.overwrite:
+            print(f"already done (status ok), skipping: {folder}  [overwrite=true re-runs it]")
+            return False
+    return True
 
 
 def main() -> None:
@@ -106,7 +215,8 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     try:
         check_group_overrides(sys.argv[1:])
-        check_writable(output_root_override(sys.argv[1:]))
+        if not precheck(sys.argv[1:]):
+            return
     except ConfigError as exc:
         sys.exit(f"error: {exc}")
     _main()

@@ -6,12 +6,14 @@ name, so a new method is one module plus one yaml file."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
 import shutil
 import signal
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +21,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from .backbone import head_parameter_names, load_tokenizer
 from .assembly import Built, build
-from .errors import ConfigError, DataError, TrainingDiverged, one_line
+from .errors import ConfigError, DataError, RecordNotWritten, TrainingDiverged, one_line
 from .methods import Method
 from .record import CHECKPOINT_FILE, TRAINABLE_FILE, PeakMemory, RunRecord, git_commit, new_record, write_record
-from .rundir import resolve_init_from
+from .rundir import readable_safetensors, resolve_init_from
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,31 @@ class RunTrainer(Trainer):
         if model.training and not torch.isfinite(loss.detach()).all():
             raise TrainingDiverged(f"training loss is {loss.detach().float().item()} at step {self.state.global_step + 1}")
         return result
+
+
+class WallClock(TrainerCallback):
+    """Keeps a run's wall time across resumes: each checkpoint stores the seconds spent so far, and a
+    resumed run starts its count from there, so record.json's wall_s is the whole run's."""
+
+    FILE = "wall.json"
+
+    def __init__(self, start: float, prior_s: float):
+        self.start, self.prior_s = start, prior_s
+
+    def elapsed(self) -> float:
+        return self.prior_s + time.perf_counter() - self.start
+
+    @classmethod
+    def prior(cls, checkpoint: str | None) -> float:
+        try:
+            return float(json.loads((Path(checkpoint) / cls.FILE).read_text())["wall_s"]) if checkpoint else 0.0
+        except (OSError, ValueError, KeyError):
+            return 0.0
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir() and state.is_world_process_zero:
+            (folder / self.FILE).write_text(json.dumps({"wall_s": self.elapsed()}))
 
 
 class KillAtStep(TrainerCallback):
@@ -216,7 +242,7 @@ def start_record(cfg: DictConfig, method: Method, experiment: str | None, overri
 
 
 def make_trainer(cfg: DictConfig, built: Built, data: Any, tokenizer: Any, optimizer: torch.optim.Optimizer,
-                 run_dir: Path, report_to: list[str]) -> RunTrainer:
+                 run_dir: Path, report_to: list[str], callbacks: list[TrainerCallback]) -> RunTrainer:
     evals = (data.evals if len(data.evals) > 1 else next(iter(data.evals.values()))) if data.evals else None
     return RunTrainer(
         model=built.model,
@@ -228,20 +254,53 @@ def make_trainer(cfg: DictConfig, built: Built, data: Any, tokenizer: Any, optim
         processing_class=tokenizer,
         compute_metrics=built.task.compute_metrics(),
         optimizers=(optimizer, None),
-        callbacks=[KillAtStep(int(os.environ[KillAtStep.ENV]))] if os.environ.get(KillAtStep.ENV) else None,
+        callbacks=[*callbacks, *([KillAtStep(int(os.environ[KillAtStep.ENV]))] if os.environ.get(KillAtStep.ENV) else [])],
     )
 
 
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a Trainer checkpoint folder cannot be resumed from (None: it is complete). A save cut
+    short (a full disk, a kill during the write) leaves a folder with missing or truncated files."""
+    state = folder / "trainer_state.json"
+    try:
+        json.loads(state.read_text())
+    except (OSError, ValueError):
+        return f"{state.name} missing or unreadable"
+    if not readable_safetensors(folder / TRAINABLE_FILE):
+        return f"{TRAINABLE_FILE} missing or truncated"
+    for path in sorted(folder.glob("*.pt*")):  # optimizer, scheduler, RNG states: torch's zip format
+        try:
+            with zipfile.ZipFile(path) as archive:
+                if archive.testzip() is not None:
+                    return f"{path.name} is corrupt"
+        except (OSError, zipfile.BadZipFile):
+            return f"{path.name} is truncated or not a torch file"
+    if not (folder / "optimizer.pt").is_file():
+        return "optimizer.pt missing"
+    return None
+
+
 def resume_point(cfg: DictConfig, run_dir: Path) -> str | None:
-    """The last resumable checkpoint of this run folder; with resume=false they are discarded."""
+    """The newest complete checkpoint of this run folder; incomplete newer ones are named and
+    skipped (a re-run of the same command then recovers). With resume=false all are discarded."""
     checkpoint_root = run_dir / "trainer"
-    last = get_last_checkpoint(str(checkpoint_root)) if checkpoint_root.is_dir() else None
-    if last and not cfg.resume:
+    if not checkpoint_root.is_dir():
+        return None
+    if not cfg.resume:
         shutil.rmtree(checkpoint_root, ignore_errors=True)
         return None
-    if last:
-        log.info("resuming from %s", last)
-    return last
+    folders = sorted((p for p in checkpoint_root.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                     key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for folder in folders:
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            log.info("resuming from %s", folder)
+            return str(folder)
+        log.warning("skipping and removing incomplete checkpoint %s (%s); trying an earlier one", folder, problem)
+        shutil.rmtree(folder, ignore_errors=True)  # or the Trainer's rotation would count it as the newest
+    if folders:
+        log.warning("no complete checkpoint in %s: training starts over", checkpoint_root)
+    return None
 
 
 def throughput(trainer: Trainer, train_out: Any) -> dict[str, float]:
@@ -265,6 +324,7 @@ def run(cfg: DictConfig, method: Method, run_dir: str | Path, experiment: str | 
     start = time.perf_counter()
     record = start_record(cfg, method, experiment, overrides)
     memory = PeakMemory()
+    clock = WallClock(start, 0.0)
     wandb_run: WandbRun | None = None
     try:
         with memory:
@@ -280,10 +340,11 @@ def run(cfg: DictConfig, method: Method, run_dir: str | Path, experiment: str | 
             optimizer, groups = method.create_optimizer(built.model, cfg.train)
             record["optimizer_groups"] = [vars(g) for g in groups]
             wandb_run = WandbRun(cfg, run_dir) if main_process else None
-            trainer = make_trainer(cfg, built, data, tokenizer, optimizer, run_dir,
-                                   wandb_run.report_to if wandb_run else [])
             last = resume_point(cfg, run_dir)
             record["resumed_from_step"] = int(Path(last).name.split("-")[-1]) if last else None
+            clock.prior_s = WallClock.prior(last)
+            trainer = make_trainer(cfg, built, data, tokenizer, optimizer, run_dir,
+                                   wandb_run.report_to if wandb_run else [], [clock])
             train_out = trainer.train(resume_from_checkpoint=last)
             built.task.results(trainer, built.model, tokenizer, run_dir, record)
             record["throughput"] = throughput(trainer, train_out)
@@ -304,13 +365,31 @@ def run(cfg: DictConfig, method: Method, run_dir: str | Path, experiment: str | 
     finally:
         record["peak_memory_bytes"] = int(memory.peak)
         record["peak_memory_source"] = memory.source
-        record["wall_s"] = time.perf_counter() - start
+        record["wall_s"] = clock.elapsed()
         if main_process:
-            write_record(run_dir, record)
+            save_record(run_dir, record)
         if wandb_run is not None:
             wandb_run.finish(record)
     _check_finite(record)
     return record
+
+
+def save_record(run_dir: Path, record: RunRecord) -> None:
+    """Write the record; if that fails while an exception is already on its way out, mark that
+    exception (`record_written = False`) instead of hiding it, so the caller never claims the
+    failure was recorded."""
+    import sys
+
+    in_flight = sys.exc_info()[1]
+    try:
+        write_record(run_dir, record)
+    except OSError as exc:
+        if in_flight is not None:
+            in_flight.record_written = False  # type: ignore[attr-defined]
+            log.error("could not write %s/record.json: %s", run_dir, one_line(exc))
+            return
+        raise RecordNotWritten(f"could not write {run_dir}/record.json ({one_line(exc)}); the run's result "
+                               f"was not recorded") from exc
 
 
 def _check_finite(record: dict[str, Any]) -> None:

@@ -40,12 +40,14 @@ def test_sigkill_then_resume_gives_the_uninterrupted_result_exactly(tmp_path, ss
     run_dir = only_run_dir(tmp_path / "killed")
     assert not (run_dir / "record.json").exists() or json.loads((run_dir / "record.json").read_text())["status"] != "ok"
     assert (run_dir / "trainer" / "checkpoint-8").is_dir()
+    wall_before = json.loads((run_dir / "trainer" / "checkpoint-8" / "wall.json").read_text())["wall_s"]
 
     resumed = launch(tmp_path / "killed", sst2_dir)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a = json.loads((only_run_dir(tmp_path / "clean") / "record.json").read_text())
     b = json.loads((run_dir / "record.json").read_text())
     assert b["status"] == "ok" and b["resumed_from_step"] == 8
+    assert b["wall_s"] > wall_before > 0  # the whole run's time, not the second process's alone
     assert a["metrics"] == b["metrics"] and a["best_metrics"] == b["best_metrics"]
     assert a["train_loss_curve"] == b["train_loss_curve"]
     wa = load_file(only_run_dir(tmp_path / "clean") / "checkpoint" / "trainable.safetensors")

@@ -1,0 +1,220 @@
+"""The defects of the 2026-11-25 reliability probe (../shared/reliability/probe-2026-11-25.md, row
+numbers in brackets) and more of our own: each bad input is one line naming the problem and the way
+out, before hours are spent, with nothing lost and no junk left."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from analysis.records import load_records
+from analysis.tables import build_table2, to_markdown
+from lora_repro.config import validate
+from lora_repro.data import load_task, read_tsv
+from lora_repro.errors import ConfigError, DataError
+from lora_repro.record import new_record, write_record
+from lora_repro.rundir import RunDirLock
+from lora_repro.train import compose_job
+from lora_repro.trainer import WallClock, resume_point, save_record
+
+from .conftest import TINY, compose_cfg, sentiment_rows, write_sst2_dir
+
+
+def tsv(path: Path, lines: list[str], encoding_prefix: bytes = b"") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encoding_prefix + ("\n".join(lines) + "\n").encode("utf-8"))
+    return path
+
+
+def sst2_dir_with(tmp_path: Path, train_extra: list[str] = (), dev_extra: list[str] = ()) -> Path:
+    folder = write_sst2_dir(tmp_path / "SST-2", n_train=32, n_dev=16)
+    for name, extra in (("train.tsv", train_extra), ("dev.tsv", dev_extra)):
+        with open(folder / name, "a", encoding="utf-8") as handle:
+            handle.writelines(line + "\n" for line in extra)
+    return folder
+
+
+# ------------------------------------------------------------------------------------- data files
+def test_a_byte_order_mark_is_dropped_as_the_official_mrpc_files_need(tmp_path):  # [2], [10]
+    header = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"
+    path = tsv(tmp_path / "train.tsv", [header, "1\t1\t2\tA man runs .\tA man is running ."], b"\xef\xbb\xbf")
+    ds = read_tsv(path, compose_cfg("task=mrpc").task)
+    assert ds["sentence1"] == ["A man runs ."] and ds["label"] == [1]
+
+
+@pytest.mark.parametrize("split,label", [("train", "2"), ("train", "-1"), ("dev", "2")])
+def test_a_label_outside_the_tasks_classes_names_file_and_line_when_read(tmp_path, split, label):  # [5] [6] [7]
+    folder = sst2_dir_with(tmp_path, **{f"{split}_extra": [f"a bad row\t{label}"]})
+    lines = 1 + (32 if split == "train" else 16) + 1
+    with pytest.raises(DataError, match=rf"{split if split == 'dev' else 'train'}\.tsv:{lines}: label {label} is outside "
+                                        r"the task's classes 0\.\.1"):
+        load_task(compose_cfg("task=sst2", f"task.data_dir={folder}").task)
+
+
+def test_a_latin1_byte_names_file_line_and_the_fix(tmp_path):  # [13]
+    folder = write_sst2_dir(tmp_path / "SST-2", n_train=4, n_dev=4)
+    with open(folder / "train.tsv", "ab") as handle:
+        handle.write("caf\xe9 cr\xe8me is great\t1\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"train\.tsv:6: byte 0xe9 at column 4 is not UTF-8 \(save the file as UTF-8"):
+        load_task(compose_cfg("task=sst2", f"task.data_dir={folder}").task)
+
+
+def test_the_wrong_folder_for_a_task_says_so(tmp_path):  # [16]
+    folder = write_sst2_dir(tmp_path / "SST-2", n_train=4, n_dev=4)
+    with pytest.raises(DataError, match=r"train\.tsv:1: 2 tab-separated fields, but task cola reads column 3 .*is .*SST-2 "
+                                        r"the cola data\?"):
+        load_task(compose_cfg("task=cola", f"task.data_dir={folder}").task)
+
+
+# ------------------------------------------------------------------------------------------ config
+@pytest.mark.parametrize("override,message", [
+    ("seed=-1", r"seed must be an integer in \[0, 2\*\*32\), got -1"),                                     # [21]
+    ("task.max_train_samples=0", r"task.max_train_samples must be a positive integer, or null"),          # [27]
+    ("task.max_eval_samples=-5", r"task.max_eval_samples must be a positive integer, or null"),
+    ("task.max_length=1", r"task.max_length must be an integer >= 8 \(room for the special tokens\), got 1"),  # [28]
+    ("init_from=README.md", r"init_from=README.md: .*README.md is not a readable safetensors file"),      # [37]
+])
+def test_bad_values_are_one_line_before_anything_loads(override, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(compose_cfg(*TINY, override))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["experiment=mini", "task=cola"], r"Interpolation key 'mini.data_dir.cola' not found \(the experiment or task"),  # [38]
+    (["experiment=paper_roberta_base_lora", "task=rotten_tomatoes"], r"Interpolation key 'paper\.\w+\.rotten_tomatoes' not found"),  # [39]
+    (["+train.learning_rate=1e-3"], r"train.learning_rate is not a setting of this config, so nothing would read it; "
+                                    r"train has: .*\blr\b"),                                                    # [42]
+    (["+foo=1"], r"foo is not a setting of this config"),
+    (["train.learning_rate=1e-3"], r"Could not override 'train.learning_rate'"),                            # [41]
+])
+def test_configs_that_do_not_compose_are_one_line(overrides, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        compose_job(overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_free_form_mappings_still_take_added_keys():
+    cfg = compose_job(["+method.peft_config.use_rslora=true", "+model.arch.layer_norm_eps=1e-6"])
+    assert cfg.method.peft_config.use_rslora is True
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "lora_repro.train", *args], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=cwd)
+
+
+def test_a_config_error_leaves_no_folder(tmp_path):  # [65]
+    proc = run_cli(f"output_root={tmp_path}", "method.r=0")
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1] == "error: method.r must be > 0, got 0"
+    assert not any(tmp_path.iterdir())
+    proc = run_cli(f"output_root={tmp_path}", "experiment=mini", "task=cola")
+    assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_one_bad_value_in_a_sweep_is_recorded_and_the_sweep_goes_on(tmp_path):  # [52]
+    folder = write_sst2_dir(tmp_path / "SST-2", n_train=32, n_dev=16)
+    out = tmp_path / "out"
+    proc = run_cli("-m", *TINY, f"task.data_dir={folder}", "train.max_steps=2", "save_checkpoint=false",
+                   f"output_root={out}", "method.r=2,0,4")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = [json.loads(p.read_text()) for p in out.rglob("record.json")]
+    by_r = {r["config"]["method"]["r"]: r for r in records}
+    assert sorted(by_r) == [0, 2, 4]
+    assert by_r[0]["status"] == "failed" and by_r[0]["error"] == "config: method.r must be > 0, got 0"
+    assert by_r[2]["status"] == by_r[4]["status"] == "ok"
+    # A sweep with a job whose config cannot even be composed stops before anything runs.
+    proc = run_cli("-m", f"output_root={tmp_path / 'out2'}", "experiment=mini", "task=cola,rotten_tomatoes")
+    assert proc.returncode != 0 and "sweep job [" in proc.stderr and "nothing was run" in proc.stderr
+    assert not (tmp_path / "out2").exists()
+
+
+@pytest.mark.slow
+def test_already_done_is_decided_before_hydra_touches_the_folder(tmp_path):  # [57]
+    folder = write_sst2_dir(tmp_path / "SST-2", n_train=32, n_dev=16)
+    args = [*TINY, f"task.data_dir={folder}", "train.max_steps=2", f"output_root={tmp_path / 'out'}"]
+    assert run_cli(*args).returncode == 0
+    run_dir = next((tmp_path / "out").rglob("record.json")).parent
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+    proc = run_cli(*args)
+    assert proc.returncode == 0 and "already done (status ok), skipping" in proc.stdout
+    # Nothing in the folder is opened for writing (train.log, .hydra/), so a read-only archive works.
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
+
+
+# ------------------------------------------------------------------------------------------ faults
+def fake_checkpoint(folder: Path, step: int, complete: bool = True, wall_s: float = 0.0) -> Path:
+    path = folder / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    save_file({"w": torch.ones(64)}, str(path / "trainable.safetensors"))
+    torch.save({"state": {}}, path / "optimizer.pt")
+    (path / WallClock.FILE).write_text(json.dumps({"wall_s": wall_s}))
+    if not complete:
+        data = (path / "trainable.safetensors").read_bytes()
+        (path / "trainable.safetensors").write_bytes(data[: len(data) // 2])
+    return path
+
+
+def test_resume_skips_a_truncated_or_partial_newest_checkpoint(tmp_path):  # [48] [49]
+    cfg = compose_cfg(*TINY)
+    root = tmp_path / "trainer"
+    fake_checkpoint(root, 2, wall_s=12.5)
+    fake_checkpoint(root, 4, complete=False)
+    partial = fake_checkpoint(root, 6)
+    (partial / "trainer_state.json").unlink()  # the disk filled before the state was written
+    assert resume_point(cfg, tmp_path) == str(root / "checkpoint-2")
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-2"]  # the broken ones are gone
+    assert WallClock.prior(str(root / "checkpoint-2")) == 12.5  # wall time carries across the resume [45]
+    (root / "checkpoint-2" / "optimizer.pt").write_bytes(b"PK\x03\x04 cut")
+    assert resume_point(cfg, tmp_path) is None  # nothing complete: start over, never fail the same way again
+
+
+def test_an_empty_lock_of_a_starting_job_is_not_taken_over(tmp_path):  # [51]
+    (tmp_path / ".lock").write_text("")
+    with pytest.raises(ConfigError, match=r"in use by process \(starting\)"):
+        with RunDirLock(tmp_path):
+            pass
+    os.utime(tmp_path / ".lock", (0, 0))  # an old empty lock is stale
+    with RunDirLock(tmp_path):
+        assert (tmp_path / ".lock").read_text().strip()
+
+
+def test_a_record_that_cannot_be_written_is_never_claimed(tmp_path, monkeypatch):  # [58]
+    import lora_repro.trainer as trainer
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(trainer, "write_record", full_disk)
+    try:
+        raise RuntimeError("training failed")
+    except RuntimeError as exc:
+        save_record(tmp_path, new_record())
+        assert exc.record_written is False
+    from lora_repro.errors import RecordNotWritten
+
+    with pytest.raises(RecordNotWritten, match="could not write .*record.json .*No space left on device.*not recorded"):
+        save_record(tmp_path, new_record())
+
+
+# ---------------------------------------------------------------------------------------- analysis
+def test_a_nan_metric_run_is_named_not_silently_dropped(tmp_path):  # [62]
+    base = dict(status="ok", task="stsb", model="roberta_base", method="lora", seed=1, hparams={"r": 8},
+                params={"adapted": 294_912, "trainable": 300_000, "total": 10**8}, config={"train": {"lr": 5e-4}})
+    write_record(tmp_path / "nan", {**base, "metrics": {"pearson": math.nan, "spearman": math.nan}})
+    write_record(tmp_path / "good", {**base, "seed": 2, "metrics": {"pearson": 0.9}, "best_metrics": {"pearson": 0.9}})
+    records = load_records(tmp_path)
+    assert [p for p, _ in records.no_score] == [str(tmp_path / "nan")]
+    text = to_markdown(build_table2(records), records)
+    assert "1 ok runs have no usable main metric" in text and f"no main metric: {tmp_path / 'nan'}: pearson is nan" in text
