@@ -1,10 +1,12 @@
 """Every method trains only its own parameters, on encoders and on GPT-2 language models, through
 the same Method interface the trainer uses."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from lora_repro.backbone import build_causal_lm, build_classifier, set_trainable
+from lora_repro.backbone import build_causal_lm, build_classifier, find_blocks, set_trainable
 from lora_repro.config import instantiate_method, validate
 
 from .conftest import TINY, compose_cfg
@@ -95,9 +97,13 @@ def test_encoder_classifier_trains_only_the_methods_parameters(method_name):
     assert any(OWN[method_name](n) and not is_head(n) for n in changed)
 
 
+# GPT-2 is pre-LN: AdapterHub's post-LN placement of AdapterP/D does not exist there (a config error).
+GPT2_SMALL = {"adapter_p": ["method.placement=projection"], "adapter_d": ["method.placement=projection"]}
+
+
 @pytest.mark.parametrize("method_name", ALL_METHODS)
 def test_gpt2_language_model_trains_only_the_methods_parameters(method_name):
-    cfg, method, model = method_setup(method_name, *TINY_GPT2, "train.lr=1e-2", lm=True)
+    cfg, method, model = method_setup(method_name, *TINY_GPT2, *GPT2_SMALL.get(method_name, []), "train.lr=1e-2", lm=True)
     losses, changed, trainable = train_steps(model, method, cfg, lm_batch())
     assert losses[-1] < losses[0], losses
     assert changed and changed <= trainable
@@ -114,6 +120,59 @@ def test_methods_start_as_the_pretrained_function(method_name):
         expected = model(**inputs).logits
         adapted = instantiate_method(cfg.method).apply(model, cfg.model).eval()
         torch.testing.assert_close(adapted(**inputs).logits, expected)
+
+
+def test_adapter_p_post_ln_on_gpt2_is_one_line():
+    from lora_repro.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="placement post_ln .* needs a post-LN block output .*use method.placement=projection"):
+        validate(compose_cfg(*TINY_GPT2, "task=e2e", "method=adapter_p"))
+
+
+def adapter_reference(output, down, up, act, hidden, residual, placement):
+    """AdapterHub's bottleneck layer written out from its equations (adapters' Adapter.pre_forward,
+    forward, post_forward with SeqBnConfig / DoubleSeqBnConfig), on the block's own dense, dropout
+    and LayerNorm: the independent reference the harness's adapters are held to."""
+    h = output.dropout(output.dense(hidden))
+    if placement == "post_ln":        # original_ln_before=True, residual_before_ln=True
+        x, kept = output.LayerNorm(h + residual), h
+    else:                             # original_ln_before=False (Houlsby): the adapter reads h
+        x, kept = h, h
+    adapted = up(act(down(x))) + kept            # adapter_residual_before_ln=False, no ln_after
+    return output.LayerNorm(adapted + residual)  # original_ln_after=True
+
+
+@pytest.mark.parametrize("method_name,overrides,placement", [
+    ("adapter_p", [], "post_ln"),
+    ("adapter_h", ["method.placement=after_dropout", "method.activation=swish", "method.init=bert"], "after_dropout"),
+])
+@pytest.mark.parametrize("arch", [[], TINY_ROBERTA, TINY_DEBERTA], ids=["bert", "roberta", "deberta_v2"])
+def test_adapters_compute_what_adapterhub_computes_at_equal_weights(method_name, overrides, placement, arch):
+    torch.manual_seed(0)
+    cfg = compose_cfg(*TINY, *arch, f"method={method_name}", *overrides)
+    model = instantiate_method(cfg.method).apply(build_classifier(cfg.model, cfg.task), cfg.model).eval()
+    output = find_blocks(model)[0].output  # the MLP's post-LN output module (dense, dropout, LayerNorm)
+    if placement == "post_ln":
+        adapter = output.adapter
+        parts = SimpleNamespace(dense=output.base_layer.dense, dropout=output.base_layer.dropout,
+                                LayerNorm=output.base_layer.LayerNorm)
+    else:  # the adapter wraps the block's dropout
+        adapter = output.dropout.adapter
+        parts = SimpleNamespace(dense=output.dense, dropout=output.dropout.base_layer, LayerNorm=output.LayerNorm)
+    if method_name == "adapter_h":  # AdapterHub's choices: swish, N(0, 0.02) on both matrices
+        assert isinstance(adapter.act, torch.nn.SiLU)
+        assert 0.015 < float(adapter.up.weight.detach().std()) < 0.025
+    with torch.no_grad():
+        for p in model.parameters():  # away from the init, so the adapters really act
+            if p.requires_grad:
+                p.add_(0.5 * torch.randn_like(p))
+        hidden = torch.randn(2, 5, parts.dense.in_features)
+        residual = torch.randn(2, 5, parts.dense.out_features)
+        expected = adapter_reference(parts, adapter.down, adapter.up, adapter.act, hidden, residual, placement)
+        torch.testing.assert_close(output(hidden, residual), expected)
+        if placement == "post_ln":  # the old placement (the adapter on the raw MLP output) differs
+            other = adapter_reference(parts, adapter.down, adapter.up, adapter.act, hidden, residual, "projection")
+            assert (other - expected).abs().max() > 1e-2
 
 
 @pytest.mark.parametrize("method_name", ["prefix_embed", "prefix_layer"])
