@@ -42,4 +42,5 @@ def build(cfg: DictConfig, method: Method | None = None) -> Built:
     head = task.head_modules()
     if head and set_trainable(model, head) == 0:
         raise ConfigError(f"model.head_modules {head} match no module of {cfg.model.name}")
+    method.finalize(model, cfg.model)
     return Built(model, method, head, task)

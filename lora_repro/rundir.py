@@ -32,16 +32,16 @@ LOCK_NAME = ".lock"
 
 def _canonical(value: Any, path: tuple[str, ...] = ()) -> Any:
     """The hashed form of a config part. Numbers as floats, so `ratio=16` on the command line and
-    `16.0` in a yaml name one folder. Null values and empty mappings are left out, so a new option
-    added with a null or empty default leaves every existing folder name as it was; so are the
-    keys of NOT_RECIPE."""
+    `16.0` in a yaml name one folder. Null values, empty mappings and empty lists are left out, so a
+    new option added with a null or empty default leaves every existing folder name as it was; so
+    are the keys of NOT_RECIPE."""
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():
             if path + (key,) in NOT_RECIPE:
                 continue
             item = _canonical(item, path + (key,))
-            if item is None or item == {}:
+            if item is None or item == {} or item == []:
                 continue
             out[key] = item
         return out

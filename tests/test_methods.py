@@ -272,6 +272,29 @@ def test_lora_plus_on_gpt2_groups_the_fused_layers_factors():
             assert lr_of[id(p)] == pytest.approx(1e-3), n
 
 
+def test_lora_plus_as_its_authors_train_it():
+    """conf/method/lora_plus_authors.yaml: RoBERTa's classifier.dense frozen, no weight decay."""
+    from lora_repro.assembly import build
+
+    cfg = compose_cfg(*TINY, *TINY_ROBERTA, "method=lora_plus_authors", "train.weight_decay=0.1")
+    built = build(cfg, validate(cfg))
+    trainable = {n for n, p in built.model.named_parameters() if p.requires_grad}
+    assert not any("classifier.dense" in n for n in trainable)
+    assert {n for n in trainable if "classifier" in n} == {"base_model.model.classifier.out_proj.weight",
+                                                            "base_model.model.classifier.out_proj.bias"}
+    _, groups = built.method.create_optimizer(built.model, cfg.train)
+    assert {g.weight_decay for g in groups} == {0.0}
+    assert built.method.hparams()["freeze_head_modules"] == ["classifier.dense"]
+    harness = compose_cfg(*TINY, *TINY_ROBERTA, "method=lora_plus", "train.weight_decay=0.1")
+    built = build(harness, validate(harness))
+    assert any("classifier.dense" in n for n, p in built.model.named_parameters() if p.requires_grad)
+    assert 0.1 in {g.weight_decay for g in built.method.create_optimizer(built.model, harness.train)[1]}
+    from lora_repro.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"freeze_head_modules \['classifier.dense'\] match no module of tiny_bert"):
+        build(compose_cfg(*TINY, "method=lora_plus_authors"))
+
+
 def test_lora_plus_weight_decay_reaches_the_optimizer():
     cfg, method, model = method_setup("lora_plus", "train.weight_decay=0.1")
     optimizer, groups = method.create_optimizer(model, cfg.train)

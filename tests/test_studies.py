@@ -25,6 +25,7 @@ from lora_repro.study import load_study, param_choices, plan, study_names
 from lora_repro.trainer import run
 
 from .conftest import TINY, write_sst2_dir
+from .test_methods import TINY_ROBERTA
 
 STUDIES = ["demo", "demo_e2e", "efficiency", "loraplus_ratio", "mini", "param_counts", "rank_sweep",
            "table2_glue", "table3_e2e"]
@@ -100,7 +101,7 @@ def test_run_folder_hash_is_pinned_and_ignores_new_null_defaults(tmp_path):
     conf = tmp_path / "conf"
     shutil.copytree(CONF_DIR, conf)
     with open(conf / "method" / "lora.yaml", "a") as handle:
-        handle.write("some_new_option: null\nanother_new_table: {}\n")
+        handle.write("some_new_option: null\nanother_new_table: {}\nand_a_list: []\n")
     with open(conf / "train" / "default.yaml", "a") as handle:
         handle.write("new_logging_knob: null\n")
     assert config_hash(compose_config([], conf_dir=str(conf))) == config_hash(compose_config([]))
@@ -143,7 +144,8 @@ def method_names() -> list[str]:
 def test_every_method_in_conf_declares_what_it_is_and_trains_its_own_parameters(name):
     """Discovered from conf/method/: a new method family is one module + one yaml, and this test
     covers it without being edited."""
-    small = {"adapter_d": ["method.drop_lowest=1"], "ft_top2": ["method.top_k=1"]}
+    small = {"adapter_d": ["method.drop_lowest=1"], "ft_top2": ["method.top_k=1"],
+             "lora_plus_authors": TINY_ROBERTA}  # its recipe freezes RoBERTa's classifier.dense
     cfg = compose_config([*TINY, f"method={name}", *small.get(name, [])])
     method = validate(cfg)
     assert isinstance(method, Method) and method.name == name

@@ -49,6 +49,10 @@ class Method:
         by the trainer afterwards, for every method."""
         raise NotImplementedError
 
+    def finalize(self, model: nn.Module, model_cfg: Any) -> None:
+        """Last word on what trains, after the task head has been made trainable (a recipe that
+        keeps part of the head frozen). Nothing by default."""
+
     def create_optimizer(self, model: nn.Module, train_cfg: Any) -> tuple[torch.optim.Optimizer, list[ParamGroup]]:
         """AdamW over the trainable parameters, without weight decay on biases and LayerNorms (the
         transformers convention)."""
