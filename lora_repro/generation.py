@@ -175,6 +175,15 @@ def generation_kwargs(gen_cfg: Any, tokenizer: Any) -> dict[str, Any]:
 
 
 @torch.no_grad()
+def progress_bar(**kwargs: Any):
+    """A tqdm bar (rate and ETA) in an interactive terminal; silent in CI and in log files."""
+    from tqdm.auto import tqdm
+
+    from .record import show_progress
+
+    return tqdm(disable=not show_progress(), dynamic_ncols=True, **kwargs)
+
+
 def decode(model: nn.Module, tokenizer: Any, mrs: list[str], task_cfg: Any, batch_size: int) -> DecodeResult:
     """Beam-search every MR, `batch_size` MRs at a time, left-padded (a decoder continues from the
     last position). Every model here takes left-padded input to `generate`, including the prefix
@@ -192,6 +201,7 @@ def decode(model: nn.Module, tokenizer: Any, mrs: list[str], task_cfg: Any, batc
     prompts = [encode_prompt(tokenizer, mr, task_cfg) for mr in mrs]
     order = sorted(range(len(mrs)), key=lambda i: -len(prompts[i]))
     decoded: dict[int, str] = {}
+    bar = progress_bar(total=len(mrs), desc="decoding", unit="MR")
     try:
         for begin in range(0, len(order), batch_size):
             index = order[begin:begin + batch_size]
@@ -209,7 +219,9 @@ def decode(model: nn.Module, tokenizer: Any, mrs: list[str], task_cfg: Any, batc
                     tokens = tokens[:tokens.index(end)]
                 new_tokens += len(tokens)
                 decoded[i] = " ".join(tokenizer.decode(tokens, skip_special_tokens=True).split())
+            bar.update(len(index))
     finally:
+        bar.close()
         model.train(was_training)
     outputs = [decoded[i] for i in range(len(mrs))]
     return DecodeResult(outputs=outputs, seconds=time.perf_counter() - start, new_tokens=new_tokens)

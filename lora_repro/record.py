@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -84,6 +85,15 @@ def iter_records(root: str | Path):
             yield path, None, " ".join(str(exc).split())[:200]
             continue
         yield path, record, ""
+
+
+def show_progress() -> bool:
+    """Progress bars (training steps with ETA and loss, decoding MRs/s) only for a person watching:
+    stderr is a terminal and CI is not set. LORA_REPRO_PROGRESS=1 or 0 forces them on or off."""
+    forced = os.environ.get("LORA_REPRO_PROGRESS")
+    if forced in ("0", "1"):
+        return forced == "1"
+    return sys.stderr.isatty() and not os.environ.get("CI")
 
 
 def write_record(run_dir: str | Path, record: dict[str, Any]) -> Path:

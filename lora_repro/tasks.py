@@ -126,7 +126,7 @@ class GenerationTask:
         return None
 
     def results(self, trainer: Any, model: torch.nn.Module, tokenizer: Any, run_dir: Path, record: dict) -> None:
-        from .metrics.e2e import e2e_scores
+        from .metrics.e2e import SCORER_MODE, e2e_scores
 
         record["eval_loss_curve"] = [
             [e["step"], {k[len("eval_"):]: v for k, v in e.items() if k.endswith("loss")}]
@@ -153,7 +153,7 @@ class GenerationTask:
                                "decode_s": result.seconds, "new_tokens": result.new_tokens,
                                "mrs_per_s": len(mrs) / result.seconds if result.seconds else None}
         record["metrics"] = metrics
-        record["decoding"] = {"settings": dict(gen), **decoding}
+        record["decoding"] = {"settings": dict(gen), "scorer": SCORER_MODE, **decoding}
 
 
 KINDS = {"classification": ClassificationTask, "regression": ClassificationTask, "generation": GenerationTask}

@@ -26,7 +26,8 @@ from .backbone import head_parameter_names, load_tokenizer
 from .assembly import Built, build
 from .errors import ConfigError, DataError, RecordNotWritten, TrainingDiverged, one_line
 from .methods import Method
-from .record import CHECKPOINT_FILE, TRAINABLE_FILE, PeakMemory, RunRecord, git_commit, new_record, write_record
+from .record import (CHECKPOINT_FILE, TRAINABLE_FILE, PeakMemory, RunRecord, git_commit, new_record, show_progress,
+                     write_record)
 from .rundir import readable_safetensors, resolve_init_from
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ def training_arguments(cfg: DictConfig, run_dir: Path, report_to: list[str], eva
         label_names=["labels"],
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
-        disable_tqdm=True,
+        disable_tqdm=not show_progress(),  # a bar with ETA and loss in a terminal; quiet in CI and logs
         dataloader_pin_memory=torch.cuda.is_available(),
         # On CPU this makes torchrun / accelerate launch use DDP over gloo (accelerate's MULTI_CPU).
         use_cpu=not torch.cuda.is_available(),

@@ -169,6 +169,7 @@ def test_tiny_gpt2_e2e_run_trains_decodes_scores_and_records(e2e_dir, tmp_path):
     assert [step for step, _ in record["eval_loss_curve"]] == [30, 60]  # validation loss at each evaluation
     assert set(record["metrics"]) == {"BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr"}
     assert all(math.isfinite(v) for v in record["metrics"].values())
+    assert record["decoding"]["scorer"].startswith("measure_scores.py --python")  # which NIST mode
     decoding = record["decoding"]["test"]
     assert decoding["mrs_decoded"] == 4 and decoding["n_references"] == 12
     run_dir = tmp_path / "run"

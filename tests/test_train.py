@@ -116,3 +116,24 @@ def test_bf16_mixed_precision_and_gradient_accumulation(tmp_path, sst2_dir):
     assert record["config"]["train"]["precision"] == "bf16"
     # 3 optimizer steps x 2 micro-batches x 16 sentences
     assert record["throughput"]["train_samples_per_s"] * record["throughput"]["train_runtime_s"] == pytest.approx(96, rel=0.05)
+
+
+def test_progress_bars_show_in_a_terminal_and_stay_quiet_in_ci(tmp_path, sst2_dir, monkeypatch, capsys):
+    from lora_repro.generation import progress_bar
+    from lora_repro.record import show_progress
+    from lora_repro.trainer import training_arguments
+
+    monkeypatch.delenv("LORA_REPRO_PROGRESS", raising=False)
+    monkeypatch.setenv("CI", "true")
+    assert not show_progress()
+    cfg = compose_cfg(*TINY, f"task.data_dir={sst2_dir}")
+    assert training_arguments(cfg, tmp_path, []).disable_tqdm
+    monkeypatch.setenv("LORA_REPRO_PROGRESS", "1")  # what a terminal gets
+    assert not training_arguments(cfg, tmp_path, []).disable_tqdm
+    bar = progress_bar(total=4, desc="decoding", unit="MR")
+    bar.update(4)
+    bar.close()
+    err = capsys.readouterr().err
+    assert "decoding: 100%" in err and "4/4" in err and "MR/s" in err
+    monkeypatch.setenv("LORA_REPRO_PROGRESS", "0")
+    assert not show_progress()

@@ -26,6 +26,11 @@ from pathlib import Path
 from ..errors import DataError
 
 METRIC_NAMES = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
+# Which scorer mode the numbers come from (recorded with every E2E run). The official scorer has two
+# BLEU/NIST modes: `--python` (this one, pymteval; the LoRA authors' evaluation used it) and its
+# default, the Perl mteval-v13a-sig.pl, whose NIST differs slightly (7.8212 vs 7.7889 on the
+# challenge's example files). The Perl mode is not offered: no package registry ships the script.
+SCORER_MODE = "measure_scores.py --python (pymteval BLEU/NIST; pycocoevalcap METEOR 1.5, ROUGE-L, CIDEr)"
 
 
 @lru_cache(maxsize=1)
