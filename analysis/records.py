@@ -53,7 +53,8 @@ class Records:
 
 
 def flatten(record: dict, path: Path) -> dict:
-    row = {k: record.get(k) for k in ("task", "model", "method", "seed", "wall_s", "peak_memory_bytes", "checkpoint_bytes")}
+    row = {k: record.get(k) for k in ("task", "model", "method", "seed", "wall_s", "peak_memory_bytes",
+                                      "peak_tensor_bytes", "checkpoint_bytes")}
     # Runs of different recipes (experiment file, hyper-parameter overrides) are never pooled.
     row["experiment"] = record.get("experiment") or "-"
     row["variant"] = record.get("overrides") or ""

@@ -59,19 +59,25 @@ def source_records(args: argparse.Namespace, rest: list[str]) -> tuple[Records, 
     return load_records(args.runs_dir or "outputs"), Path(args.out or "results")
 
 
+def mib(value: Any) -> str:
+    return "-" if value is None or pd.isna(value) else f"{value / 2**20:,.0f}"
+
+
 def method_table(records: Records) -> str:
     """One line per run: method, its own and trainable parameters, the main metric, peak memory,
     tokens/s and wall time (the demo's table)."""
     df = scores(records.ok)
-    columns = ["method", "adapted params", "trainable params", "main metric", "peak memory (MiB)", "tokens/s", "wall time (s)"]
+    columns = ["method", "adapted params", "trainable params", "main metric", "peak memory (MiB)",
+               "peak tensors (MiB)", "tokens/s", "wall time (s)"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in df.sort_values(["task", "model", "params.adapted"], ascending=[True, True, False]).to_dict("records"):
         metric = r["main_metric"]
         lines.append(f"| {r['method']} | {int(r['params.adapted']):,} | {int(r['params.trainable']):,} | "
                      f"{metric} {r['score'] / 100:.4f} | {r['peak_memory_bytes'] / 2**20:,.0f} | "
+                     f"{mib(r.get('peak_tensor_bytes'))} | "
                      f"{r['throughput.train_tokens_per_s']:,.0f} | {r['wall_s']:.1f} |")
     for path, error in records.failed:
-        lines.append(f"| FAILED: {Path(path).parent.name} | - | - | {error} | - | - | - |")
+        lines.append(f"| FAILED: {Path(path).parent.name} | - | - | {error} | - | - | - | - |")
     return "\n".join(lines) + "\n"
 
 

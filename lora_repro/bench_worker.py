@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from .backbone import count_parameters
+from .record import LiveTensorBytes, tensor_bytes
 
 from .assembly import build as assemble
 from .config import compose_config
@@ -62,6 +63,24 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+def one_step(model, optimizer, batch, autocast) -> None:
+    with autocast:
+        loss = model(**batch).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def peak_tensor_bytes(model, optimizer_bytes: int, step) -> tuple[int, str]:
+    """Live tensor bytes at their peak in one more (untimed) training step: weights and optimizer
+    state already live, gradients and activations made during the step. CUDA: max allocated."""
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated()), "cuda_max_memory_allocated"
+    with LiveTensorBytes(tensor_bytes(model) + optimizer_bytes) as mode:
+        step()
+    return mode.peak, "cpu_live_tensors_one_step"
+
+
 def measure_train(spec: dict) -> dict:
     cfg, method, model, head = build(spec["model"], spec["method"], f"train.lr={spec['lr']}")
     dev = device()
@@ -83,18 +102,20 @@ def measure_train(spec: dict) -> dict:
         sync()
         if step >= spec["warmup_steps"]:
             times.append(time.perf_counter() - start)
+    optimizer_bytes = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
+                          if torch.is_tensor(t) and t.dim() > 0)
+    tensor_peak, tensor_source = peak_tensor_bytes(model, optimizer_bytes, lambda: one_step(model, optimizer, batch, autocast))
     state = trainable_state(model)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "trainable.safetensors"
         save_file(state, str(path))
         checkpoint = path.stat().st_size
-    optimizer_bytes = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
-                          if torch.is_tensor(t) and t.dim() > 0)
     step_s = statistics.median(times)
     return {
         "model": spec["model"], "method": spec["method"], "step_s": step_s,
         "tokens_per_s": spec["batch_size"] * spec["seq_len"] / step_s, "peak_bytes": peak_bytes(),
         "peak_source": "cuda_max_memory_allocated" if torch.cuda.is_available() else "process_ru_maxrss",
+        "peak_tensor_bytes": tensor_peak, "peak_tensor_source": tensor_source,
         **{f"params_{k}": v for k, v in count_parameters(model, head).items()},
         "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
         "optimizer_state_bytes": optimizer_bytes, "checkpoint_bytes": checkpoint,

@@ -9,11 +9,14 @@ import subprocess
 import sys
 import tempfile
 import threading
+import weakref
 from pathlib import Path
 from typing import Any, TypedDict
 
 import psutil
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from . import PROJECT_ROOT
 
@@ -45,6 +48,8 @@ class RunRecord(TypedDict):
     optimizer_groups: list[dict[str, Any]] | None
     peak_memory_bytes: int | None
     peak_memory_source: str | None
+    peak_tensor_bytes: int | None   # peak of live tensor bytes (CPU: first training steps; CUDA: max allocated)
+    peak_tensor_source: str | None
     throughput: dict[str, float] | None
     wall_s: float | None
     checkpoint_bytes: int | None
@@ -137,6 +142,44 @@ def git_commit() -> str | None:
         return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """The peak of live CPU tensor bytes while it is active: every tensor an operator returns is
+    counted (once per storage) until it is freed. On CPU this is what a method changes (weights,
+    gradients, optimizer state, activations), which the process's resident set hides under the
+    allocator, the libraries and the interpreter. `start` counts what already lives (the weights).
+    Each operator pays a little Python, so the trainer measures only the first steps."""
+
+    def __init__(self, start: int = 0):
+        super().__init__()
+        self.live = self.peak = int(start)
+        self._sizes: dict[int, int] = {}
+
+    def _track(self, value: Any) -> None:
+        if not isinstance(value, torch.Tensor) or value.device.type != "cpu" or value.is_meta:
+            return
+        storage = value.untyped_storage()
+        key, size = storage.data_ptr(), storage.nbytes()
+        if not size or key in self._sizes:
+            return
+        self._sizes[key] = size
+        self.live += size
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(storage, self._free, key)
+
+    def _free(self, key: int) -> None:
+        self.live -= self._sizes.pop(key, 0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for value in tree_leaves(out):
+            self._track(value)
+        return out
+
+
+def tensor_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
 
 
 class PeakMemory:

@@ -26,8 +26,8 @@ from .backbone import head_parameter_names, load_tokenizer
 from .assembly import Built, build
 from .errors import ConfigError, DataError, RecordNotWritten, TrainingDiverged, one_line
 from .methods import Method
-from .record import (CHECKPOINT_FILE, TRAINABLE_FILE, PeakMemory, RunRecord, git_commit, new_record, show_progress,
-                     write_record)
+from .record import (CHECKPOINT_FILE, TRAINABLE_FILE, LiveTensorBytes, PeakMemory, RunRecord, git_commit, new_record,
+                     show_progress, tensor_bytes, write_record)
 from .rundir import readable_safetensors, resolve_init_from
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,41 @@ class WallClock(TrainerCallback):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if folder.is_dir() and state.is_world_process_zero:
             (folder / self.FILE).write_text(json.dumps({"wall_s": self.elapsed()}))
+
+
+class TensorMemory(TrainerCallback):
+    """The peak of live tensor bytes during training. On CUDA the allocator counts it
+    (max_memory_allocated, reset at the start); on CPU a LiveTensorBytes dispatch mode watches the
+    first `steps` optimizer steps, by when weights, gradients, optimizer state and activations have
+    all been allocated once (watching longer only costs speed)."""
+
+    def __init__(self, model: torch.nn.Module, steps: int = 3):
+        self.model, self.steps = model, steps
+        self.mode: LiveTensorBytes | None = None
+        self.peak: int | None = None
+        self.first_step = 0
+
+    @property
+    def source(self) -> str:
+        return "cuda_max_memory_allocated" if torch.cuda.is_available() else f"cpu_live_tensors_first_{self.steps}_steps"
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            return
+        self.first_step = state.global_step
+        self.mode = LiveTensorBytes(tensor_bytes(self.model))
+        self.mode.__enter__()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.mode is not None and state.global_step - self.first_step >= self.steps:
+            self.stop()
+
+    def stop(self) -> None:
+        if torch.cuda.is_available():
+            self.peak = int(torch.cuda.max_memory_allocated())
+        elif self.mode is not None:
+            self.mode.__exit__(None, None, None)
+            self.peak, self.mode = self.mode.peak, None
 
 
 class KillAtStep(TrainerCallback):
@@ -326,6 +361,7 @@ def run(cfg: DictConfig, method: Method, run_dir: str | Path, experiment: str | 
     record = start_record(cfg, method, experiment, overrides)
     memory = PeakMemory()
     clock = WallClock(start, 0.0)
+    tensors: TensorMemory | None = None
     wandb_run: WandbRun | None = None
     try:
         with memory:
@@ -344,8 +380,9 @@ def run(cfg: DictConfig, method: Method, run_dir: str | Path, experiment: str | 
             last = resume_point(cfg, run_dir)
             record["resumed_from_step"] = int(Path(last).name.split("-")[-1]) if last else None
             clock.prior_s = WallClock.prior(last)
+            tensors = TensorMemory(built.model)
             trainer = make_trainer(cfg, built, data, tokenizer, optimizer, run_dir,
-                                   wandb_run.report_to if wandb_run else [], [clock])
+                                   wandb_run.report_to if wandb_run else [], [clock, tensors])
             train_out = trainer.train(resume_from_checkpoint=last)
             built.task.results(trainer, built.model, tokenizer, run_dir, record)
             record["throughput"] = throughput(trainer, train_out)
@@ -366,6 +403,9 @@ def run(cfg: DictConfig, method: Method, run_dir: str | Path, experiment: str | 
     finally:
         record["peak_memory_bytes"] = int(memory.peak)
         record["peak_memory_source"] = memory.source
+        if tensors is not None:
+            tensors.stop()  # also leaves the dispatch mode if training ended early
+            record["peak_tensor_bytes"], record["peak_tensor_source"] = tensors.peak, tensors.source
         record["wall_s"] = clock.elapsed()
         if main_process:
             save_record(run_dir, record)

@@ -40,3 +40,30 @@ def test_bench_writes_its_tables_and_chart_for_a_tiny_model(tmp_path):
     assert train.loc["lora", "checkpoint_vs_full"] < 0.01
     assert set(result["latency"].variant) == {"base", "lora_unmerged", "lora_merged", "adapter_l", "adapter_h"}
     assert "| merged LoRA latency / base" in result["markdown"] and "harness / bare loop" in result["markdown"]
+    assert "FT/LoRA peak memory, live tensors" not in result["markdown"]  # only for gpt2_medium
+    assert train.loc["lora", "ft_tensor_memory_over_this"] > 1.0
+
+
+def test_live_tensor_bytes_counts_allocations_and_frees():
+    import torch
+
+    from lora_repro.record import LiveTensorBytes
+
+    with LiveTensorBytes(start=100) as mode:
+        a = torch.ones(1000)            # 4,000 bytes
+        b = a * 2                       # 4,000 more
+        del a
+        c = torch.zeros(10, dtype=torch.float64)  # 80
+    assert mode.peak == 100 + 8000 + 80 or mode.peak == 100 + 8000  # a may be freed before c exists
+    assert mode.live == 100 + 4000 + 80
+    assert b.sum() == 2000 and c.sum() == 0
+
+
+def test_tensor_level_peak_holds_weights_gradients_and_adam_state_and_separates_the_methods():
+    full = measure_train({**SPEC, "method": "full_ft"})
+    lora = measure_train({**SPEC, "method": "lora"})
+    for m in (full, lora):
+        # During the optimizer step weights, gradients and AdamW's two moments are all alive.
+        assert m["peak_tensor_bytes"] >= m["param_bytes"] + 4 * m["params_trainable"] + m["optimizer_state_bytes"]
+        assert m["peak_tensor_source"] in ("cpu_live_tensors_one_step", "cuda_max_memory_allocated")
+    assert full["peak_tensor_bytes"] > 1.5 * lora["peak_tensor_bytes"]

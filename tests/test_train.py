@@ -38,6 +38,9 @@ def test_tiny_run_learns_and_records_every_field(tmp_path, sst2_dir, method, lr,
     p = on_disk["params"]
     assert 0 < p["adapted"] < p["trainable"] <= p["total"]
     assert on_disk["peak_memory_bytes"] > 50 * 2**20
+    # Tensor level: weights, gradients and AdamW's two moments of the trainable part are all alive.
+    assert on_disk["peak_tensor_bytes"] >= 4 * p["total"] + 12 * p["trainable"]
+    assert on_disk["peak_tensor_source"] == "cpu_live_tensors_first_3_steps"
     assert on_disk["throughput"]["train_tokens_per_s"] > 0 and on_disk["throughput"]["train_samples_per_s"] > 0
     assert on_disk["wall_s"] > 0
     assert on_disk["config"]["method"]["name"] == method and on_disk["config"]["train"]["lr"] == float(lr)
