@@ -30,8 +30,8 @@ from lora_repro.study import PROJECT_ROOT, load_study, results_dir, split_args
 
 from .plots import make_plots, scores
 from .records import Records, load_records, load_study_records
-from .table3 import E2E_METRICS, SCALE, published_table3
-from .tables import millions, write_tables
+from .table3 import E2E_METRICS, SCALE, build_table3, published_table3, table3_markdown
+from .tables import build_table2, millions, to_markdown
 
 # The published row the offline E2E demo is set beside (Table 3, GPT-2 M + LoRA).
 E2E_REFERENCE_ROW = ("gpt2_medium", "lora")
@@ -96,10 +96,10 @@ def e2e_vs_paper(records: Records) -> str:
         decoded = (read_record(folder / RECORD_NAME).get("decoding") or {}).get("test") or {}
         lines += [f"{r['model']} + {r['method']}, seed {r['seed']}: {int(r['params.adapted']):,} trained parameters, "
                   f"{int(r['throughput.train_steps'])} steps in {r['throughput.train_runtime_s']:.0f} s; "
-                  f"{decoded.get('mrs_decoded', '?')} test MRs / {decoded.get('n_references', '?')} references decoded "
+                  f"{decoded.get('mrs_decoded', 0):,} test MRs / {decoded.get('n_references', 0):,} references decoded "
                   f"in {decoded.get('decode_s', float('nan')):.0f} s; wall {r['wall_s']:.0f} s, "
                   f"peak memory {r['peak_memory_bytes'] / 2**30:.1f} GiB", "",
-                  f"| metric | this run | paper, GPT-2 M + LoRA ({ref.row.iloc[0] if len(ref) else '-'}) |",
+                  f"| metric | this run | paper (Table 3, {ref.row.iloc[0] if len(ref) else '-'}) |",
                   "|---|---|---|"]
         for metric in E2E_METRICS:
             lines.append(f"| {metric} | {r[f'metric.{metric}']:.4f} | {published.get(metric, float('nan')):.4f} |")
@@ -153,9 +153,22 @@ def build(name: str, args: list[str]) -> list[Path]:
     return written + [out / "summary.json"]
 
 
-def _tables(records: Records, out: Path) -> list[Path]:
-    print(write_tables(records, out))
-    return [out / "table2.md", out / "table3.md"]
+def _table2(records: Records, out: Path) -> list[Path]:
+    table = build_table2(records)
+    table.to_csv(out / "table2.csv", index=False)
+    text = to_markdown(table, records)
+    (out / "table2.md").write_text(text)
+    print(text)
+    return [out / "table2.md", out / "table2.csv"]
+
+
+def _table3(records: Records, out: Path) -> list[Path]:
+    table = build_table3(records)
+    table.to_csv(out / "table3.csv", index=False)
+    text = table3_markdown(table)
+    (out / "table3.md").write_text(text)
+    print(text)
+    return [out / "table3.md", out / "table3.csv"]
 
 
 def _plots(records: Records, out: Path) -> list[Path]:
@@ -176,7 +189,7 @@ def _e2e_vs_paper(records: Records, out: Path) -> list[Path]:
     return [out / "e2e_vs_paper.md"]
 
 
-BUILDERS = {"table2": _tables, "table3": _tables, "plots": _plots, "method_table": _method_table,
+BUILDERS = {"table2": _table2, "table3": _table3, "plots": _plots, "method_table": _method_table,
             "e2e_vs_paper": _e2e_vs_paper}
 
 

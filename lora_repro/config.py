@@ -99,9 +99,31 @@ def check_train_config(train: Any) -> None:
 
         if not torch.cuda.is_available():
             raise ConfigError("train.precision=fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
+    from transformers.trainer_utils import SchedulerType
+
+    schedules = [s.value for s in SchedulerType]
+    if train.schedule not in schedules:
+        raise ConfigError(f"train.schedule={train.schedule!r}; valid: {', '.join(schedules)}")
     every = train.eval_every
     if every != "epoch" and not (isinstance(every, int) and not isinstance(every, bool) and every > 0):
         raise ConfigError(f"train.eval_every must be 'epoch' or a positive number of steps, got {every!r}")
+
+
+def max_positions(model_cfg: Any) -> int | None:
+    """How many tokens the model's position embeddings cover (RoBERTa keeps 2 of its rows for the
+    padding offset)."""
+    arch = model_cfg.get("arch") or {}
+    positions = arch.get("max_position_embeddings", arch.get("n_positions"))
+    if positions is None:
+        return None
+    return int(positions) - (2 if arch.get("model_type") == "roberta" else 0)
+
+
+def check_positions(model_cfg: Any, task_cfg: Any) -> None:
+    """task.max_length beyond the model's positions would crash on the first long row, hours in."""
+    limit = max_positions(model_cfg)
+    if limit is not None and int(task_cfg.max_length) > limit:
+        raise ConfigError(f"task.max_length={task_cfg.max_length} exceeds {model_cfg.name}'s {limit} positions")
 
 
 def validate(cfg: DictConfig) -> Method:
@@ -117,6 +139,7 @@ def validate(cfg: DictConfig) -> Method:
     else:
         check_metric_names(cfg.task)
     check_model_config(cfg.model)
+    check_positions(cfg.model, cfg.task)
     mode = cfg.logger.wandb.mode
     if mode not in WANDB_MODES:
         raise ConfigError(f"logger.wandb.mode={mode!r}; valid: {', '.join(WANDB_MODES)}")

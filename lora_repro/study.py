@@ -128,7 +128,23 @@ def load_study(name: str, assignments: dict[str, str] | None = None) -> Study:
         given = ", ".join(f"{k}={v}" for k, v in params.items())
         valid = "; ".join(f"{k}: " + ", ".join(v) for k, v in options.items())
         raise ConfigError(f"study {name} with {given}: {' '.join(str(exc).split())} (its params: {valid})") from None
+    check_shape(name, resolved)
     return Study(name, resolved, params)
+
+
+def check_shape(name: str, spec: dict[str, Any]) -> None:
+    """The types study.yaml's keys must have, checked before anything is planned."""
+    where = f"experiments/{name}/{STUDY_FILE}"
+    for key in ("common", "first", "results"):
+        if not isinstance(spec.get(key) or [], list):
+            raise ConfigError(f"{where}: {key} must be a list, got {spec[key]!r}")
+    seeds = spec.get("seeds") or []
+    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise ConfigError(f"{where}: seeds must be a list of integers >= 0, got {seeds!r}")
+    for key in ("variants", "grid"):
+        table = spec.get(key) or {}
+        if not isinstance(table, dict) or not all(isinstance(v, list) and v for v in table.values()):
+            raise ConfigError(f"{where}: {key} must map names to non-empty lists, got {table!r}")
 
 
 def param_choices(name: str) -> list[dict[str, str]]:

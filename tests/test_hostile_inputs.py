@@ -218,3 +218,65 @@ def test_a_nan_metric_run_is_named_not_silently_dropped(tmp_path):  # [62]
     assert [p for p, _ in records.no_score] == [str(tmp_path / "nan")]
     text = to_markdown(build_table2(records), records)
     assert "1 ok runs have no usable main metric" in text and f"no main metric: {tmp_path / 'nan'}: pearson is nan" in text
+
+
+# ------------------------------------------------------------------------- our own probe, 20 more
+@pytest.mark.parametrize("overrides,message", [
+    (["train.lr=nan"], r"train.lr must be > 0, got nan"),
+    (["train.lr=abc"], r"train.lr must be > 0, got 'abc'"),
+    (["train.schedule=cosine_wrong"], r"train.schedule='cosine_wrong'; valid: linear, cosine"),
+    (["task.max_length=100000"], r"task.max_length=100000 exceeds minilm_l6's 512 positions"),
+    (["model=roberta_base", "model.init=random", "task=sst2", "task.max_length=514"], r"exceeds roberta_base's 512 positions"),
+    (["task=sst2", "task.data_dir=README.md"], r"task.data_dir=README.md does not exist or is not a directory"),
+    (["model.path=/nonexistent"], r"model.path=/nonexistent is not a model folder \(no config.json in it\)"),
+    (["seed=1.5"], r"seed must be an integer in \[0, 2\*\*32\), got 1.5"),
+    (["train.batch_size=2.5"], r"train.batch_size must be a positive integer, got 2.5"),
+    (["logger.wandb.mode=onlin"], r"logger.wandb.mode='onlin'; valid: online, offline, disabled"),
+    (["task.splits.validation=null"], r"task rotten_tomatoes has no evaluation split left .* needs one to measure accuracy"),
+    (["task.max_eval_samples=abc"], r"task.max_eval_samples must be a positive integer, or null"),
+    (["train.warmup_ratio=1.5"], r"train.warmup_ratio must be in \[0, 1\), got 1.5"),
+    (["method=lora_plus", "method.loraplus_weight_decay=-0.1"], r"loraplus_weight_decay must be >= 0 or null"),
+    (["method=adapter_h", "method.placement=sideways"], r"method.placement='sideways'; valid: projection, after_dropout, post_ln"),
+    (["model=gpt2_medium", "model.init=random", "task=e2e", "+method.peft_config.use_dora=true"],
+     r"\['use_dora'\] cannot be applied to gpt2_medium: its q, k, v share one fused projection"),
+    (["task=e2e", "model=smollm2_135m", "task.generation.num_beams=0"], r"task.generation.num_beams must be a positive integer"),
+    (["task=e2e", "model=smollm2_135m", "task.decode_splits=[validation2]"], r"task.decode_splits \['validation2'\] must name evaluation splits"),
+])
+def test_our_own_probe_config_values(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(compose_job(overrides))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("seeds", ["a"], r"seeds must be a list of integers >= 0, got \['a'\]"),
+    ("grid", {"method.r": 4}, r"grid must map names to non-empty lists"),
+    ("variants", {"lora": "method=lora"}, r"variants must map names to non-empty lists"),
+    ("common", "model=tiny_bert", r"common must be a list"),
+    ("colour", "blue", r"unknown key\(s\) \['colour'\]"),
+])
+def test_a_malformed_study_yaml_is_one_line_naming_the_key(tmp_path, monkeypatch, field, value, message):
+    import lora_repro.study as study
+
+    (tmp_path / "mine").mkdir()
+    spec = {"description": "x", "cost": "x", "common": [*TINY], "seeds": [1], field: value}
+    (tmp_path / "mine" / "study.yaml").write_text(json.dumps(spec))
+    monkeypatch.setattr(study, "EXPERIMENTS_DIR", tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        study.load_study("mine")
+    assert study.main(["mine", "--dry-run"]) == 2
+
+
+def test_a_study_override_that_does_not_fit_a_variant_is_one_line(capsys):
+    import lora_repro.study as study
+
+    # full_ft has no rank: the demo's full_ft variant cannot take method.r=0.
+    assert study.main(["demo", "--dry-run", "method.r=0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: study demo: ") and "method.r" in err[0]
+
+
+def test_tables_from_both_a_study_and_a_runs_folder_is_refused(tmp_path):
+    from analysis.tables import main as tables
+
+    with pytest.raises(SystemExit, match="not both"):
+        tables([str(tmp_path), "--study", "demo"])

@@ -50,6 +50,9 @@ def check_metric_names(task_cfg: Any) -> None:
     from ..data import active_splits
 
     eval_splits = [s for s in active_splits(task_cfg) if s != "train"]
+    if not eval_splits:
+        raise ConfigError(f"task {task_cfg.name} has no evaluation split left (every split but train is null); "
+                          f"a {task_cfg.kind} run needs one to measure {task_cfg.main_metric}")
     valid_main = metric_keys(list(task_cfg.metrics), eval_splits)
     if task_cfg.main_metric not in valid_main:
         raise ConfigError(f"task.main_metric={task_cfg.main_metric!r} is not one of {valid_main}")
