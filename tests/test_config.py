@@ -54,7 +54,7 @@ def test_data_dir_without_the_split_files(tmp_path):
         validate(compose_cfg("task=sst2", f"task.data_dir={tmp_path}"))
 
 
-@pytest.mark.parametrize("override,valid", [("method=lorra", "adapter_p, bitfit, ft_top2, full_ft, lora, lora_plus, lora_plus_authors, prefix_embed, prefix_layer"),
+@pytest.mark.parametrize("override,valid", [("method=lorra", "adapter_p, bitfit, dora, ft_top2, full_ft, lora, lora_plus, lora_plus_authors, olora, pissa, prefix_embed, prefix_layer, rslora"),
                                            ("task=sst3", "cola, e2e, mnli"), ("model=bert_huge", "deberta_v2_xxlarge")])
 def test_unknown_group_names_list_the_valid_ones(override, valid):
     with pytest.raises(ConfigError, match="unknown") as info:
@@ -76,7 +76,7 @@ def test_defaults_are_valid():
 def test_command_line_prints_one_error_line_and_loads_nothing(tmp_path):
     for args, expected in [
         (["method.r=0"], "error: method.r must be > 0, got 0"),
-        (["method=nope"], "error: unknown method 'nope'; valid: adapter_d, adapter_h, adapter_l, adapter_p, bitfit, ft_top2, full_ft, lora, lora_plus, lora_plus_authors, prefix_embed, prefix_layer"),
+        (["method=nope"], "error: unknown method 'nope'; valid: adapter_d, adapter_h, adapter_l, adapter_p, bitfit, dora, ft_top2, full_ft, lora, lora_plus, lora_plus_authors, olora, pissa, prefix_embed, prefix_layer, rslora"),
     ]:
         proc = subprocess.run(
             [sys.executable, "-m", "lora_repro.train", f"output_root={tmp_path}", *args],

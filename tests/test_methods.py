@@ -318,3 +318,22 @@ def test_lora_names_the_models_linear_layers_when_a_target_is_missing():
 
     with pytest.raises(ConfigError, match=r"\['q_proj'\] not found in tiny_bert; its linear layers are: .*query"):
         method_setup("lora", "method.target_modules=[q_proj,value]")
+
+
+@pytest.mark.parametrize("variant,check", [
+    ("rslora", lambda m: m.scaling["default"] == 8 / 8 ** 0.5),            # alpha / sqrt(r), alpha=8, r=8
+    ("dora", lambda m: "default" in m.lora_magnitude_vector),             # a trainable magnitude per output
+    ("pissa", lambda m: m.lora_B["default"].weight.abs().sum() > 0),       # B from W's singular vectors, not 0
+    ("olora", lambda m: m.lora_B["default"].weight.abs().sum() > 0),       # B from W's QR, not 0
+])
+def test_peft_lora_variants_are_one_yaml_each_and_train(variant, check):
+    """conf/method/{rslora,dora,pissa,olora}.yaml: LoRA + one peft option each, no code of their own."""
+    from peft.tuners.lora import LoraLayer
+
+    cfg, method, model = method_setup(variant, "train.lr=1e-2")
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    assert layers and all(check(m) for m in layers)
+    losses, changed, trainable = train_steps(model, method, cfg, classification_batch())
+    assert losses[-1] < losses[0]
+    assert any("lora_" in n for n in changed)
+    assert method.info()["family"] == "lora"

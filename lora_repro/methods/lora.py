@@ -110,15 +110,10 @@ class LoRA(Method):
                 f"LoRA target module(s) {missing} not found in {model_cfg.name}; its linear layers are: "
                 + ", ".join(available)
             )
-        config = LoraConfig(
-            r=self.r,
-            lora_alpha=self.alpha,
-            lora_dropout=float(self.dropout),
-            target_modules=targets,
-            bias="none",
-            init_lora_weights=True,  # A Kaiming-uniform, B = 0 (loralib's init), unless peft_config says otherwise
-            **self.peft_config,
-        )
+        # A Kaiming-uniform, B = 0 (loralib's init), unless peft_config names another (pissa, olora, ...).
+        options = {"init_lora_weights": True, **self.peft_config}
+        config = LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=float(self.dropout),
+                            target_modules=targets, bias="none", **options)
         model = get_peft_model(model, config)
         if self.init == "b_random":
             swap_init_to_b_random(model)
