@@ -197,7 +197,7 @@ def plan(study: Study, extra: list[str]) -> list[PlannedRun]:
                     record = existing_record(folder)
                     runs.append(PlannedRun([*overrides, f"seed={seed}"], folder, cfg.model.name, cfg.method.name,
                                            cfg.task.name, samples, data_ok,
-                                           bool(record and record.get("status") == "ok"),
+                                           bool(record and record.get("status") == "ok" and not cfg.overwrite),
                                            (index, variant_name), dict(zip(keys, values)), experiment, setting))
     return runs
 

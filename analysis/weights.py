@@ -1,0 +1,313 @@
+"""`make weights [STUDY=rank_sweep | RUNS=dir]`: the LoRA paper's Section 7 ("Understanding the low-rank
+updates") from finished runs' saved weights (checkpoint/trainable.safetensors) and the pretrained
+weights they started from.
+
+  subspace similarity   phi(A_1, A_2, i, j) = ||U_1[:, :i]^T U_2[:, :j]||_F^2 / min(i, j), U the
+                        right-singular vectors of A (Section 7.2): between ranks (Figure 3, r=8 vs
+                        r=64) and between seeds at the same rank (Figure 4). 1 = same subspace, 0 = orthogonal.
+  Table 7               ||U^T W V^T||_F with U, V the top-r singular directions of dW, of W itself, or
+                        random; and the amplification ||dW||_F / ||U^T W V^T||_F (dW's own directions).
+  spectrum              the singular values of dW per matrix and its effective rank (exp of the entropy
+                        of the normalised singular values; Roy & Vetterli 2007), for LoRA (dW = s B A)
+                        and full fine-tuning (dW = W_ft - W_0).
+
+Writes <results>/weights/{subspace.csv, table7.csv, table7.md, spectrum.csv} and PNGs (subspace
+heatmaps per matrix type and layer, spectra)."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from lora_repro.record import CHECKPOINT_FILE, RECORD_NAME, read_record  # noqa: E402
+
+# peft's names: <module path>.lora_A.<adapter>.weight; GPT-2's fused layer: <path>.lora_A.q
+LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])\.(?P<slot>[^.]+)(?:\.weight)?$")
+LAYER = re.compile(r"\.(\d+)\.")
+
+
+# ------------------------------------------------------------------------------------ the measures
+def right_singular(a: torch.Tensor) -> torch.Tensor:
+    """Columns = right-singular vectors of A (r x d), strongest first: a basis of A's row space."""
+    _, _, vh = torch.linalg.svd(a.double(), full_matrices=False)
+    return vh.T
+
+
+def subspace_similarity(a1: torch.Tensor, a2: torch.Tensor, i: int, j: int) -> float:
+    """phi(A1, A2, i, j) of Section 7.2, in [0, 1]."""
+    u1, u2 = right_singular(a1)[:, :i], right_singular(a2)[:, :j]
+    return float((u1.T @ u2).pow(2).sum() / min(i, j))
+
+
+def similarity_grid(a1: torch.Tensor, a2: torch.Tensor, max_i: int = 8, max_j: int = 64) -> np.ndarray:
+    i_max, j_max = min(max_i, a1.shape[0]), min(max_j, a2.shape[0])
+    u1, u2 = right_singular(a1), right_singular(a2)
+    overlap = (u1[:, :i_max].T @ u2[:, :j_max]).pow(2)  # (i_max, j_max)
+    cumulative = overlap.cumsum(0).cumsum(1).numpy()
+    return np.array([[cumulative[i - 1, j - 1] / min(i, j) for j in range(1, j_max + 1)] for i in range(1, i_max + 1)])
+
+
+def table7_row(delta: torch.Tensor, weight: torch.Tensor, r: int, seed: int = 0) -> dict[str, float]:
+    """||U^T W V^T||_F for U, V the top-r singular directions of dW, of W, and random orthonormal
+    ones; ||W||_F and ||dW||_F; the amplification factor (dW's directions). Section 7.3."""
+    delta, weight = delta.double(), weight.double()
+    u_d, _, vh_d = torch.linalg.svd(delta, full_matrices=False)
+    u_w, _, vh_w = torch.linalg.svd(weight, full_matrices=False)
+    g = torch.Generator().manual_seed(seed)
+    u_r = torch.linalg.qr(torch.randn(weight.shape[0], r, generator=g, dtype=torch.float64))[0]
+    v_r = torch.linalg.qr(torch.randn(weight.shape[1], r, generator=g, dtype=torch.float64))[0]
+
+    def projected(u: torch.Tensor, vh: torch.Tensor) -> float:
+        return float(torch.linalg.matrix_norm(u[:, :r].T @ weight @ vh[:r].T))
+
+    on_delta = projected(u_d, vh_d)
+    return {"r": r, "delta_dirs": on_delta, "w_dirs": projected(u_w, vh_w), "random_dirs": projected(u_r, v_r.T),
+            "w_norm": float(torch.linalg.matrix_norm(weight)), "delta_norm": float(torch.linalg.matrix_norm(delta)),
+            "amplification": float(torch.linalg.matrix_norm(delta)) / on_delta if on_delta > 0 else float("inf")}
+
+
+def effective_rank(delta: torch.Tensor) -> tuple[np.ndarray, float, int]:
+    """Singular values, exp(entropy of sigma / sum sigma), and how many carry 90% of ||dW||_F^2."""
+    s = torch.linalg.svdvals(delta.double()).numpy()
+    p = s / s.sum() if s.sum() > 0 else s
+    entropy = -float(np.sum(p[p > 0] * np.log(p[p > 0])))
+    energy = np.cumsum(s ** 2) / np.sum(s ** 2) if np.sum(s ** 2) > 0 else np.ones_like(s)
+    return s, float(np.exp(entropy)), int(np.searchsorted(energy, 0.9) + 1)
+
+
+# ----------------------------------------------------------------------------------- reading runs
+@dataclass
+class Run:
+    path: Path
+    record: dict
+    weights: dict[str, torch.Tensor]
+
+    @property
+    def label(self) -> str:
+        r = self.record
+        return f"{r['model']} {r['task']} {r['method']} r={(r.get('hparams') or {}).get('r', '-')} seed {r['seed']}"
+
+
+def load_runs(folders: list[Path]) -> list[Run]:
+    from safetensors.torch import load_file
+
+    runs = []
+    for folder in folders:
+        record_path, weights_path = folder / RECORD_NAME, folder / CHECKPOINT_FILE
+        if not record_path.is_file() or not weights_path.is_file():
+            continue
+        record = read_record(record_path)
+        if record.get("status") == "ok":
+            runs.append(Run(folder, record, load_file(str(weights_path))))
+    return runs
+
+
+def lora_factors(run: Run) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """module path (or path:slot for fused q|v) -> (A, B)."""
+    pieces: dict[str, dict[str, torch.Tensor]] = {}
+    for name, tensor in run.weights.items():
+        match = LORA_KEY.match(name)
+        if match:
+            key = match["module"] if match["slot"] == "default" else f"{match['module']}:{match['slot']}"
+            pieces.setdefault(key, {})[match["which"]] = tensor
+    return {k: (v["A"], v["B"]) for k, v in pieces.items() if {"A", "B"} <= set(v)}
+
+
+def lora_scale(record: dict) -> float:
+    hp = record.get("hparams") or {}
+    r, alpha = float(hp.get("r", 1)), float(hp.get("alpha", 1))
+    return alpha / r ** 0.5 if (hp.get("peft_config") or {}).get("use_rslora") else alpha / r
+
+
+def pretrained_weights(record: dict) -> dict[str, torch.Tensor]:
+    """The backbone's pretrained weights, by module path, as the run started from them."""
+    from omegaconf import OmegaConf
+
+    from lora_repro.backbone import build_causal_lm, build_classifier
+
+    cfg = OmegaConf.create(record["config"])
+    model = build_causal_lm(cfg.model) if cfg.task.kind == "generation" else build_classifier(cfg.model, cfg.task)
+    return {k: v.detach() for k, v in model.state_dict().items()}
+
+
+def base_weight(pretrained: dict[str, torch.Tensor], key: str) -> torch.Tensor | None:
+    module, _, slot = key.partition(":")
+    weight = pretrained.get(f"{module}.weight")
+    if weight is None:
+        return None
+    if slot:  # GPT-2's fused c_attn (Conv1D, stored in x out): q is the first third, v the last
+        width = weight.shape[1] // 3
+        part = {"q": 0, "k": 1, "v": 2}[slot]
+        return weight[:, part * width:(part + 1) * width].T
+    return weight
+
+
+def matrix_type(key: str) -> str:
+    module, _, slot = key.partition(":")
+    return slot or module.rsplit(".", 1)[-1]
+
+
+def layer_of(key: str) -> int:
+    found = LAYER.findall(key)
+    return int(found[-1]) if found else -1
+
+
+# ------------------------------------------------------------------------------------- the report
+def analyse(runs: list[Run], out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    lora = [r for r in runs if lora_factors(r)]
+    if not lora and not runs:
+        print("no finished run with saved weights (checkpoint/trainable.safetensors): nothing to analyse")
+        return written
+    subspace_rows = []
+    groups: dict[tuple, list[Run]] = {}
+    for run in lora:
+        rec = run.record
+        groups.setdefault((rec["model"], rec["task"], rec["method"]), []).append(run)
+    for (model, task, method), members in groups.items():
+        for a, b in itertools.combinations(sorted(members, key=lambda m: (m.record["hparams"]["r"], m.record["seed"])), 2):
+            ra, rb = a.record["hparams"]["r"], b.record["hparams"]["r"]
+            kind = "seeds" if ra == rb else "ranks"
+            fa, fb = lora_factors(a), lora_factors(b)
+            for key in sorted(set(fa) & set(fb)):
+                grid = similarity_grid(fa[key][0], fb[key][0], max_i=min(ra, rb), max_j=max(ra, rb))
+                subspace_rows.append({"model": model, "task": task, "method": method, "compare": kind,
+                                      "run_a": a.label, "run_b": b.label, "r_a": ra, "r_b": rb, "matrix": key,
+                                      "type": matrix_type(key), "layer": layer_of(key), "phi_1_1": float(grid[0, 0]),
+                                      "phi_top_mean": float(grid[:, 0].mean()), "grid": grid})
+    if subspace_rows:
+        df = pd.DataFrame(subspace_rows)
+        df.drop(columns=["grid"]).to_csv(out / "subspace.csv", index=False)
+        written.append(out / "subspace.csv")
+        written += subspace_plots(df, out)
+    table7, spectra = [], []
+    for run in runs:
+        factors = lora_factors(run)
+        pretrained = pretrained_weights(run.record)
+        deltas = {}
+        if factors:
+            scale = lora_scale(run.record)
+            deltas = {k: scale * (b.double() @ a.double()) for k, (a, b) in factors.items()}
+        elif (run.record.get("method_info") or {}).get("family") == "full_ft":
+            deltas = {k[:-len(".weight")]: run.weights[k].double() - pretrained[k].double()
+                      for k in run.weights if k in pretrained and run.weights[k].dim() == 2 and "embeddings" not in k
+                      and k.endswith(".weight")}
+        for key, delta in deltas.items():
+            weight = base_weight(pretrained, key) if factors else pretrained.get(f"{key}.weight")
+            s, erank, k90 = effective_rank(delta)
+            spectra.append({"run": run.label, "method": run.record["method"], "matrix": key, "type": matrix_type(key),
+                            "layer": layer_of(key), "effective_rank": erank, "rank_90pct_energy": k90,
+                            "top_singular_values": " ".join(f"{v:.4g}" for v in s[:16])})
+            if weight is not None and factors:
+                rank = int(run.record["hparams"]["r"])
+                table7.append({"run": run.label, "matrix": key, "type": matrix_type(key), "layer": layer_of(key),
+                               **table7_row(delta, weight, rank)})
+    if table7:
+        t7 = pd.DataFrame(table7)
+        t7.to_csv(out / "table7.csv", index=False)
+        (out / "table7.md").write_text(table7_markdown(t7))
+        written += [out / "table7.csv", out / "table7.md"]
+    if spectra:
+        sp = pd.DataFrame(spectra)
+        sp.to_csv(out / "spectrum.csv", index=False)
+        written.append(out / "spectrum.csv")
+        written.append(spectrum_plot(sp, out))
+    return written
+
+
+def table7_markdown(t7: pd.DataFrame) -> str:
+    """Table 7's layout: per run and matrix type, averaged over layers."""
+    lines = ["# Table 7 layout from your runs", "",
+             "||U^T W V^T||_F with U, V the top-r singular directions of dW, of W, or random; mean over layers. "
+             "Amplification = ||dW||_F / ||U^T W V^T||_F with dW's own directions (the paper: 21.5 for r=4, "
+             "GPT-3 layer 48 W_q; 1.9 with r=64).", "",
+             "| run | matrix | r | dW dirs | W dirs | random | ‖W‖_F | ‖dW‖_F | amplification |", "|---|---|---|---|---|---|---|---|---|"]
+    means = t7.groupby(["run", "type", "r"]).mean(numeric_only=True).reset_index()
+    for r in means.itertuples(index=False):
+        lines.append(f"| {r.run} | W_{r.type} | {r.r} | {r.delta_dirs:.3f} | {r.w_dirs:.3f} | {r.random_dirs:.3f} | "
+                     f"{r.w_norm:.2f} | {r.delta_norm:.3f} | {r.amplification:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def subspace_plots(df: pd.DataFrame, out: Path) -> list[Path]:
+    paths = []
+    for (model, task, method, compare, run_a, run_b), group in df.groupby(
+            ["model", "task", "method", "compare", "run_a", "run_b"], sort=False):
+        types = sorted(group.type.unique())
+        layers = sorted(group.layer.unique())
+        fig, axes = plt.subplots(len(types), len(layers), figsize=(2.2 * len(layers) + 1, 2.2 * len(types) + 0.6),
+                                 squeeze=False)
+        for (ti, mtype), (li, layer) in itertools.product(enumerate(types), enumerate(layers)):
+            ax = axes[ti][li]
+            row = group[(group.type == mtype) & (group.layer == layer)]
+            if row.empty:
+                ax.axis("off")
+                continue
+            image = ax.imshow(row.grid.iloc[0], vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="upper")
+            ax.set_title(f"W_{mtype} layer {layer}", fontsize=7)
+            ax.set_xlabel(f"j ({row.r_b.iloc[0]})", fontsize=6)
+            ax.set_ylabel(f"i ({row.r_a.iloc[0]})", fontsize=6)
+            ax.tick_params(labelsize=5)
+        fig.colorbar(image, ax=axes, shrink=0.6, label="phi(i, j)")
+        fig.suptitle(f"Subspace similarity, {compare}: {run_a} vs {run_b} (cf. LoRA Figs. 3-4)", fontsize=8)
+        tag = "ranks" if compare == "ranks" else "seeds"
+        path = out / f"subspace_{tag}_{model}_{task}_{method}_{len(paths)}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def spectrum_plot(sp: pd.DataFrame, out: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    summary = sp.groupby(["run", "type"]).effective_rank.mean().unstack()
+    summary.plot.bar(ax=ax, rot=30, fontsize=6)
+    ax.set_ylabel("effective rank of dW (mean over layers)")
+    ax.set_title("How many directions the update uses")
+    fig.tight_layout()
+    path = out / "effective_rank.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lora_repro.study import load_study, plan, results_dir, split_args
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs_dir", nargs="?", default=None)
+    parser.add_argument("--study", default=None)
+    parser.add_argument("--out", default=None)
+    args, rest = parser.parse_known_args(argv)
+    if bool(args.study) == bool(args.runs_dir):
+        raise SystemExit("error: give a runs folder (RUNS=) or a study (STUDY=), one of them")
+    if args.study:
+        assignments, extra = split_args(args.study, rest)
+        folders = [r.run_dir for r in plan(load_study(args.study, assignments), extra)]
+        out = Path(args.out or results_dir(args.study) / "weights")
+    else:
+        root = Path(args.runs_dir)
+        if not root.is_dir():
+            raise SystemExit(f"error: runs folder {root} does not exist")
+        folders = [p.parent for p in sorted(root.rglob(RECORD_NAME))]
+        out = Path(args.out or "results/weights")
+    for path in analyse(load_runs(folders), out):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
