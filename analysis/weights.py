@@ -1,4 +1,4 @@
-"""`make weights [STUDY=rank_sweep | RUNS=dir]`: the LoRA paper's Section 7 ("Understanding the low-rank
+"""`make weights [STUDY=rank_sweep | RUNS=dir]` (also a study's `results: [weights]`): the LoRA paper's Section 7 ("Understanding the low-rank
 updates") from finished runs' saved weights (checkpoint/trainable.safetensors) and the pretrained
 weights they started from.
 
@@ -165,6 +165,26 @@ def layer_of(key: str) -> int:
 
 
 # ------------------------------------------------------------------------------------- the report
+def comparison_pairs(members: list[Run]) -> list[tuple[str, Run, Run]]:
+    """The paper's comparisons: r=8 against r=64 of the same seed (Figure 3; the lowest and highest
+    rank run when those are missing), and two seeds at the same rank (Figure 4), at both ranks."""
+    by_rank: dict[int, list[Run]] = {}
+    for run in sorted(members, key=lambda m: m.record["seed"]):
+        by_rank.setdefault(int(run.record["hparams"]["r"]), []).append(run)
+    if not by_rank:
+        return []
+    low = 8 if 8 in by_rank else min(by_rank)
+    high = 64 if 64 in by_rank else max(by_rank)
+    pairs = []
+    if low != high:
+        high_by_seed = {m.record["seed"]: m for m in by_rank[high]}
+        pairs += [("ranks", m, high_by_seed[m.record["seed"]]) for m in by_rank[low] if m.record["seed"] in high_by_seed]
+    for rank in dict.fromkeys((low, high)):
+        if len(by_rank[rank]) >= 2:
+            pairs.append(("seeds", by_rank[rank][0], by_rank[rank][1]))
+    return pairs
+
+
 def analyse(runs: list[Run], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -178,14 +198,14 @@ def analyse(runs: list[Run], out: Path) -> list[Path]:
         rec = run.record
         groups.setdefault((rec["model"], rec["task"], rec["method"]), []).append(run)
     for (model, task, method), members in groups.items():
-        for a, b in itertools.combinations(sorted(members, key=lambda m: (m.record["hparams"]["r"], m.record["seed"])), 2):
+        for kind, a, b in comparison_pairs(members):
             ra, rb = a.record["hparams"]["r"], b.record["hparams"]["r"]
-            kind = "seeds" if ra == rb else "ranks"
             fa, fb = lora_factors(a), lora_factors(b)
             for key in sorted(set(fa) & set(fb)):
                 grid = similarity_grid(fa[key][0], fb[key][0], max_i=min(ra, rb), max_j=max(ra, rb))
                 subspace_rows.append({"model": model, "task": task, "method": method, "compare": kind,
-                                      "run_a": a.label, "run_b": b.label, "r_a": ra, "r_b": rb, "matrix": key,
+                                      "run_a": a.label, "run_b": b.label, "r_a": ra, "r_b": rb,
+                                      "seed_a": a.record["seed"], "seed_b": b.record["seed"], "matrix": key,
                                       "type": matrix_type(key), "layer": layer_of(key), "phi_1_1": float(grid[0, 0]),
                                       "phi_top_mean": float(grid[:, 0].mean()), "grid": grid})
     if subspace_rows:
@@ -225,7 +245,30 @@ def analyse(runs: list[Run], out: Path) -> list[Path]:
         sp.to_csv(out / "spectrum.csv", index=False)
         written.append(out / "spectrum.csv")
         written.append(spectrum_plot(sp, out))
+    if subspace_rows or table7:
+        (out / "summary.md").write_text(summary_markdown(pd.DataFrame(subspace_rows), pd.DataFrame(table7)))
+        written.append(out / "summary.md")
     return written
+
+
+def summary_markdown(sub: pd.DataFrame, t7: pd.DataFrame) -> str:
+    """The few numbers that answer Section 7's questions, from the CSVs above."""
+    lines = ["| question (LoRA paper) | measure | value |", "|---|---|---|"]
+    for compare, what in (("ranks", "the top direction of the lower-rank A inside the higher-rank A's span (Fig. 3)"),
+                          ("seeds", "the top direction of one seed's A inside another seed's (Fig. 4)")):
+        rows = sub[sub.compare == compare] if not sub.empty else sub
+        for (ra, rb, mtype), group in (rows.groupby(["r_a", "r_b", "type"]) if not rows.empty else []):
+            lines.append(f"| {what} | phi(1,1), W_{mtype}, r={ra} vs r={rb}, mean over layers and pairs "
+                         f"({len(group)}) | {group.phi_1_1.mean():.3f} |")
+    if not t7.empty:
+        for (r, mtype), group in t7.groupby(["r", "type"]):
+            lines.append(f"| does dW amplify directions W does not emphasise? (Table 7) | ||dW||_F / "
+                         f"||U^T W V^T||_F, W_{mtype}, r={r}, mean over layers and runs | "
+                         f"{group.amplification.mean():.2f} |")
+            lines.append(f"| ... versus W's own top directions | ||U^T W V^T||_F with dW's / W's / random "
+                         f"directions, W_{mtype}, r={r} | {group.delta_dirs.mean():.3f} / {group.w_dirs.mean():.3f} / "
+                         f"{group.random_dirs.mean():.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 def table7_markdown(t7: pd.DataFrame) -> str:
@@ -263,8 +306,9 @@ def subspace_plots(df: pd.DataFrame, out: Path) -> list[Path]:
             ax.tick_params(labelsize=5)
         fig.colorbar(image, ax=axes, shrink=0.6, label="phi(i, j)")
         fig.suptitle(f"Subspace similarity, {compare}: {run_a} vs {run_b} (cf. LoRA Figs. 3-4)", fontsize=8)
-        tag = "ranks" if compare == "ranks" else "seeds"
-        path = out / f"subspace_{tag}_{model}_{task}_{method}_{len(paths)}.png"
+        first = group.iloc[0]
+        path = out / (f"subspace_{compare}_{model}_{task}_{method}_r{first.r_a}-r{first.r_b}"
+                      f"_seed{first.seed_a}-{first.seed_b}.png")
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)
@@ -292,14 +336,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study", default=None)
     parser.add_argument("--out", default=None)
     args, rest = parser.parse_known_args(argv)
-    if bool(args.study) == bool(args.runs_dir):
-        raise SystemExit("error: give a runs folder (RUNS=) or a study (STUDY=), one of them")
+    if args.study and args.runs_dir:
+        raise SystemExit("error: give a runs folder (RUNS=) or a study (STUDY=), not both")
     if args.study:
         assignments, extra = split_args(args.study, rest)
         folders = [r.run_dir for r in plan(load_study(args.study, assignments), extra)]
         out = Path(args.out or results_dir(args.study) / "weights")
     else:
-        root = Path(args.runs_dir)
+        root = Path(args.runs_dir or "outputs")
         if not root.is_dir():
             raise SystemExit(f"error: runs folder {root} does not exist")
         folders = [p.parent for p in sorted(root.rglob(RECORD_NAME))]

@@ -7,7 +7,7 @@ from typing import Any
 
 import hydra
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from . import CONF_DIR
 from .backbone import check_model_config
@@ -33,6 +33,47 @@ def compose_config(overrides: list[str], conf_dir: str | None = None) -> DictCon
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir or CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
+
+
+# Mappings whose keys are passed on as they are (peft's LoraConfig, transformers' model config), so
+# `+method.peft_config.use_rslora=true` adds a real setting; anywhere else an added key is read by
+# nothing, and is refused.
+FREE_FORM = ("method.peft_config", "model.arch")
+
+
+def check_added_keys(overrides: list[str], cfg: DictConfig) -> None:
+    """`+train.learning_rate=1e-3` (Hydra's advice after a typo) adds a key that nothing reads: the
+    run would train at the default while its record claimed the new value."""
+    for item in overrides:
+        if not item.startswith("+") or item.startswith("++") or "=" not in item:
+            continue
+        key = item[1:].split("=", 1)[0]
+        if key in GROUPS or "/" in key:
+            continue  # a config group (+experiment=...)
+        parent = key.rpartition(".")[0]
+        if parent in FREE_FORM or parent.startswith(tuple(f"{f}." for f in FREE_FORM)):
+            continue
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        valid = sorted(k for k in (node.keys() if isinstance(node, DictConfig) else []) if k != key.rpartition(".")[2])
+        raise ConfigError(f"{item}: {key} is not a setting of this config, so nothing would read it"
+                          + (f"; {parent or 'the root'} has: {', '.join(valid)}" if valid else ""))
+
+
+def compose_job(overrides: list[str]) -> DictConfig:
+    """The job's config, resolved, or one ConfigError line (an experiment without an entry for
+    the chosen task, a key that does not exist, a value of the wrong type)."""
+    try:
+        cfg = compose_config(overrides)
+        OmegaConf.to_container(cfg, resolve=True)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{first} (the experiment or task you chose does not cover this combination, or a "
+                          f"key is misspelt)") from None
+    check_added_keys(overrides, cfg)
+    return cfg
+
 
 
 def group_options(group: str) -> list[str]:

@@ -40,7 +40,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from . import PROJECT_ROOT
-from .config import compose_config, instantiate_method
+from .config import compose_config, compose_job, instantiate_method
 from .errors import ConfigError
 from .record import iter_records
 from .rundir import existing_record, run_dir
@@ -181,10 +181,10 @@ def plan(study: Study, extra: list[str]) -> list[PlannedRun]:
         for variant_name, variant in study.variants().items():
             for values in itertools.product(*phase.values()):
                 overrides = [*study.common(), *variant, *(f"{k}={v}" for k, v in zip(keys, values)), *extra]
-                try:
-                    cfg = compose_config([*overrides, f"study={study.name}", f"seed={study.seeds()[0]}"])
-                except Exception as exc:  # a bad override or key: one line, before anything runs
-                    raise ConfigError(f"study {study.name}: {' '.join(str(exc).split())}") from None
+                try:  # a bad override, key or experiment/task pair: one line, before anything runs
+                    cfg = compose_job([*overrides, f"study={study.name}", f"seed={study.seeds()[0]}"])
+                except ConfigError as exc:
+                    raise ConfigError(f"study {study.name}: {exc}") from None
                 samples = _samples(cfg, sizes)
                 # Two rows of a study may plan the same recipe (Table 2's LoRA and LoRA† rows agree on
                 # MNLI and SST-2): one folder, one run, counted in both rows by the analysis.

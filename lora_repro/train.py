@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from . import CONF_DIR
-from .config import GROUPS, check_group_overrides, compose_config, validate
+from .config import check_group_overrides, compose_job, validate
 from .errors import ConfigError, RecordNotWritten, one_line
 from .record import RECORD_NAME
 from .rundir import RunDirLock, check_writable, existing_record, register_resolvers
@@ -127,12 +127,6 @@ def recipe_variant(cfg: DictConfig) -> str:
     return " ".join(f"{k}={ours.get(k)}" for k in changed)
 
 
-# Mappings whose keys are passed on as they are (peft's LoraConfig, transformers' model config), so
-# `+method.peft_config.use_rslora=true` adds a real setting; anywhere else an added key is read by
-# nothing, and is refused.
-FREE_FORM = ("method.peft_config", "model.arch")
-
-
 def job_overrides(argv: list[str]) -> tuple[bool, list[list[str]]]:
     """Whether this is a multirun, and each job's overrides (a sweep expanded as Hydra expands it).
     Hydra's own settings (hydra.*, hydra/...) are left out: they do not change a job's config."""
@@ -145,40 +139,6 @@ def job_overrides(argv: list[str]) -> tuple[bool, list[list[str]]]:
 
     parsed = OverridesParser.create().parse_overrides(overrides)
     return True, [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-
-
-def check_added_keys(overrides: list[str], cfg: DictConfig) -> None:
-    """`+train.learning_rate=1e-3` (Hydra's advice after a typo) adds a key that nothing reads: the
-    run would train at the default while its record claimed the new value."""
-    for item in overrides:
-        if not item.startswith("+") or item.startswith("++") or "=" not in item:
-            continue
-        key = item[1:].split("=", 1)[0]
-        if key in GROUPS or "/" in key:
-            continue  # a config group (+experiment=...)
-        parent = key.rpartition(".")[0]
-        if parent in FREE_FORM or parent.startswith(tuple(f"{f}." for f in FREE_FORM)):
-            continue
-        node = OmegaConf.select(cfg, parent) if parent else cfg
-        valid = sorted(k for k in (node.keys() if isinstance(node, DictConfig) else []) if k != key.rpartition(".")[2])
-        raise ConfigError(f"{item}: {key} is not a setting of this config, so nothing would read it"
-                          + (f"; {parent or 'the root'} has: {', '.join(valid)}" if valid else ""))
-
-
-def compose_job(overrides: list[str]) -> DictConfig:
-    """The job's config, resolved, or one ConfigError line (an experiment without an entry for
-    the chosen task, a key that does not exist, a value of the wrong type)."""
-    try:
-        cfg = compose_config(overrides)
-        OmegaConf.to_container(cfg, resolve=True)
-    except ConfigError:
-        raise
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{first} (the experiment or task you chose does not cover this combination, or a "
-                          f"key is misspelt)") from None
-    check_added_keys(overrides, cfg)
-    return cfg
 
 
 def precheck(argv: list[str]) -> bool:

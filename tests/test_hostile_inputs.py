@@ -17,12 +17,11 @@ from safetensors.torch import save_file
 
 from analysis.records import load_records
 from analysis.tables import build_table2, to_markdown
-from lora_repro.config import validate
+from lora_repro.config import compose_job, validate
 from lora_repro.data import load_task, read_tsv
 from lora_repro.errors import ConfigError, DataError
 from lora_repro.record import new_record, write_record
 from lora_repro.rundir import RunDirLock
-from lora_repro.train import compose_job
 from lora_repro.trainer import WallClock, resume_point, save_record
 
 from .conftest import TINY, compose_cfg, sentiment_rows, write_sst2_dir

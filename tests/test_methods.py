@@ -6,7 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lora_repro.backbone import build_causal_lm, build_classifier, find_blocks, set_trainable
+from lora_repro.assembly import build
+from lora_repro.backbone import build_classifier, find_blocks
 from lora_repro.config import instantiate_method, validate
 
 from .conftest import TINY, compose_cfg
@@ -26,14 +27,13 @@ SMALL = {"adapter_d": ["method.drop_lowest=1"], "ft_top2": ["method.top_k=1"]}
 
 
 def method_setup(method_name: str, *overrides: str, lm: bool = False):
+    """The model a run would train, built by the trainer's own assembly step: a classifier with its
+    head for SST-2, a language model for E2E (lm=True)."""
     torch.manual_seed(0)
-    cfg = compose_cfg(*TINY, f"method={method_name}", *SMALL.get(method_name, []), *overrides)
-    method = validate(cfg) if not lm else instantiate_method(cfg.method)
-    backbone = build_causal_lm(cfg.model) if lm else build_classifier(cfg.model, cfg.task)
-    model = method.apply(backbone, cfg.model)
-    if not lm:
-        set_trainable(model, list(cfg.model.head_modules))
-    return cfg, method, model
+    task = ["task=e2e", "task.label_smoothing=0.0"] if lm else []
+    cfg = compose_cfg(*TINY, *task, f"method={method_name}", *SMALL.get(method_name, []), *overrides)
+    built = build(cfg, instantiate_method(cfg.method))
+    return cfg, built.method, built.model
 
 
 def classification_batch(n: int = 16, length: int = 12, vocab=(1000, 2000)):
