@@ -97,13 +97,15 @@ def read_tsv(path: Path, task_cfg: Any) -> Dataset:
         else:
             index = {field: int(col) for field, col in columns.items()}
             width = None
+        first_row = True
         for line_no, row in enumerate(reader, start=2 if header is not None else 1):
             if not row or row == [""]:
                 continue
             where = f"{path}:{line_no}"
             if width is None:
                 width = len(row)
-            if max(index.values()) >= len(row) and not tsv.skip_malformed:
+            if header is None and first_row and max(index.values()) >= len(row) and not tsv.skip_malformed:
+                # A headerless file whose first row is too narrow for the layout: most likely another task's files.
                 raise DataError(f"{where}: {len(row)} tab-separated fields, but task {task_cfg.name} reads column "
                                 f"{max(index.values())} (0-based): is {path.parent} the {task_cfg.name} data?")
             if len(row) != width or max(index.values()) >= len(row):
@@ -111,6 +113,7 @@ def read_tsv(path: Path, task_cfg: Any) -> Dataset:
                     skipped += 1
                     continue
                 raise DataError(f"{where}: expected {width} tab-separated fields, got {len(row)}")
+            first_row = False
             for field in fields:
                 rows[field].append(row[index[field]])
             rows["label"].append(_parse_label(row[index["label"]], tsv, task_cfg.kind, where, num_labels))

@@ -126,7 +126,7 @@ def test_adapter_p_post_ln_on_gpt2_is_one_line():
     from lora_repro.errors import ConfigError
 
     with pytest.raises(ConfigError, match="placement post_ln .* needs a post-LN block output .*use method.placement=projection"):
-        validate(compose_cfg(*TINY_GPT2, "task=e2e", "method=adapter_p"))
+        validate(compose_cfg(*TINY_GPT2, "task=e2e", "task.max_length=32", "method=adapter_p"))
 
 
 def adapter_reference(output, down, up, act, hidden, residual, placement):

@@ -75,7 +75,7 @@ def test_weights_report_from_tiny_lora_runs(tmp_path, sst2_dir):
     import pandas as pd
 
     sub = pd.read_csv(tmp_path / "weights" / "subspace.csv")
-    assert set(sub.compare) == {"ranks", "seeds"} and sub.phi_1_1.between(0, 1).all()
+    assert set(sub["compare"]) == {"ranks", "seeds"} and sub.phi_1_1.between(0, 1).all()
     t7 = pd.read_csv(tmp_path / "weights" / "table7.csv")
     assert (t7.delta_norm > 0).all() and (t7.amplification > 0).all()
     spectrum = pd.read_csv(tmp_path / "weights" / "spectrum.csv")
