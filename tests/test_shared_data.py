@@ -25,6 +25,24 @@ def test_official_sst2_tsvs_parse_completely():
     assert set(data.train["label"]) == {0, 1}
 
 
+@pytest.mark.parametrize("task,folder,train,dev,labels", [
+    ("rte", "RTE", 2_490, 277, {0, 1}),
+    ("mrpc", "MRPC", 3_668, 408, {0, 1}),      # its header starts with a UTF-8 byte-order mark
+    ("cola", "CoLA", 8_551, 1_043, {0, 1}),    # no header; dev.tsv has no final newline
+    ("stsb", "STS-B", 5_749, 1_500, None),     # float scores in [0, 5]
+])
+def test_official_glue_tsvs_parse_completely(task, folder, train, dev, labels):
+    path = SHARED / "glue" / folder
+    if not path.is_dir():
+        pytest.skip(f"{path} not present")
+    data = load_task(compose_cfg(f"task={task}", f"task.data_dir={path}").task)
+    assert (len(data.train), len(data.evals["validation"])) == (train, dev)
+    if labels is None:
+        assert 0.0 <= min(data.train["label"]) and max(data.train["label"]) <= 5.0
+    else:
+        assert set(data.train["label"]) == labels
+
+
 def test_minilm_lora_on_official_sst2(tmp_path):
     cfg = compose_cfg(
         "task=sst2", f"task.data_dir={SST2}", "method=lora", "logger.wandb.mode=disabled",
