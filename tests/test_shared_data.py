@@ -53,3 +53,30 @@ def test_minilm_lora_on_official_sst2(tmp_path):
     print(f"SST-2 dev accuracy (MiniLM-L6 + LoRA r=8, 2000 train rows, 1 epoch): {record['metrics']['accuracy']:.4f}")
     assert record["status"] == "ok"
     assert record["metrics"]["accuracy"] > 0.75
+
+
+@pytest.mark.parametrize("task,folder,paper_metrics", [
+    ("rte", "RTE", {"accuracy"}),
+    ("mrpc", "MRPC", {"accuracy", "f1"}),
+    ("cola", "CoLA", {"mcc"}),
+    ("stsb", "STS-B", {"pearson", "spearman"}),
+])
+def test_short_real_run_on_each_glue_task_records_its_paper_metric(tmp_path, task, folder, paper_metrics):
+    """MiniLM-L6 + LoRA, 600 training rows, one epoch, the full dev set: a check that each task runs
+    end to end and is scored with the metric Table 2 reports, not a reproduction of its number."""
+    path = SHARED / "glue" / folder
+    if not path.is_dir():
+        pytest.skip(f"{path} not present")
+    cfg = compose_cfg(f"task={task}", f"task.data_dir={path}", "method=lora", "logger.wandb.mode=disabled",
+                      "task.max_train_samples=600", "task.max_length=64", "train.epochs=1", "train.batch_size=32",
+                      "train.lr=2e-3", "save_checkpoint=false", "train.checkpoint_every=0")
+    record = run(cfg, validate(cfg), tmp_path / "run")
+    metrics = record["metrics"]
+    print(f"{task} dev (MiniLM-L6 + LoRA r=8, 600 train rows, 1 epoch): "
+          + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
+    assert record["status"] == "ok" and paper_metrics <= set(metrics)
+    for name, value in metrics.items():
+        low = -1.0 if name in ("mcc", "pearson", "spearman") else 0.0
+        assert low <= value <= 1.0, (name, value)
+    # No learning threshold: 19 steps do not teach CoLA or STS-B (measured: MCC ~0, Pearson ~0.1);
+    # SST-2 above is the learning check, and #13's protocol the place for real budgets.
