@@ -104,7 +104,10 @@ class LoRA(Method):
         if model_type(model_cfg) in FUSED_QKV_MODEL_TYPES:
             return apply_fused_qkv_lora(model, self, targets)
         available = linear_layer_names(model)
-        missing = [t for t in targets if t not in available]
+        # peft's rule: a target matches a module whose dotted name is it or ends with "." + it, so
+        # "attention.output.dense" (BERT's W_o) selects that projection and not the MLP's "dense".
+        linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"]
+        missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in linear)]
         if missing:
             raise ConfigError(
                 f"LoRA target module(s) {missing} not found in {model_cfg.name}; its linear layers are: "
