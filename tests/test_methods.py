@@ -272,6 +272,14 @@ def test_lora_plus_on_gpt2_groups_the_fused_layers_factors():
             assert lr_of[id(p)] == pytest.approx(1e-3), n
 
 
+def test_lora_targets_match_dotted_suffixes_as_peft_does():
+    """BERT's W_o is attention.output.dense; the MLP's output is also named dense and stays bare."""
+    cfg, _, model = method_setup("lora", "method.target_modules=[attention.output.dense]", "method.r=4")
+    adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in model.named_parameters() if ".lora_A." in n}
+    assert adapted and all(n.endswith("attention.output.dense") for n in adapted)
+    assert len(adapted) == 2  # tiny_bert's 2 layers
+
+
 def test_lora_plus_as_its_authors_train_it():
     """conf/method/lora_plus_authors.yaml: RoBERTa's classifier.dense frozen, no weight decay."""
     from lora_repro.assembly import build

@@ -28,7 +28,7 @@ from .conftest import TINY, write_sst2_dir
 from .test_methods import TINY_ROBERTA
 
 STUDIES = ["demo", "demo_e2e", "efficiency", "loraplus_ratio", "mini", "param_counts", "rank_sweep",
-           "table2_glue", "table3_e2e"]
+           "table2_glue", "table3_e2e", "table5_targets"]
 
 
 def test_every_study_is_there_and_plans_for_every_choice_of_its_params():
