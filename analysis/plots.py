@@ -24,7 +24,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .records import Records, main_score  # noqa: E402
-from .tables import PAPER_DIR, task_metric  # noqa: E402
+from .records import task_metric  # noqa: E402
+from .tables import PAPER_DIR  # noqa: E402
 
 
 def save(fig, path: Path) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lora_repro.record import RECORD_NAME, iter_records, read_record
+from lora_repro.record import RECORD_NAME, iter_records, read_run_record
 
 
 # The metric the papers report per task (x100 in the tables): MNLI matched accuracy, MCC for CoLA,
@@ -117,13 +117,8 @@ def load_run_dirs(run_dirs: list[Path], labels: list[dict] | None = None) -> Rec
         if not path.is_file():
             missing.append(str(folder))
             continue
-        try:
-            record = read_record(path)
-            if not isinstance(record, dict) or "status" not in record:
-                raise ValueError("not a run record (no status)")
-            items.append((path, record, "", labels[index] if labels else {}))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            items.append((path, None, " ".join(str(exc).split())[:200]))
+        record, why = read_run_record(path)
+        items.append((path, record, why, labels[index] if labels else {}))
     records = collect(items)
     records.missing = missing
     return records

@@ -31,8 +31,8 @@ from lora_repro.study import PROJECT_ROOT, load_study, results_dir, split_args
 
 from .plots import make_plots, scores
 from .records import Records, load_records, load_study_records
-from .table3 import E2E_METRICS, SCALE, build_table3, published_table3, table3_markdown
-from .tables import build_table2, millions, to_markdown
+from .table3 import E2E_METRICS, SCALE, published_table3
+from .tables import millions, write_table2, write_table3
 
 # The published row the offline E2E demo is set beside (Table 3, GPT-2 M + LoRA).
 E2E_REFERENCE_ROW = ("gpt2_medium", "lora")
@@ -155,20 +155,12 @@ def build(name: str, args: list[str]) -> list[Path]:
 
 
 def _table2(records: Records, out: Path) -> list[Path]:
-    table = build_table2(records)
-    table.to_csv(out / "table2.csv", index=False)
-    text = to_markdown(table, records)
-    (out / "table2.md").write_text(text)
-    print(text)
+    print(write_table2(records, out))
     return [out / "table2.md", out / "table2.csv"]
 
 
 def _table3(records: Records, out: Path) -> list[Path]:
-    table = build_table3(records)
-    table.to_csv(out / "table3.csv", index=False)
-    text = table3_markdown(table)
-    (out / "table3.md").write_text(text)
-    print(text)
+    print(write_table3(records, out))
     return [out / "table3.md", out / "table3.csv"]
 
 
@@ -191,10 +183,9 @@ def _e2e_vs_paper(records: Records, out: Path) -> list[Path]:
 
 
 def _weights(records: Records, out: Path) -> list[Path]:
-    from .weights import analyse, load_runs
+    from .weights import analyse_records
 
-    folders = [Path(p) for p in records.ok.path] if not records.ok.empty else []
-    return analyse(load_runs(folders), out / "weights")
+    return analyse_records(records, out / "weights")
 
 
 BUILDERS = {"table2": _table2, "table3": _table3, "weights": _weights, "plots": _plots, "method_table": _method_table,

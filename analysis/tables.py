@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .records import DEFAULT_METRIC, TABLE2_METRIC, Records, load_records, main_score, task_metric  # noqa: F401
+from .records import Records, main_score
 from .table3 import build_table3, table3_markdown
 
 PAPER_DIR = Path(__file__).resolve().parent / "paper"
@@ -135,18 +135,28 @@ def to_markdown(table: pd.DataFrame, records: Records) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_tables(records: Records, out: Path) -> str:
-    """results/table2.{md,csv} and table3.{md,csv}; returns both markdown texts."""
-    out.mkdir(parents=True, exist_ok=True)
+def write_table2(records: Records, out: Path) -> str:
+    """out/table2.{md,csv}; returns the markdown."""
     table = build_table2(records)
     table.to_csv(out / "table2.csv", index=False)
     text = to_markdown(table, records)
     (out / "table2.md").write_text(text)
-    table3 = build_table3(records)
-    table3.to_csv(out / "table3.csv", index=False)
-    text3 = table3_markdown(table3)
-    (out / "table3.md").write_text(text3)
-    return text + "\n" + text3
+    return text
+
+
+def write_table3(records: Records, out: Path) -> str:
+    """out/table3.{md,csv}; returns the markdown."""
+    table = build_table3(records)
+    table.to_csv(out / "table3.csv", index=False)
+    text = table3_markdown(table)
+    (out / "table3.md").write_text(text)
+    return text
+
+
+def write_tables(records: Records, out: Path) -> str:
+    """results/table2.{md,csv} and table3.{md,csv}; returns both markdown texts."""
+    out.mkdir(parents=True, exist_ok=True)
+    return write_table2(records, out) + "\n" + write_table3(records, out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -333,27 +333,20 @@ def spectrum_plot(sp: pd.DataFrame, out: Path) -> Path:
     return path
 
 
+def analyse_records(records, out: Path) -> list[Path]:
+    """analyse() over the finished runs of a Records set (a study's or a runs folder's)."""
+    folders = [Path(p) for p in records.ok.path] if not records.ok.empty else []
+    return analyse(load_runs(folders), out)
+
+
 def main(argv: list[str] | None = None) -> int:
-    from lora_repro.study import load_study, plan, results_dir, split_args
+    from .study import source_arguments, source_records
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("runs_dir", nargs="?", default=None)
-    parser.add_argument("--study", default=None)
-    parser.add_argument("--out", default=None)
+    source_arguments(parser)
     args, rest = parser.parse_known_args(argv)
-    if args.study and args.runs_dir:
-        raise SystemExit("error: give a runs folder (RUNS=) or a study (STUDY=), not both")
-    if args.study:
-        assignments, extra = split_args(args.study, rest)
-        folders = [r.run_dir for r in plan(load_study(args.study, assignments), extra)]
-        out = Path(args.out or results_dir(args.study) / "weights")
-    else:
-        root = Path(args.runs_dir or "outputs")
-        if not root.is_dir():
-            raise SystemExit(f"error: runs folder {root} does not exist")
-        folders = [p.parent for p in sorted(root.rglob(RECORD_NAME))]
-        out = Path(args.out or "results/weights")
-    for path in analyse(load_runs(folders), out):
+    records, out = source_records(args, rest)
+    for path in analyse_records(records, out / "weights"):
         print(f"wrote {path}")
     return 0
 

@@ -75,7 +75,6 @@ def compose_job(overrides: list[str]) -> DictConfig:
     return cfg
 
 
-
 def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 

@@ -78,18 +78,21 @@ def new_record(**known: Any) -> RunRecord:
     return RunRecord(**values)  # type: ignore[typeddict-item]
 
 
+def read_run_record(path: str | Path) -> tuple[dict | None, str]:
+    """(record, "") or (None, why) where the file is not readable JSON or not a run record."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(record, dict) or "status" not in record:
+            raise ValueError("not a run record (no status)")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return None, " ".join(str(exc).split())[:200]
+    return record, ""
+
+
 def iter_records(root: str | Path):
-    """(path, record or None, why) for every record.json under `root`; None where it is not readable
-    JSON or not a run record, with the reason."""
+    """(path, record or None, why) for every record.json under `root`."""
     for path in sorted(Path(root).rglob(RECORD_NAME)):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(record, dict) or "status" not in record:
-                raise ValueError("not a run record (no status)")
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            yield path, None, " ".join(str(exc).split())[:200]
-            continue
-        yield path, record, ""
+        yield path, *read_run_record(path)
 
 
 def show_progress() -> bool:

@@ -120,9 +120,8 @@ def _init_from_path(cfg: Any, value: Any) -> Path:
     runs = Path(str(cfg.output_root)) / RUNS_DIR / str(value) / cfg.model.name / cfg.method.name
     done = []
     for record_path in sorted(runs.glob(f"*_seed{cfg.seed}/{RECORD_NAME}")):
-        record = existing_record(record_path.parent)
         weights = record_path.parent / CHECKPOINT_FILE
-        if record and record.get("status") == "ok" and weights.is_file():
+        if finished_record(record_path.parent) and weights.is_file():
             done.append(weights)
     if not done:
         raise ConfigError(f"init_from={value}: no finished {value} run of {cfg.model.name} + {cfg.method.name} "
@@ -130,6 +129,12 @@ def _init_from_path(cfg: Any, value: Any) -> Path:
     if len(done) > 1:
         raise ConfigError(f"init_from={value}: {len(done)} finished runs match under {runs}; name one run folder instead")
     return done[0]
+
+
+def finished_record(run_dir: Path) -> dict | None:
+    """The folder's record when its run finished ok (a re-run skips it unless overwrite=true)."""
+    record = existing_record(run_dir)
+    return record if record and record.get("status") == "ok" else None
 
 
 def existing_record(run_dir: Path) -> dict | None:

@@ -43,7 +43,7 @@ from . import PROJECT_ROOT
 from .config import compose_config, compose_job, instantiate_method
 from .errors import ConfigError
 from .record import iter_records
-from .rundir import existing_record, run_dir
+from .rundir import finished_record, run_dir
 
 # The studies: the project's experiments/ (LORA_REPRO_EXPERIMENTS names another folder of studies).
 EXPERIMENTS_DIR = Path(os.environ.get("LORA_REPRO_EXPERIMENTS", PROJECT_ROOT / "experiments")).resolve()
@@ -194,10 +194,9 @@ def plan(study: Study, extra: list[str]) -> list[PlannedRun]:
                 for seed in study.seeds():
                     cfg.seed = seed
                     folder = run_dir(cfg)
-                    record = existing_record(folder)
                     runs.append(PlannedRun([*overrides, f"seed={seed}"], folder, cfg.model.name, cfg.method.name,
                                            cfg.task.name, samples, data_ok,
-                                           bool(record and record.get("status") == "ok" and not cfg.overwrite),
+                                           bool(finished_record(folder) and not cfg.overwrite),
                                            (index, variant_name), dict(zip(keys, values)), experiment, setting))
     return runs
 

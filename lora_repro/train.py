@@ -22,7 +22,7 @@ from . import CONF_DIR
 from .config import check_group_overrides, compose_job, validate
 from .errors import ConfigError, RecordNotWritten, one_line
 from .record import RECORD_NAME
-from .rundir import RunDirLock, check_writable, existing_record, register_resolvers
+from .rundir import RunDirLock, check_writable, finished_record, register_resolvers
 
 log = logging.getLogger("lora_repro")
 register_resolvers()
@@ -75,8 +75,8 @@ def _main(cfg: DictConfig) -> float | None:
         method = validate(cfg)
     except ConfigError as exc:
         return config_failure(cfg, run_dir, exc)
-    done = existing_record(run_dir)
-    if done and done.get("status") == "ok" and not cfg.overwrite:
+    done = finished_record(run_dir)
+    if done and not cfg.overwrite:
         log.info("already done (status ok), skipping: %s  [overwrite=true re-runs it]", run_dir)
         return (done.get("metrics") or {}).get(cfg.task.main_metric)
     experiment = HydraConfig.get().runtime.choices.get("experiment")
@@ -161,8 +161,7 @@ def precheck(argv: list[str]) -> bool:
             continue  # a job that fails validation is recorded as failed and the sweep goes on
         validate(cfg)
         folder = run_dir(cfg)
-        done = existing_record(folder)
-        if done and done.get("status") == "ok" and not cfg.overwrite:
+        if finished_record(folder) and not cfg.overwrite:
             print(f"already done (status ok), skipping: {folder}  [overwrite=true re-runs it]")
             return False
     return True

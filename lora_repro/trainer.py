@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -31,6 +32,7 @@ from .record import (CHECKPOINT_FILE, TRAINABLE_FILE, LiveTensorBytes, PeakMemor
 from .rundir import readable_safetensors, resolve_init_from
 
 log = logging.getLogger(__name__)
+TRAINER_DIR = "trainer"  # the Trainer's resumable checkpoints inside a run folder
 
 def run_name(cfg: DictConfig) -> str:
     return f"{cfg.task.name}-{cfg.model.name}-{cfg.method.name}-seed{cfg.seed}"
@@ -181,7 +183,7 @@ def training_arguments(cfg: DictConfig, run_dir: Path, report_to: list[str], eva
     save = {"save_strategy": "no"} if not every else (
         {"save_strategy": "epoch"} if every == "epoch" else {"save_strategy": "steps", "save_steps": int(every)})
     return TrainingArguments(
-        output_dir=str(run_dir / "trainer"),
+        output_dir=str(run_dir / TRAINER_DIR),
         per_device_train_batch_size=int(train.batch_size),
         per_device_eval_batch_size=int(train.eval_batch_size),
         gradient_accumulation_steps=int(train.grad_accum),
@@ -294,6 +296,11 @@ def make_trainer(cfg: DictConfig, built: Built, data: Any, tokenizer: Any, optim
     )
 
 
+def checkpoint_step(folder: Path) -> int:
+    """The optimizer step a Trainer checkpoint folder (checkpoint-<step>) was saved at."""
+    return int(folder.name.split("-")[-1])
+
+
 def checkpoint_problem(folder: Path) -> str | None:
     """Why a Trainer checkpoint folder cannot be resumed from (None: it is complete). A save cut
     short (a full disk, a kill during the write) leaves a folder with missing or truncated files."""
@@ -319,14 +326,14 @@ def checkpoint_problem(folder: Path) -> str | None:
 def resume_point(cfg: DictConfig, run_dir: Path) -> str | None:
     """The newest complete checkpoint of this run folder; incomplete newer ones are named and
     skipped (a re-run of the same command then recovers). With resume=false all are discarded."""
-    checkpoint_root = run_dir / "trainer"
+    checkpoint_root = run_dir / TRAINER_DIR
     if not checkpoint_root.is_dir():
         return None
     if not cfg.resume:
         shutil.rmtree(checkpoint_root, ignore_errors=True)
         return None
     folders = sorted((p for p in checkpoint_root.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-                     key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+                     key=checkpoint_step, reverse=True)
     for folder in folders:
         problem = checkpoint_problem(folder)
         if problem is None:
@@ -378,7 +385,7 @@ def run(cfg: DictConfig, method: Method, run_dir: str | Path, experiment: str | 
             record["optimizer_groups"] = [vars(g) for g in groups]
             wandb_run = WandbRun(cfg, run_dir) if main_process else None
             last = resume_point(cfg, run_dir)
-            record["resumed_from_step"] = int(Path(last).name.split("-")[-1]) if last else None
+            record["resumed_from_step"] = checkpoint_step(Path(last)) if last else None
             clock.prior_s = WallClock.prior(last)
             tensors = TensorMemory(built.model)
             trainer = make_trainer(cfg, built, data, tokenizer, optimizer, run_dir,
@@ -394,7 +401,7 @@ def run(cfg: DictConfig, method: Method, run_dir: str | Path, experiment: str | 
                      record["trainable_sha256"])
             record["checkpoint_bytes"] = save_trainable(state, run_dir, main_process and bool(cfg.save_checkpoint))
             if main_process:
-                shutil.rmtree(run_dir / "trainer", ignore_errors=True)  # resumable state is no longer needed
+                shutil.rmtree(run_dir / TRAINER_DIR, ignore_errors=True)  # resumable state is no longer needed
         record["status"] = "ok"
     except BaseException as exc:
         record["status"] = "failed"
@@ -419,8 +426,6 @@ def save_record(run_dir: Path, record: RunRecord) -> None:
     """Write the record; if that fails while an exception is already on its way out, mark that
     exception (`record_written = False`) instead of hiding it, so the caller never claims the
     failure was recorded."""
-    import sys
-
     in_flight = sys.exc_info()[1]
     try:
         write_record(run_dir, record)

@@ -24,7 +24,7 @@ from lora_repro.record import new_record, write_record
 from lora_repro.rundir import RunDirLock
 from lora_repro.trainer import WallClock, resume_point, save_record
 
-from .conftest import TINY, compose_cfg, sentiment_rows, write_sst2_dir
+from .conftest import TINY, compose_cfg, write_sst2_dir
 
 
 def tsv(path: Path, lines: list[str], encoding_prefix: bytes = b"") -> Path:
