@@ -40,6 +40,7 @@ class Records:
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
     missing: list[str] = field(default_factory=list)                 # planned runs with no record yet (studies)
     no_score: list[tuple[str, str]] = field(default_factory=list)    # ok runs whose main metric is NaN/absent
+    failed_labels: list[dict] = field(default_factory=list)          # a study's labels of each failed run
 
     def summary(self) -> str:
         lines = [f"{len(self.ok)} ok runs, {len(self.failed)} failed, {len(self.unreadable)} unreadable"
@@ -82,17 +83,19 @@ def flatten(record: dict, path: Path) -> dict:
 def collect(items) -> Records:
     """Items are (path, record or None, why) or (path, record, why, labels): `labels` replace the
     record's own (a study's plan says under which recipe it counts a shared run)."""
-    rows, failed, unreadable = [], [], []
+    rows, failed, unreadable, failed_labels = [], [], [], []
     for path, record, why, *labels in items:
         if record is None:
             unreadable.append((str(path), why))
         elif record["status"] != "ok":
             failed.append((str(path), record.get("error") or record["status"]))
+            failed_labels.append({"path": str(path.parent), "seed": record.get("seed"), **(labels[0] if labels else {})})
         else:
             rows.append({**flatten(record, path), **(labels[0] if labels else {})})
     no_score = [(row["path"], f"{task_metric(row['task'])} is "
                  f"{row.get('metric.' + task_metric(row['task']), 'absent')}") for row in rows if main_score(row) is None]
-    return Records(ok=pd.DataFrame(rows), failed=failed, unreadable=unreadable, no_score=no_score)
+    return Records(ok=pd.DataFrame(rows), failed=failed, unreadable=unreadable, no_score=no_score,
+                   failed_labels=failed_labels)
 
 
 def check_runs_dir(root: str | Path) -> Path:
@@ -129,13 +132,23 @@ def load_study_records(name: str, assignments: dict[str, str] | None = None, ext
     read from their canonical folders; a run planned by two studies counts in both."""
     from lora_repro.study import load_study, param_choices, plan
 
-    planned = []
+    planned = []  # (params, run)
     for choice in param_choices(name):
         if assignments and any(choice.get(k) != v for k, v in assignments.items() if k in choice):
             continue
-        planned += plan(load_study(name, {**choice, **(assignments or {})}), list(extra or []))
+        study = load_study(name, {**choice, **(assignments or {})})
+        planned += [(study.params, r) for r in plan(study, list(extra or []))]
     if assignments and not planned:  # a param value outside the listed choices
-        planned = plan(load_study(name, assignments), list(extra or []))
-    unique = {(r.run_dir, r.experiment): r for r in planned if r.data_ok}
-    labels = [{"experiment": r.experiment or "-", "paper_setting": r.paper_setting} for r in unique.values()]
-    return load_run_dirs([r.run_dir for r in unique.values()], labels)
+        study = load_study(name, assignments)
+        planned = [(study.params, r) for r in plan(study, list(extra or []))]
+    # A tuned study's final runs still waiting for their setting have no folder yet: missing.
+    waiting = [f"{' '.join(r.overrides)} (waits for its variant's choice)" for _, r in planned
+               if r.run_dir is None and r.data_ok]
+    unique = {(r.run_dir, r.experiment): (params, r) for params, r in planned if r.data_ok and r.run_dir is not None}
+    # Labels: the recipe and published rows the plan counts it under, its variant (arm) and role,
+    # and the study's params (a study with several choices, e.g. claims' scale, reads them apart).
+    labels = [{"experiment": r.experiment or "-", "paper_setting": r.paper_setting, "arm": r.group[1], "role": r.role,
+               **{f"param.{k}": v for k, v in params.items()}} for params, r in unique.values()]
+    records = load_run_dirs([r.run_dir for _, r in unique.values()], labels)
+    records.missing += waiting
+    return records

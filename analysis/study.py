@@ -27,7 +27,7 @@ import pandas as pd
 
 from lora_repro.errors import ConfigError
 from lora_repro.record import RECORD_NAME, read_record
-from lora_repro.study import PROJECT_ROOT, load_study, results_dir, split_args
+from lora_repro.study import PROJECT_ROOT, Study, load_study, results_dir, split_args
 
 from .plots import make_plots, scores
 from .records import Records, load_records, load_study_records
@@ -148,47 +148,60 @@ def build(name: str, args: list[str]) -> list[Path]:
     if unknown:
         raise SystemExit(f"error: experiments/{name}/study.yaml asks for results {unknown}; known: {', '.join(BUILDERS)}")
     for item in dict.fromkeys(BUILDERS[w] for w in wanted):
-        written += item(records, out)
+        written += item(records, out, study)
     (out / "summary.json").write_text(json.dumps(summary(name, study.params, records), indent=2) + "\n")
     print(records.summary())
     return written + [out / "summary.json"]
 
 
-def _table2(records: Records, out: Path) -> list[Path]:
+def _table2(records: Records, out: Path, study: Study) -> list[Path]:
     print(write_table2(records, out))
     return [out / "table2.md", out / "table2.csv"]
 
 
-def _table3(records: Records, out: Path) -> list[Path]:
+def _table3(records: Records, out: Path, study: Study) -> list[Path]:
     print(write_table3(records, out))
     return [out / "table3.md", out / "table3.csv"]
 
 
-def _plots(records: Records, out: Path) -> list[Path]:
+def _plots(records: Records, out: Path, study: Study) -> list[Path]:
     return make_plots(records, out / "plots")
 
 
-def _method_table(records: Records, out: Path) -> list[Path]:
+def _method_table(records: Records, out: Path, study: Study) -> list[Path]:
     text = method_table(records)
     (out / "methods.md").write_text(text)
     print(text)
     return [out / "methods.md"]
 
 
-def _e2e_vs_paper(records: Records, out: Path) -> list[Path]:
+def _e2e_vs_paper(records: Records, out: Path, study: Study) -> list[Path]:
     text = e2e_vs_paper(records)
     (out / "e2e_vs_paper.md").write_text(text)
     print(text)
     return [out / "e2e_vs_paper.md"]
 
 
-def _weights(records: Records, out: Path) -> list[Path]:
+def _weights(records: Records, out: Path, study: Study) -> list[Path]:
     from .weights import analyse_records
 
     return analyse_records(records, out / "weights")
 
 
-BUILDERS = {"table2": _table2, "table3": _table3, "weights": _weights, "plots": _plots, "method_table": _method_table,
+def _claims(records: Records, out: Path, study: Study) -> list[Path]:
+    """results/<scale>/claims.md etc. for each scale that has runs (analysis/claims.py)."""
+    from .claims import build_report
+
+    written = []
+    scales = sorted(set(records.ok["param.scale"])) if not records.ok.empty and "param.scale" in records.ok else []
+    for scale in scales:
+        seeds = len(load_study(study.name, {"scale": scale}).seeds())
+        written += build_report(records, out / scale, scale, seeds)
+        print((out / scale / "verdicts.md").read_text())
+    return written
+
+
+BUILDERS = {"claims": _claims, "table2": _table2, "table3": _table3, "weights": _weights, "plots": _plots, "method_table": _method_table,
             "e2e_vs_paper": _e2e_vs_paper}
 
 

@@ -266,7 +266,7 @@ def check_task_config(task_cfg: Any) -> None:
     if not _is_int(task_cfg.max_length) or task_cfg.max_length < MIN_MAX_LENGTH:
         raise ConfigError(f"task.max_length must be an integer >= {MIN_MAX_LENGTH} (room for the special tokens), "
                           f"got {task_cfg.max_length!r}")
-    for key in ("max_train_samples", "max_eval_samples"):
+    for key in ("max_train_samples", "max_eval_samples", "heldout_rows"):
         value = task_cfg.get(key)
         if value is not None and (not _is_int(value) or value <= 0):
             raise ConfigError(f"task.{key} must be a positive integer, or null for every row; got {value!r}")
@@ -288,15 +288,34 @@ def check_task_config(task_cfg: Any) -> None:
             raise ConfigError(f"{path} is empty")
 
 
+HELDOUT_SPLIT = "heldout"
+
+
+def carve_heldout(data: TaskData, rows: int) -> None:
+    """Move `rows` training rows (a fixed shuffle, seed 0, the same for every run seed) into an
+    evaluation split of their own, so hyper-parameters can be chosen on training data and the dev
+    set stays untouched for reporting (experiments/claims)."""
+    if HELDOUT_SPLIT in data.evals:
+        raise ConfigError(f"task.heldout_rows: the task already has a split named {HELDOUT_SPLIT!r}")
+    if rows >= len(data.train):
+        raise DataError(f"task.heldout_rows={rows} leaves no training rows (the train split has {len(data.train)})")
+    shuffled = data.train.shuffle(seed=0)
+    data.evals[HELDOUT_SPLIT] = shuffled.select(range(rows))
+    data.train = shuffled.select(range(rows, len(shuffled)))
+
+
 def load_task(task_cfg: Any) -> TaskData:
-    """Local TSVs when `task.data_dir` is set, the task's own loader otherwise; then subsample."""
+    """Local TSVs when `task.data_dir` is set, the task's own loader otherwise; then the held-out
+    slice is carved from the training rows, and the rest subsampled."""
     data = load_from_dir(task_cfg) if task_cfg.data_dir is not None else LOADERS[task_cfg.loader](task_cfg)
+    if task_cfg.get("heldout_rows"):
+        carve_heldout(data, int(task_cfg.heldout_rows))
     if task_cfg.max_train_samples:
         n = min(int(task_cfg.max_train_samples), len(data.train))
         data.train = data.train.shuffle(seed=0).select(range(n))
-    if task_cfg.max_eval_samples:
+    if task_cfg.max_eval_samples:  # the dev splits only: the held-out slice has its own size
         data.evals = {
-            k: ds.shuffle(seed=0).select(range(min(int(task_cfg.max_eval_samples), len(ds))))
+            k: ds if k == HELDOUT_SPLIT else ds.shuffle(seed=0).select(range(min(int(task_cfg.max_eval_samples), len(ds))))
             for k, ds in data.evals.items()
         }
     return data

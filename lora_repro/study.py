@@ -11,6 +11,7 @@ A study.yaml (every key optional but `description`):
     params: {model: [roberta_base, roberta_large]}  # choices; the first is the default. `model=X` on the
                                                     # command line picks one; ${params.model} reads it
     paper_rows: {roberta_base: [...], ...}          # a lookup for interpolations: ${paper_rows.${params.model}}
+    lookup: {...}                                   # any other lookup table for interpolations
     common: [model=${params.model}, ...]            # overrides of every run
     variants: {name: [overrides], ...}              # alternatives, each crossed with grid and seeds
     grid: {key: [values], ...}                      # crossed (a Hydra sweep)
@@ -19,6 +20,16 @@ A study.yaml (every key optional but `description`):
     train_sizes: {task: rows}                       # for the cost estimate
     results: [table2, plots, ...]                   # what analysis.study builds into results/
     command: "lora_repro.bench out_dir={results}"   # instead of runs: a tool that writes results/
+    tune:                                           # choose one setting per variant on held-out TRAINING rows
+      key: train.lr                                 #   the override chosen
+      values: {lora: [5.0e-4, 1.0e-3], ...}         #   candidates per method, each run with the first seed
+      share: {lora_r1: lora}                        #   variants that take another variant's choice
+      split: heldout                                #   the split whose main metric decides (task.heldout_rows)
+
+With `tune`, the candidates run first (first seed); the best by the held-out split's final main
+metric (ties: the earlier candidate; failed runs lose) is the variant's choice, and the other seeds
+run with it. The chosen candidate's run is also that seed's final run: the reported dev split never
+enters the choice.
 
 Every run lands in its canonical run folder (lora_repro.rundir.run_dir), so a finished run is
 skipped, an interrupted one resumes, and runs are shared by every study that plans them. The
@@ -43,14 +54,15 @@ from . import PROJECT_ROOT
 from .config import compose_config, compose_job, instantiate_method
 from .errors import ConfigError
 from .record import iter_records
-from .rundir import finished_record, run_dir
+from .rundir import existing_record, finished_record, run_dir
 
 # The studies: the project's experiments/ (LORA_REPRO_EXPERIMENTS names another folder of studies).
 EXPERIMENTS_DIR = Path(os.environ.get("LORA_REPRO_EXPERIMENTS", PROJECT_ROOT / "experiments")).resolve()
 STUDY_FILE = "study.yaml"
 RESULTS_DIR = "results"
-KNOWN_KEYS = {"description", "cost", "params", "paper_rows", "common", "variants", "grid", "seeds", "first",
-              "train_sizes", "results", "command"}
+KNOWN_KEYS = {"description", "cost", "params", "paper_rows", "lookup", "common", "variants", "grid", "seeds", "first",
+              "train_sizes", "results", "command", "tune"}
+TUNE_KEYS = {"key", "values", "share", "split"}
 
 
 def study_names() -> list[str]:
@@ -82,6 +94,14 @@ class Study:
 
     def common(self) -> list[str]:
         return [str(o) for o in self.spec.get("common") or []]
+
+    def tune(self) -> "Tune | None":
+        spec = self.spec.get("tune")
+        if not spec:
+            return None
+        return Tune(key=str(spec["key"]), split=str(spec.get("split") or "heldout"),
+                    values={m: [str(v) for v in vs] for m, vs in (spec.get("values") or {}).items()},
+                    share={str(k): str(v) for k, v in (spec.get("share") or {}).items()})
 
     def phases(self) -> list[dict[str, list[str]]]:
         """The grid split into phases: the `first` values, then the rest."""
@@ -132,9 +152,29 @@ def load_study(name: str, assignments: dict[str, str] | None = None) -> Study:
     return Study(name, resolved, params)
 
 
+@dataclass
+class Tune:
+    key: str                        # the override chosen, e.g. train.lr
+    split: str                      # the evaluation split whose main metric decides
+    values: dict[str, list[str]]    # method name -> candidates
+    share: dict[str, str]           # variant -> the variant whose choice it takes
+
+
 def check_shape(name: str, spec: dict[str, Any]) -> None:
     """The types study.yaml's keys must have, checked before anything is planned."""
     where = f"experiments/{name}/{STUDY_FILE}"
+    tune = spec.get("tune")
+    if tune is not None:
+        if not isinstance(tune, dict) or not tune.get("key") or sorted(set(tune) - TUNE_KEYS):
+            raise ConfigError(f"{where}: tune must be a mapping with key, values, share, split; got {tune!r}")
+        values = tune.get("values") or {}
+        if not isinstance(values, dict) or not all(isinstance(v, list) and v for v in values.values()):
+            raise ConfigError(f"{where}: tune.values must map method names to non-empty lists, got {values!r}")
+        variants = set(spec.get("variants") or {})
+        for variant, source in (tune.get("share") or {}).items():
+            if variant not in variants or source not in variants or source in (tune.get("share") or {}):
+                raise ConfigError(f"{where}: tune.share.{variant}: {source!r} must name a variant that is tuned "
+                                  f"itself (variants: {', '.join(sorted(variants))})")
     for key in ("common", "first", "results"):
         if not isinstance(spec.get(key) or [], list):
             raise ConfigError(f"{where}: {key} must be a list, got {spec[key]!r}")
@@ -156,7 +196,7 @@ def param_choices(name: str) -> list[dict[str, str]]:
 @dataclass
 class PlannedRun:
     overrides: list[str]
-    run_dir: Path
+    run_dir: Path | None      # None: a final run whose tuned setting is not chosen yet
     model: str
     method: str
     task: str
@@ -167,6 +207,8 @@ class PlannedRun:
     values: dict[str, str]    # its grid values
     experiment: str | None    # the recipe (conf/experiment) this study plans it under
     paper_setting: str        # the published rows it compares with (config's, else the method's)
+    role: str = "run"         # "run"; with `tune`: "tune" (a candidate not chosen, or not yet) or "final"
+    tuned: str | None = None  # the tuned key's value this run uses
 
 
 def plan(study: Study, extra: list[str]) -> list[PlannedRun]:
@@ -176,9 +218,14 @@ def plan(study: Study, extra: list[str]) -> list[PlannedRun]:
         return []
     runs = []
     sizes = study.spec.get("train_sizes") or {}
+    tune = study.tune()
+    choices: dict[tuple, str | None] = {}  # (variant, grid values) -> chosen value (None: not yet)
+    variants = study.variants()
+    if tune is not None:  # variants that tune themselves first, so the sharing ones find the choice
+        variants = dict(sorted(variants.items(), key=lambda item: item[0] in tune.share))
     for index, phase in enumerate(study.phases()):
         keys = list(phase)
-        for variant_name, variant in study.variants().items():
+        for variant_name, variant in variants.items():
             for values in itertools.product(*phase.values()):
                 overrides = [*study.common(), *variant, *(f"{k}={v}" for k, v in zip(keys, values)), *extra]
                 try:  # a bad override, key or experiment/task pair: one line, before anything runs
@@ -191,6 +238,12 @@ def plan(study: Study, extra: list[str]) -> list[PlannedRun]:
                 experiment = next((o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("experiment=")), None)
                 setting = cfg.get("paper_setting") or instantiate_method(cfg.method).paper_setting
                 data_ok = cfg.task.data_dir is None or Path(str(cfg.task.data_dir)).expanduser().is_dir()
+                if tune is not None:
+                    common = dict(model=cfg.model.name, method=cfg.method.name, task=cfg.task.name, samples=samples,
+                                  data_ok=data_ok, group=(index, variant_name), values=dict(zip(keys, values)),
+                                  experiment=experiment, paper_setting=setting)
+                    runs += tuned_runs(study, tune, overrides, cfg, variant_name, choices, common)
+                    continue
                 for seed in study.seeds():
                     cfg.seed = seed
                     folder = run_dir(cfg)
@@ -199,6 +252,57 @@ def plan(study: Study, extra: list[str]) -> list[PlannedRun]:
                                            bool(finished_record(folder) and not cfg.overwrite),
                                            (index, variant_name), dict(zip(keys, values)), experiment, setting))
     return runs
+
+
+def tuned_runs(study: Study, tune: Tune, overrides: list[str], cfg: DictConfig, variant: str,
+               choices: dict[tuple, str | None], common: dict[str, Any]) -> list[PlannedRun]:
+    """The runs of one variant (at one set of grid values) of a tuned study: its candidates with
+    the first seed, then the other seeds with the chosen value (placeholders while undecided); a
+    sharing variant runs every seed with its source's choice."""
+    seeds = study.seeds()
+    grid_key = (tuple(sorted(common["values"].items())),)
+    source = tune.share.get(variant)
+
+    def run(value: str, seed: int, role: str) -> PlannedRun:
+        job = [*overrides, f"{tune.key}={value}"]
+        folder = None
+        if value is not None:
+            try:
+                job_cfg = compose_job([*job, f"study={study.name}", f"seed={seed}"])
+            except ConfigError as exc:
+                raise ConfigError(f"study {study.name}, variant {variant}: {exc}") from None
+            folder = run_dir(job_cfg)
+        done = bool(folder and finished_record(folder) and not cfg.overwrite)
+        return PlannedRun([*job, f"seed={seed}"], folder, done=done, role=role, tuned=value, **common)
+
+    if source is not None:
+        chosen = choices.get((source, *grid_key))
+        return [run(chosen, seed, "final") for seed in seeds]
+    candidates = tune.values.get(cfg.method.name)
+    if not candidates:
+        raise ConfigError(f"experiments/{study.name}/{STUDY_FILE}: tune.values has no candidates for method "
+                          f"{cfg.method.name} (variant {variant}); add them, or share another variant's choice")
+    trials = [run(value, seeds[0], "tune") for value in candidates]
+    chosen = choose(trials, f"{tune.split}_{cfg.task.main_metric}")
+    choices[(variant, *grid_key)] = chosen
+    for trial in trials:
+        trial.role = "final" if trial.tuned == chosen else "tune"
+    return trials + [run(chosen, seed, "final") for seed in seeds[1:]]
+
+
+def choose(trials: list[PlannedRun], metric: str) -> str | None:
+    """The candidate whose run scored best on `metric` (its final evaluation); None until every
+    candidate has a record. A failed run, or one without the metric, never wins; if all failed,
+    there is no choice and the variant's other seeds do not run."""
+    scores = []
+    for trial in trials:
+        record = existing_record(trial.run_dir)
+        if record is None or record.get("status") not in ("ok", "failed", "unreadable"):
+            return None  # still to run (or running)
+        value = (record.get("metrics") or {}).get(metric) if record.get("status") == "ok" else None
+        scores.append(float(value) if isinstance(value, (int, float)) and value == value else float("-inf"))
+    best = max(range(len(trials)), key=lambda i: (scores[i], -i))
+    return trials[best].tuned if scores[best] > float("-inf") else None
 
 
 def _samples(cfg: DictConfig, sizes: dict[str, Any]) -> float:
@@ -228,11 +332,17 @@ def describe(study: Study, runs: list[PlannedRun], throughput: dict[tuple[str, s
     if study.is_command:
         return "\n".join(lines + [f"runs `python -m {command_line(study)}`; expected cost: {study.spec.get('cost', 'unknown')}"])
     no_data = [r for r in runs if not r.data_ok]
+    waiting = [r for r in runs if r.run_dir is None and r.data_ok]
     pending = [r for r in runs if not r.done and r.data_ok]
     done = sum(r.done for r in runs)
     lines.append(f"{len(runs)} runs planned: {done} already done (skipped), {len(pending)} to run"
                  + (f", {len(no_data)} left out (data folder missing: {sorted({r.task for r in no_data})})" if no_data else "")
                  + ".")
+    tune = study.tune()
+    if tune is not None:
+        lines.append(f"{tune.key} is chosen per variant on the {tune.split} split of the training data: "
+                     f"{sum(r.role == 'tune' for r in runs)} candidate runs not chosen (or not decided yet); "
+                     f"{len(waiting)} final runs wait for their variant's choice.")
     seconds, unknown = 0.0, set()
     for r in pending:
         rate = throughput.get((r.model, r.method))
@@ -249,6 +359,36 @@ def describe(study: Study, runs: list[PlannedRun], throughput: dict[tuple[str, s
             lines.append(f"No measured throughput yet for {', '.join(sorted(unknown))}.")
         lines.append(f"The study's own estimate: {study.spec.get('cost', 'not given')}.")
     return "\n".join(lines)
+
+
+def launch_tuned(study: Study, extra: list[str]) -> int:
+    """A tuned study in rounds: whatever can run now (the candidates, then the seeds whose setting
+    has been chosen) runs, and the plan is made again, until nothing new can run. Each round
+    launches one Hydra multirun per variant and value set; a run that failed is not retried here
+    (a later `make` retries it)."""
+    status, attempted = 0, set()
+    key = study.tune().key
+    while True:
+        todo = [r for r in plan(study, extra) if r.run_dir is not None and r.data_ok and not r.done
+                and r.run_dir not in attempted]
+        if not todo:
+            return status
+        groups: dict[tuple, list[PlannedRun]] = {}
+        for r in todo:
+            base = tuple(o for o in r.overrides if not o.startswith(("seed=", f"{key}=")))
+            groups.setdefault(base, []).append(r)
+        for base, members in groups.items():
+            values = sorted({r.tuned for r in members}, key=[r.tuned for r in members].index)
+            seeds = sorted({r.overrides[-1].split("=", 1)[1] for r in members}, key=int)
+            batches = [(values, seeds)] if len(values) * len(seeds) == len(members) else [
+                ([r.tuned], [r.overrides[-1].split("=", 1)[1]]) for r in members]
+            for batch_values, batch_seeds in batches:
+                cmd = [sys.executable, "-m", "lora_repro.train", "-m", f"study={study.name}",
+                       *[o for o in base if o not in extra], f"{key}={','.join(batch_values)}",
+                       f"seed={','.join(batch_seeds)}", *extra]
+                print("$ python " + " ".join(cmd[1:]), flush=True)
+                status = subprocess.run(cmd, cwd=PROJECT_ROOT).returncode or status
+            attempted.update(r.run_dir for r in members)
 
 
 def launch(study: Study, runs: list[PlannedRun], extra: list[str]) -> int:
@@ -318,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
         command = command_line(study).split()
         print("$ python -m " + " ".join(command + extra), flush=True)
         status = subprocess.run([sys.executable, "-m", *command, *extra], cwd=PROJECT_ROOT).returncode
+    elif study.tune() is not None:
+        status = launch_tuned(study, extra)
     else:
         status = launch(study, runs, extra)
     if not args.no_results:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
 
 from .backbone import build_causal_lm, build_classifier
-from .data import TaskData, load_task
+from .data import HELDOUT_SPLIT, TaskData, load_task
 from .errors import ConfigError
 from .generation import (decode, group_references, smoothed_causal_lm_loss, tokenize_lm, write_decoded)
 from .metrics import make_compute_metrics
@@ -37,14 +37,18 @@ def strip_eval_prefix(metrics: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def evaluations(log_history: list[dict], key: str | None) -> list[dict]:
+def evaluations(log_history: list[dict], key: str | None, reported: str | None = None) -> list[dict]:
     """One dict per evaluation in the Trainer's log, merging the per-split entries of that step;
-    only those that have `key` (all when None)."""
+    only those that have `key` (all when None). `reported`: the one reported split beside the
+    held-out slice, whose metrics keep their usual names (`eval_accuracy`, not
+    `eval_validation_accuracy`), so a run with a held-out slice is read like any other."""
     by_step: dict[int, dict] = {}
+    prefix = f"eval_{reported}_"
     for entry in log_history:
         if any(k.startswith("eval_") for k in entry):
             merged = by_step.setdefault(entry["step"], {"step": entry["step"], "epoch": entry.get("epoch")})
-            merged.update({k: v for k, v in entry.items() if k.startswith("eval_")})
+            merged.update({("eval_" + k[len(prefix):] if reported and k.startswith(prefix) else k): v
+                           for k, v in entry.items() if k.startswith("eval_")})
     return [e for _, e in sorted(by_step.items()) if key is None or key in e]
 
 
@@ -85,10 +89,13 @@ class ClassificationTask:
 
     def results(self, trainer: Any, model: torch.nn.Module, tokenizer: Any, run_dir: Path, record: dict) -> None:
         key = f"eval_{self.cfg.task.main_metric}"
-        history = evaluations(trainer.state.log_history, key)
+        splits = list(trainer.eval_dataset) if isinstance(trainer.eval_dataset, dict) else []
+        dev = [s for s in splits if s != HELDOUT_SPLIT]
+        reported = dev[0] if HELDOUT_SPLIT in splits and len(dev) == 1 else None
+        history = evaluations(trainer.state.log_history, key, reported)
         if not history or history[-1]["step"] != trainer.state.global_step:
             trainer.evaluate()
-            history = evaluations(trainer.state.log_history, key)
+            history = evaluations(trainer.state.log_history, key, reported)
         best = max(history, key=lambda e: e[key])
         record["eval_curve"] = [{"step": e["step"], "epoch": e["epoch"], **strip_eval_prefix(e)} for e in history]
         record["metrics"] = strip_eval_prefix(history[-1])

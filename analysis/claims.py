@@ -1,0 +1,305 @@
+"""The claims report of experiments/claims (`make claims`, `make claims-quick`): one row per claim of
+the LoRA and LoRA+ papers, decided from the study's runs with the protocol of its study.yaml.
+
+Each arm's score is its FINAL evaluation on the dev split (the learning rate was chosen on the
+held-out training rows; picking the best epoch on dev would choose on the reported set). Paired
+differences are taken over the seeds both arms finished. A claim is decided against a margin of
+MARGIN points (x100): "matches" / "at least as good" is non-inferiority (the CI's lower end above
+-MARGIN: supported; its upper end below -MARGIN: refuted), "within noise" is equivalence (every
+CI inside +-MARGIN: supported; one wholly outside: refuted), "beats" is superiority (CI above 0:
+supported; below 0: refuted). Anything else is inconclusive at this scale.
+
+Writes results/<scale>/: claims.md (the report), verdicts.md (the table the README shows),
+arms.csv, paired.csv, tuning.csv and curves.png."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lora_repro.record import RECORD_NAME, read_run_record
+
+from .records import Records, task_metric
+from .stats import LEVEL, median_ci, paired
+
+MARGIN = 1.0          # points (x100) of the task metric
+EFFICIENCY_DIR = Path(__file__).resolve().parents[1] / "experiments" / "efficiency" / "results"
+
+
+@dataclass
+class Claim:
+    paper: str          # what the paper says, with its table or figure
+    test: str           # "noninferior" | "equivalent" | "superior" | "identical" | "fewer_steps"
+    pairs: list[tuple[str, str]]   # (arm, baseline arm) compared
+
+
+def claims_for(arms: set[str]) -> list[Claim]:
+    """The claims the study's arms can decide (the quick grid has fewer arms)."""
+    tasks = [a.split("_")[-1] for a in sorted(arms) if a.startswith("lora_") and f"full_ft_{a.split('_')[-1]}" in arms]
+    out = [Claim("LoRA matches full fine-tuning on GLUE with <1% of the trainable parameters (LoRA Table 2)",
+                 "noninferior", [("lora", "full_ft")] + [(f"lora_{t}", f"full_ft_{t}") for t in tasks])]
+    baselines = [b for b in ("bitfit", "adapter_h", "adapter_p", "prefix_layer") if b in arms]
+    if baselines:
+        out.append(Claim("LoRA is at least as good as BitFit, AdapterH, AdapterP and PreLayer at comparable "
+                         "budgets (LoRA Tables 2-3)", "noninferior", [("lora", b) for b in baselines]))
+    ranks = [a for a in ("lora_r1", "lora_r2", "lora_r4", "lora_r64") if a in arms]
+    if ranks:
+        out.append(Claim("A very low rank suffices: r = 1, 2, 4, 64 score like r = 8 (LoRA Table 6 / 18)",
+                         "equivalent", [(r, "lora") for r in ranks]))
+    if {"lora_wq_wv_r4", "lora_wq_r8"} <= arms:
+        out.append(Claim("Adapting W_q and W_v (r=4) beats W_q alone (r=8) at the same budget (LoRA Table 5)",
+                         "superior", [("lora_wq_wv_r4", "lora_wq_r8")]))
+    if "lora_plus_16" in arms:
+        out.append(Claim("LoRA+ (lr(B)/lr(A) = 16) beats LoRA at the same lr(A) (LoRA+ Fig. 1, Table 2)",
+                         "superior", [("lora_plus_16", "lora")]))
+        out.append(Claim("LoRA+ reaches LoRA's final dev score in fewer steps (LoRA+: up to 2x faster)",
+                         "fewer_steps", [("lora_plus_16", "lora")]))
+    if "lora_plus_1" in arms:
+        out.append(Claim("LoRA+ with ratio 1 is LoRA exactly (same weights, seed for seed)", "identical",
+                         [("lora_plus_1", "lora")]))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ data
+def final_runs(records: Records, scale: str) -> pd.DataFrame:
+    """One row per finished final run of this scale: arm, task, seed, score (x100, final dev
+    evaluation), the eval curve, trainable digest, adapted parameters, lr."""
+    df = records.ok
+    if df.empty or "arm" not in df:
+        return pd.DataFrame(columns=["arm", "task", "seed", "score", "curve", "sha", "adapted", "total", "lr"])
+    df = df[(df["param.scale"] == scale) & (df["role"] == "final")]
+    rows = []
+    for r in df.to_dict("records"):
+        metric = task_metric(r["task"])
+        value = r.get(f"metric.{metric}")
+        record, _ = read_run_record(Path(r["path"]) / RECORD_NAME)
+        curve = [(e["step"], 100.0 * e[metric]) for e in (record or {}).get("eval_curve") or [] if metric in e]
+        rows.append({"arm": r["arm"], "task": r["task"], "seed": int(r["seed"]), "metric": metric,
+                     "score": 100.0 * float(value) if value is not None and not pd.isna(value) else math.nan,
+                     "curve": curve, "sha": (record or {}).get("trainable_sha256"),
+                     "adapted": int(r["params.adapted"]), "total": int(r["params.total"]), "lr": r.get("train.lr")})
+    return pd.DataFrame(rows)
+
+
+def tuning_table(records: Records, scale: str) -> pd.DataFrame:
+    """Every candidate run (first seed): its held-out and dev scores, and whether it was chosen."""
+    df = records.ok
+    if df.empty or "arm" not in df:
+        return pd.DataFrame()
+    df = df[(df["param.scale"] == scale) & (df["seed"] == df[df["param.scale"] == scale]["seed"].min())]
+    rows = []
+    for r in df.to_dict("records"):
+        metric = task_metric(r["task"])
+        held, dev = r.get(f"metric.heldout_{metric}"), r.get(f"metric.{metric}")
+        rows.append({"arm": r["arm"], "task": r["task"], "lr": r.get("train.lr"), "chosen": r["role"] == "final",
+                     "heldout": None if held is None or pd.isna(held) else round(100 * held, 2),
+                     "dev": None if dev is None or pd.isna(dev) else round(100 * dev, 2)})
+    table = pd.DataFrame(rows)
+    # Only arms that tuned (more than one candidate, or a candidate that was not chosen).
+    tuned = table.groupby("arm").chosen.apply(lambda c: len(c) > 1 or not c.all())
+    return table[table.arm.isin(tuned[tuned].index)].sort_values(["arm", "lr"]).reset_index(drop=True)
+
+
+def failed_by_arm(records: Records, scale: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for label in records.failed_labels:
+        if label.get("param.scale") == scale and label.get("role") == "final":
+            counts[label["arm"]] = counts.get(label["arm"], 0) + 1
+    return counts
+
+
+def arm_table(runs: pd.DataFrame, failed: dict[str, int], planned_seeds: int) -> pd.DataFrame:
+    rows = []
+    for arm, group in runs.groupby("arm", sort=False):
+        median, low, high = median_ci(group.score)
+        gains = [c[-1][1] - c[-2][1] for c in group.curve if len(c) >= 2]
+        rows.append({"arm": arm, "task": group.task.iloc[0], "metric": group.metric.iloc[0],
+                     "lr": group.lr.iloc[0], "adapted": int(group.adapted.iloc[0]),
+                     "adapted_pct": 100.0 * group.adapted.iloc[0] / group.total.iloc[0],
+                     "median": median, "ci_low": low, "ci_high": high, "n_ok": len(group),
+                     "n_failed": failed.get(arm, 0), "n_planned": planned_seeds,
+                     "last_epoch_gain": float(pd.Series(gains).median()) if gains else math.nan})
+    for arm, n in failed.items():
+        if arm not in set(runs.arm):
+            rows.append({"arm": arm, "n_ok": 0, "n_failed": n, "n_planned": planned_seeds})
+    return pd.DataFrame(rows)
+
+
+def steps_to(curve: list[tuple[int, float]], target: float) -> float:
+    """The first evaluated step whose dev score reaches `target` (inf: never)."""
+    return next((float(step) for step, score in curve if score >= target), math.inf)
+
+
+# ---------------------------------------------------------------------------------------- verdicts
+def decide(test: str, low: float, high: float) -> str:
+    if any(math.isnan(x) for x in (low, high)):
+        return "inconclusive"
+    if test == "noninferior":
+        return "supported" if low > -MARGIN else "refuted" if high < -MARGIN else "inconclusive"
+    if test == "superior":
+        return "supported" if low > 0 else "refuted" if high < 0 else "inconclusive"
+    if test == "equivalent":
+        return "supported" if -MARGIN < low and high < MARGIN else "refuted" if high < -MARGIN or low > MARGIN \
+            else "inconclusive"
+    raise ValueError(test)
+
+
+def combine(verdicts: list[str]) -> str:
+    """A claim over several comparisons: supported if all are, refuted if any is, else inconclusive."""
+    if verdicts and all(v == "supported" for v in verdicts):
+        return "supported"
+    return "refuted" if "refuted" in verdicts else "inconclusive"
+
+
+def evaluate_claim(claim: Claim, runs: pd.DataFrame) -> tuple[list[dict], str]:
+    """(one row per compared pair, the claim's verdict)."""
+    rows = []
+    for arm, base in claim.pairs:
+        a = runs[runs.arm == arm].set_index("seed")
+        b = runs[runs.arm == base].set_index("seed")
+        if a.empty or b.empty:
+            rows.append({"arm": arm, "baseline": base, "verdict": "inconclusive", "n_pairs": 0,
+                         "what": "no finished runs for one side"})
+            continue
+        task = a.task.iloc[0]
+        if claim.test == "identical":
+            same = [s for s in set(a.index) & set(b.index) if a.sha[s] == b.sha[s]]
+            n = len(set(a.index) & set(b.index))
+            diff = max((abs(a.score[s] - b.score[s]) for s in set(a.index) & set(b.index)), default=math.nan)
+            rows.append({"arm": arm, "baseline": base, "task": task, "n_pairs": n, "median": diff, "low": diff,
+                         "high": diff, "verdict": "supported" if n and len(same) == n else "refuted" if n else "inconclusive",
+                         "what": f"bit-identical trained weights on {len(same)} of {n} seeds; largest dev difference "
+                                 f"{diff:.2f}"})
+            continue
+        if claim.test == "fewer_steps":
+            target = float(b.score.median())
+            sa = {s: steps_to(c, target) for s, c in a.curve.items()}
+            sb = {s: steps_to(c, target) for s, c in b.curve.items()}
+            finite = {s: v for s, v in sa.items() if math.isfinite(v)}
+            median, low, high, n = paired({s: v for s, v in sa.items()}, sb)
+            reached = f"{len(finite)} of {len(sa)} {arm} seeds reach {target:.1f}"
+            verdict = ("supported" if high < 0 else "refuted" if low > 0 else "inconclusive") \
+                if all(math.isfinite(x) for x in (low, high)) else "inconclusive"
+            rows.append({"arm": arm, "baseline": base, "task": task, "n_pairs": n, "median": median, "low": low,
+                         "high": high, "verdict": verdict,
+                         "what": f"steps to LoRA's median final dev score: {reached}; paired difference in steps"})
+            continue
+        median, low, high, n = paired(a.score.to_dict(), b.score.to_dict())
+        rows.append({"arm": arm, "baseline": base, "task": task, "n_pairs": n, "median": median, "low": low,
+                     "high": high, "verdict": decide(claim.test, low, high) if n >= 2 else "inconclusive",
+                     "what": f"paired difference {arm} - {base}, points"})
+    return rows, combine([r["verdict"] for r in rows])
+
+
+def efficiency_rows() -> list[dict]:
+    """The bench's own verdicts (experiments/efficiency, `make bench`) on latency, memory and
+    checkpoint size, as that study committed them."""
+    path = EFFICIENCY_DIR / "claims.md"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 5 and cells[4] in ("met",) or (len(cells) == 5 and cells[4].startswith("missed")):
+            rows.append({"claim": cells[0], "paper": cells[1], "measured": cells[2], "target": cells[3],
+                         "verdict": "supported" if cells[4] == "met" else "refuted"})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ report
+def fmt(x: Any, digits: int = 1) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.{digits}f}" if digits < 0 else \
+        f"{x:.{digits}f}"
+
+
+def plot_curves(runs: pd.DataFrame, out: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if runs.empty:
+        return None
+    tasks = list(dict.fromkeys(runs.task))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for arm, group in runs[runs.task == task].groupby("arm", sort=False):
+            steps = sorted({s for c in group.curve for s, _ in c})
+            medians = [pd.Series([dict(c).get(s) for c in group.curve]).median() for s in steps]
+            ax.plot(steps, medians, marker="o", ms=3, label=arm)
+        ax.set_title(f"{task}: dev {runs[runs.task == task].metric.iloc[0]} (median of seeds)", fontsize=9)
+        ax.set_xlabel("optimizer step")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    path = out / "curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def build_report(records: Records, out: Path, scale: str, seeds: int) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    runs = final_runs(records, scale)
+    arms = arm_table(runs, failed_by_arm(records, scale), seeds)
+    tuning = tuning_table(records, scale)
+    claims = claims_for(set(arms.arm) if not arms.empty else set())
+    pair_rows, verdict_rows = [], []
+    for claim in claims:
+        rows, verdict = evaluate_claim(claim, runs)
+        pair_rows += [{"claim": claim.paper, **r} for r in rows]
+        measured = "; ".join(f"{r.get('task', '?')} {r['arm']}−{r['baseline']}: {fmt(r.get('median'), -1)} "
+                             f"[{fmt(r.get('low'), -1)}, {fmt(r.get('high'), -1)}] (n={r['n_pairs']})" for r in rows)
+        verdict_rows.append({"claim": claim.paper, "run": claim.test, "measured": measured, "verdict": verdict})
+    efficiency = efficiency_rows()
+    commits = sorted(set(records.ok[records.ok["param.scale"] == scale].git_commit.dropna())) \
+        if not records.ok.empty and "param.scale" in records.ok else []
+
+    verdicts = ["| claim | measured: paired difference, median [95% CI] (pairs) | verdict |", "|---|---|---|"]
+    verdicts += [f"| {v['claim']} | {v['measured']} | **{v['verdict']}** |" for v in verdict_rows]
+    verdicts += [f"| {e['claim']} (bench; paper: {e['paper']}) | {e['measured']} (target {e['target']}) | "
+                 f"**{e['verdict']}** |" for e in efficiency]
+    verdict_md = "\n".join(verdicts) + "\n"
+
+    lines = [f"# Claims report ({scale})", "",
+             f"Runs: {len(runs)} final runs of {len(arms)} arms ({records.summary().splitlines()[0]}); code "
+             f"version(s) of the runs: {', '.join(commits) or '—'}.",
+             f"Scores: final dev evaluation x100; CIs: {int(LEVEL * 100)}% percentile bootstrap of the median over "
+             f"seeds; margin for 'matches' / 'within noise': {MARGIN} point.", "", "## Verdicts", "", verdict_md,
+             "## Arms", "",
+             "| arm | task | lr (chosen on held-out rows) | adapted params (% of model) | median [95% CI] | seeds ok / "
+             "failed / planned | gain over the last epoch |", "|---|---|---|---|---|---|---|"]
+    for a in arms.to_dict("records"):
+        if not a.get("n_ok"):
+            lines.append(f"| {a['arm']} | — | — | — | — | 0 / {a['n_failed']} / {a['n_planned']} | — |")
+            continue
+        lines.append(f"| {a['arm']} | {a['task']} ({a['metric']}) | {a['lr']:.1e} | {a['adapted']:,} "
+                     f"({a['adapted_pct']:.2f}%) | {a['median']:.1f} [{a['ci_low']:.1f}, {a['ci_high']:.1f}] | "
+                     f"{a['n_ok']} / {a['n_failed']} / {a['n_planned']} | {fmt(a['last_epoch_gain'], -1)} |")
+    not_flat = [a["arm"] for a in arms.to_dict("records") if a.get("n_ok") and a["last_epoch_gain"] > MARGIN]
+    lines += ["", "Gain over the last epoch: median over seeds of (final − previous) dev score; above the margin "
+              "means the curve had not flattened" + (f": {', '.join(not_flat)}." if not_flat else " (none did)."),
+              "", "![dev curves](curves.png)", "", "## Paired differences", "",
+              "| claim | arm − baseline | task | median [95% CI] | pairs | verdict |", "|---|---|---|---|---|---|"]
+    for r in pair_rows:
+        lines.append(f"| {r['claim'][:60]} | {r['arm']} − {r['baseline']} | {r.get('task', '—')} | "
+                     f"{fmt(r.get('median'), -2)} [{fmt(r.get('low'), -2)}, {fmt(r.get('high'), -2)}] | "
+                     f"{r['n_pairs']} | {r['verdict']} ({r['what']}) |")
+    lines += ["", "## Learning-rate choice (first seed; held-out training rows decide, dev shown only)", "",
+              "| arm | task | lr | held-out | dev | chosen |", "|---|---|---|---|---|---|"]
+    lines += [f"| {t['arm']} | {t['task']} | {t['lr']:.1e} | {fmt(t['heldout'], 1)} | {fmt(t['dev'], 1)} | "
+              f"{'yes' if t['chosen'] else ''} |" for t in tuning.to_dict("records")]
+    lines += ["", "Arms without candidates take another arm's choice (experiments/claims/study.yaml `tune.share`): "
+              "the other GLUE tasks take SST-2's learning rate per method; ranks, target sets and LoRA+ take LoRA's "
+              "(for LoRA+, lr(A))."]
+    written = [out / "claims.md", out / "verdicts.md", out / "arms.csv", out / "paired.csv", out / "tuning.csv"]
+    (out / "claims.md").write_text("\n".join(lines) + "\n")
+    (out / "verdicts.md").write_text(verdict_md)
+    arms.to_csv(out / "arms.csv", index=False)
+    pd.DataFrame(pair_rows).to_csv(out / "paired.csv", index=False)
+    tuning.to_csv(out / "tuning.csv", index=False)
+    curves = plot_curves(runs, out)
+    return written + ([curves] if curves else [])
