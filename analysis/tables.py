@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from .records import Records, main_score
+from .stats import median_ci, paired
 from .table3 import build_table3, table3_markdown
 
 PAPER_DIR = Path(__file__).resolve().parent / "paper"
@@ -144,6 +145,61 @@ def write_table2(records: Records, out: Path) -> str:
     return text
 
 
+def build_stats(records: Records) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(medians with their 95% CIs per row and task; paired differences). Each row of a model and
+    task is paired with that task's full fine-tuning row of the same model (the paper's reference;
+    the first row where there is none) over the seeds both ran, which removes the variation the two
+    share through the seed (data order, head initialisation)."""
+    scores = run_scores(records)
+    ci_rows, pair_rows = [], []
+    for key, group in scores.groupby([*ROW_KEY, "task"], sort=True):
+        median, low, high = median_ci(group.score)
+        ci_rows.append({**dict(zip([*ROW_KEY, "task"], key)), "median": median, "ci_low": low, "ci_high": high,
+                        "n_seeds": len(group)})
+    for (model, task), group in scores.groupby(["model", "task"], sort=True):
+        rows = {key: dict(zip(g.seed, g.score)) for key, g in group.groupby(ROW_KEY, sort=True)}
+        if len(rows) < 2:
+            continue
+        base = next((k for k in rows if k[1] == "full_ft"), next(iter(rows)))
+        for key, seeds in rows.items():
+            if key == base:
+                continue
+            median, low, high, n = paired(seeds, rows[base])
+            pair_rows.append({"model": model, "task": task, "row": row_label(key), "baseline": row_label(base),
+                              "median_diff": median, "ci_low": low, "ci_high": high, "n_pairs": n})
+    return pd.DataFrame(ci_rows), pd.DataFrame(pair_rows)
+
+
+def row_label(key: tuple) -> str:
+    model, method, adapted, experiment, variant = key
+    tags = [t for t in (experiment if experiment != "-" else "", variant) if t]
+    return f"{method} {millions(adapted)}" + (f" [{'; '.join(tags)}]" if tags else "")
+
+
+def write_stats(records: Records, out: Path) -> str:
+    """out/stats.md (+ stats_ci.csv, stats_paired.csv): every median with its bootstrap 95% CI,
+    and the paired differences; returns the markdown."""
+    ci, pairs = build_stats(records)
+    ci.to_csv(out / "stats_ci.csv", index=False)
+    pairs.to_csv(out / "stats_paired.csv", index=False)
+    lines = ["# Medians with 95% confidence intervals, and paired differences", "",
+             "Scores x100 at each run's best evaluation (Table 2's convention); CI: percentile bootstrap of the "
+             "median over seeds (one seed: no interval).", "",
+             "| model | task | row | median [95% CI] | seeds |", "|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['task']} | {row_label(tuple(r[k] for k in ROW_KEY))} | {r['median']:.1f} "
+              f"[{r['ci_low']:.1f}, {r['ci_high']:.1f}] | {r['n_seeds']} |" for r in ci.to_dict("records")]
+    lines += ["", "Paired differences (row − baseline, same seeds), median [95% CI]:", "",
+              "| model | task | row − baseline | difference [95% CI] | pairs |", "|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['task']} | {r['row']} − {r['baseline']} | {r['median_diff']:+.2f} "
+              f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] | {r['n_pairs']} |" for r in pairs.to_dict("records")
+              if r["n_pairs"]]
+    if pairs.empty or not pairs.n_pairs.any():
+        lines.append("| — | — | no two rows of a model and task share seeds | — | — |")
+    text = "\n".join(lines) + "\n"
+    (out / "stats.md").write_text(text)
+    return text
+
+
 def write_table3(records: Records, out: Path) -> str:
     """out/table3.{md,csv}; returns the markdown."""
     table = build_table3(records)
@@ -154,9 +210,10 @@ def write_table3(records: Records, out: Path) -> str:
 
 
 def write_tables(records: Records, out: Path) -> str:
-    """results/table2.{md,csv} and table3.{md,csv}; returns both markdown texts."""
+    """results/table2.{md,csv}, stats.md (CIs, paired differences) and table3.{md,csv}; returns the
+    markdown texts."""
     out.mkdir(parents=True, exist_ok=True)
-    return write_table2(records, out) + "\n" + write_table3(records, out)
+    return write_table2(records, out) + "\n" + write_stats(records, out) + "\n" + write_table3(records, out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     records, out = source_records(args, rest)
     print(write_tables(records, out))
-    print(f"written to {out}/table2.md, {out}/table2.csv, {out}/table3.md and {out}/table3.csv")
+    print(f"written to {out}/table2.md, {out}/table2.csv, {out}/stats.md, {out}/table3.md and {out}/table3.csv")
     return 0
 
 
