@@ -130,11 +130,29 @@ def active_splits(task_cfg: Any) -> dict[str, Any]:
     return {name: spec for name, spec in task_cfg.splits.items() if spec is not None}
 
 
-def load_from_dir(task_cfg: Any) -> TaskData:
+def split_files(task_cfg: Any) -> tuple[str, dict[str, Path]]:
+    """(file format, split -> file) of `task.data_dir`: the task's own layout (`file_format`, each
+    split's `file`) or, where the folder holds another layout that the task knows
+    (`task.file_layouts`, e.g. E2E's `lora_txt`: the LoRA authors' train.txt/valid.txt/test.txt),
+    that one. Neither complete: the task's own, whose missing file the caller names."""
     data_dir = Path(str(task_cfg.data_dir)).expanduser()
-    reader = FILE_READERS[task_cfg.get("file_format", "tsv")]
-    splits = {name: reader(data_dir / spec.file, task_cfg) for name, spec in active_splits(task_cfg).items()}
-    return _task_data(splits)
+    splits = active_splits(task_cfg)
+    layouts = {str(task_cfg.get("file_format", "tsv")): {name: str(spec.file) for name, spec in splits.items()}}
+    for fmt, files in (task_cfg.get("file_layouts") or {}).items():
+        layouts.setdefault(str(fmt), {name: str(files[name]) for name in splits if name in files})
+    for fmt, files in layouts.items():
+        if len(files) == len(splits) and all((data_dir / f).is_file() for f in files.values()):
+            return fmt, {name: data_dir / f for name, f in files.items()}
+    fmt, files = next(iter(layouts.items()))
+    return fmt, {name: data_dir / f for name, f in files.items()}
+
+
+def load_from_dir(task_cfg: Any) -> TaskData:
+    fmt, files = split_files(task_cfg)
+    if fmt != task_cfg.get("file_format", "tsv"):
+        log.info("%s: reading the %s layout (%s)", task_cfg.data_dir, fmt, ", ".join(p.name for p in files.values()))
+    reader = FILE_READERS[fmt]
+    return _task_data({name: reader(path, task_cfg) for name, path in files.items()})
 
 
 # ------------------------------------------------------------------------------- E2E NLG (CSV files)
@@ -162,6 +180,29 @@ def read_mr_ref_csv(path: Path, task_cfg: Any) -> Dataset:
                 raise DataError(f"{path}:{line_no}: empty {'mr' if not mr else 'ref'} field")
             rows["mr"].append(mr)
             rows["ref"].append(ref)
+    if not rows["mr"]:
+        raise DataError(f"{path} has no data rows")
+    return Dataset.from_dict(rows)
+
+
+def read_lora_txt(path: Path, task_cfg: Any) -> Dataset:
+    """One split as the LoRA authors' code reads E2E (microsoft/LoRA examples/NLG/data/e2e/*.txt):
+    one `MR||reference` per line, the MR already written `name : X | Type : Y`, both word-tokenized.
+    A line without exactly one `||`, or with an empty side, is an error naming the file and line."""
+    if not path.is_file():
+        raise DataError(f"missing data file {path}")
+    rows: dict[str, list] = {"mr": [], "ref": []}
+    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split("||")
+        if len(parts) != 2:
+            raise DataError(f"{path}:{line_no}: expected one 'MR||reference' per line, found {len(parts) - 1} '||'")
+        mr, ref = " ".join(parts[0].split()), " ".join(parts[1].split())
+        if not mr or not ref:
+            raise DataError(f"{path}:{line_no}: empty {'MR' if not mr else 'reference'}")
+        rows["mr"].append(mr)
+        rows["ref"].append(ref)
     if not rows["mr"]:
         raise DataError(f"{path} has no data rows")
     return Dataset.from_dict(rows)
@@ -249,6 +290,7 @@ LOADERS: dict[str, Callable[[Any], TaskData]] = {
 FILE_READERS: dict[str, Callable[[Path, Any], Dataset]] = {
     "tsv": read_tsv,
     "mr_ref_csv": read_mr_ref_csv,
+    "lora_txt": read_lora_txt,
 }
 
 
@@ -280,10 +322,13 @@ def check_task_config(task_cfg: Any) -> None:
     data_dir = Path(str(task_cfg.data_dir)).expanduser()
     if not data_dir.is_dir():
         raise ConfigError(f"task.data_dir={data_dir} does not exist or is not a directory")
-    for name, spec in active_splits(task_cfg).items():
-        path = data_dir / spec.file
+    _, files = split_files(task_cfg)
+    for name, path in files.items():
         if not path.is_file():
-            raise ConfigError(f"task.data_dir={data_dir} has no {spec.file} (the {name} split of {task_cfg.name})")
+            others = "; ".join(f"{fmt}: {', '.join(str(v) for v in files.values())}"
+                               for fmt, files in (task_cfg.get("file_layouts") or {}).items())
+            raise ConfigError(f"task.data_dir={data_dir} has no {path.name} (the {name} split of {task_cfg.name})"
+                              + (f", nor the files of another layout ({others})" if others else ""))
         if path.stat().st_size == 0:
             raise ConfigError(f"{path} is empty")
 

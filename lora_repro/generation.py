@@ -29,14 +29,15 @@ log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 _MR_SLOT = re.compile(r"\s*([^\[\],]+?)\s*\[([^\]]*)\]\s*")
+_PIPES = re.compile(r"^[^\[\]|]+? : [^\[\]|]*( \| [^\[\]|]+? : [^\[\]|]*)*$")
 
 
 # ------------------------------------------------------------------------------------- formatting
 def format_mr(mr: str, task_cfg: Any) -> str:
     """`raw` keeps the challenge's `name[The Vaults], eatType[pub]`; `pipes` writes it as the paper's
     data files do, `name : The Vaults | Type : pub`, renaming slots by `task.slot_names`."""
-    if task_cfg.mr_format == "raw":
-        return mr
+    if task_cfg.mr_format == "raw" or _PIPES.match(mr):
+        return mr  # raw wanted, or already in the paper's form (the LoRA authors' files)
     slots = _MR_SLOT.findall(mr)
     if not slots or ",".join(f"{k}[{v}]" for k, v in slots).replace(" ", "") != mr.replace(" ", ""):
         raise DataError(f"meaning representation is not a list of slot[value] items: {mr!r}")

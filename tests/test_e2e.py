@@ -71,6 +71,53 @@ def test_csv_loader_reads_every_reference_and_groups_them_by_mr(e2e_dir):
     assert mrs[0] == "name[Clowns], food[Italian], area[city centre]"  # order of first appearance
 
 
+def write_lora_txt_dir(root: Path) -> Path:
+    """The LoRA authors' layout: train.txt/valid.txt/test.txt, `MR||reference ` per line, tokenized."""
+    root.mkdir(parents=True, exist_ok=True)
+    for file, start, count in (("train.txt", 0, 12), ("valid.txt", 0, 2), ("test.txt", 100, 3)):
+        lines = []
+        for i in range(start, start + count):
+            name, food = NAMES[i % len(NAMES)], FOODS[i % len(FOODS)]
+            mr = f"name : {name} | Type : pub | food : {food} | price : more than £ 30"
+            lines += [f"{mr}||{name} serves {food} food , prices over £ 30 . ", f"{mr}||{name} is a pub . "]
+        (root / file).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+def test_the_lora_authors_files_are_read_when_the_folder_holds_them(tmp_path):
+    """`task=e2e task.data_dir=<their folder>` reads train.txt/valid.txt/test.txt; the MRs stay as
+    they are written (already `name : X | Type : Y`), the references tokenized as in the files."""
+    folder = write_lora_txt_dir(tmp_path / "lora_format")
+    cfg = compose_cfg("task=e2e", f"task.data_dir={folder}")
+    data = load_task(cfg.task)
+    assert len(data.train) == 24 and set(data.evals) == {"validation", "test"}
+    mrs, refs = group_references(data.evals["test"])
+    assert len(mrs) == 3 and refs[0] == [f"{NAMES[100 % len(NAMES)]} serves {FOODS[100 % len(FOODS)]} food , prices "
+                                         f"over £ 30 .", f"{NAMES[100 % len(NAMES)]} is a pub ."]
+    assert format_mr(mrs[0], cfg.task) == mrs[0]
+    assert format_mr("name[The Vaults], eatType[pub]", cfg.task) == "name : The Vaults | Type : pub"
+    # Where both layouts are there, the task's own (the CSVs) is read.
+    write_e2e_dir(folder)
+    assert len(load_task(cfg.task).train) != 24
+
+
+def test_a_malformed_line_of_the_authors_files_is_named(tmp_path):
+    folder = write_lora_txt_dir(tmp_path / "lora_format")
+    lines = (folder / "train.txt").read_text(encoding="utf-8").splitlines()
+    lines[4] = lines[4].replace("||", " ")
+    (folder / "train.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"train.txt:5: expected one 'MR\|\|reference' per line, found 0 '\|\|'"):
+        load_task(compose_cfg("task=e2e", f"task.data_dir={folder}").task)
+
+
+def test_a_folder_with_neither_layout_names_both(tmp_path):
+    (tmp_path / "empty").mkdir()
+    cfg = compose_cfg("task=e2e", f"task.data_dir={tmp_path / 'empty'}")
+    with pytest.raises(ConfigError, match=r"has no trainset.csv \(the train split of e2e\), nor the files of another "
+                                          r"layout \(lora_txt: train.txt, valid.txt, test.txt\)"):
+        validate(cfg)
+
+
 def test_csv_loader_names_the_bad_row(tmp_path):
     cfg = compose_cfg("task=e2e")
     path = tmp_path / "bad.csv"
