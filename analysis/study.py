@@ -94,7 +94,9 @@ def e2e_vs_paper(records: Records) -> str:
     lines = []
     for r in ok.to_dict("records"):
         folder = Path(r["path"])
-        decoded = (read_record(folder / RECORD_NAME).get("decoding") or {}).get("test") or {}
+        record = read_record(folder / RECORD_NAME)
+        decoded = (record.get("decoding") or {}).get("test") or {}
+        forgetting = record.get("forgetting") or {}
         lines += [f"{r['model']} + {r['method']}, seed {r['seed']}: {int(r['params.adapted']):,} trained parameters, "
                   f"{int(r['throughput.train_steps'])} steps in {r['throughput.train_runtime_s']:.0f} s; "
                   f"{decoded.get('mrs_decoded', 0):,} test MRs / {decoded.get('n_references', 0):,} references decoded "
@@ -104,6 +106,9 @@ def e2e_vs_paper(records: Records) -> str:
                   "|---|---|---|"]
         for metric in E2E_METRICS:
             lines.append(f"| {metric} | {r[f'metric.{metric}']:.4f} | {published.get(metric, float('nan')):.4f} |")
+        if forgetting.get("lm_loss_after") is not None:
+            lines += ["", f"Forgetting: LM loss on general text ({forgetting['text']}) {forgetting['lm_loss_before']:.3f} "
+                      f"before training, {forgetting['lm_loss_after']:.3f} after ({forgetting['increase']:+.3f} nats/token)."]
         if decoded.get("mrs") and decoded.get("outputs"):
             mrs = (folder / decoded["mrs"]).read_text(encoding="utf-8").splitlines()
             outputs = (folder / decoded["outputs"]).read_text(encoding="utf-8").splitlines()

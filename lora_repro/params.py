@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from . import PROJECT_ROOT
+from . import CONF_DIR, PROJECT_ROOT
 from .assembly import build
 from .config import compose_config, instantiate_method
 
@@ -73,6 +73,48 @@ def build_rows(paper: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# The LoRA variants of conf/method (every method of the LoRA family: rsLoRA, DoRA, PiSSA, OLoRA,
+# LoRA+, ...), which no table of the papers counts, at the settings of Table 2's RoBERTa-base row and
+# Table 3's GPT-2 M row; where a variant cannot be applied there, its one-line reason.
+VARIANT_SETTINGS = [("roberta_base", "sst2", []), ("gpt2_medium", "e2e", ["method.r=4"])]
+
+
+def variant_rows() -> pd.DataFrame:
+    from .errors import ConfigError
+
+    names = [p.stem for p in sorted((CONF_DIR / "method").glob("*.yaml"))
+             if instantiate_method(compose_config([f"method={p.stem}"]).method).family == "lora"]
+    rows = []
+    for model, task, overrides in VARIANT_SETTINGS:
+        base = None
+        for name in names:
+            cfg = compose_config([f"model={model}", "model.init=random", f"method={name}", f"task={task}", *overrides])
+            method = instantiate_method(cfg.method)
+            try:
+                method.check(cfg.model, cfg.task)
+                counted, note = count_instantiated(cfg), ""
+            except ConfigError as exc:
+                counted, note = None, str(exc)
+            base = counted if name == "lora" else base
+            rows.append({"model": model, "method": name, "settings": " ".join(overrides), "counted": counted,
+                         "note": note})
+        for row in rows:
+            if row["model"] == model:
+                row["vs_lora"] = None if row["counted"] is None or not base else row["counted"] / base
+    return pd.DataFrame(rows)
+
+
+def render_variants(df: pd.DataFrame) -> str:
+    lines = ["LoRA variants (not in the papers' tables), counted the same way:",
+             f"{'model':<14} {'method':<18} {'settings':<12} {'counted':>12} {'vs LoRA':>8}"]
+    for r in df.itertuples(index=False):
+        counted = "-" if r.counted is None or pd.isna(r.counted) else f"{int(r.counted):,}"
+        ratio = "-" if r.vs_lora is None or pd.isna(r.vs_lora) else f"{r.vs_lora:.3f}"
+        lines.append(f"{r.model:<14} {r.method:<18} {r.settings:<12} {counted:>12} {ratio:>8}"
+                     + (f"  not applicable: {r.note}" if r.note else ""))
+    return "\n".join(lines)
+
+
 def render(df: pd.DataFrame) -> str:
     lines = [f"{'T':>1} {'row':<22} {'settings':<40} {'counted':>15} {'formula':>15} {'published':>10} agree"]
     for r in df.itertuples(index=False):
@@ -96,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     df.to_csv(out, index=False)
     print(render(df))
     print(f"\n{int(df.agrees.sum())}/{len(df)} rows agree at the paper's rounding; written to {out}")
+    variants = variant_rows()
+    variants.to_csv(out.parent / "variants.csv", index=False)
+    print("\n" + render_variants(variants) + f"\nwritten to {out.parent / 'variants.csv'}")
     return 0
 
 

@@ -56,6 +56,7 @@ class RunRecord(TypedDict):
     train_loss_curve: list[list[float]] | None
     eval_loss_curve: list[list[Any]] | None
     decoding: dict[str, Any] | None
+    forgetting: dict[str, Any] | None   # causal LMs: LM loss on general text before and after training
     resumed_from_step: int | None
     init_from: str | None
     world_size: int | None

@@ -20,7 +20,8 @@ from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
 from .backbone import build_causal_lm, build_classifier
 from .data import HELDOUT_SPLIT, TaskData, load_task
 from .errors import ConfigError
-from .generation import (decode, group_references, smoothed_causal_lm_loss, tokenize_lm, write_decoded)
+from .generation import (decode, general_text, group_references, lm_loss, smoothed_causal_lm_loss, tokenize_lm,
+                         write_decoded)
 from .metrics import make_compute_metrics
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,9 @@ class ClassificationTask:
     def collator(self, tokenizer: Any):
         return DataCollatorWithPadding(tokenizer)
 
+    def before_training(self, model: torch.nn.Module, tokenizer: Any, record: dict) -> None:
+        pass
+
     def compute_metrics(self):
         return make_compute_metrics(self.cfg.task)
 
@@ -125,6 +129,14 @@ class GenerationTask:
         evals = {k: tokenize_lm(v, tokenizer, self.cfg.task, k) for k, v in self.raw.evals.items() if k not in decode_splits}
         return TaskData(train=tokenize_lm(self.raw.train, tokenizer, self.cfg.task, "train"), evals=evals)
 
+    def before_training(self, model: torch.nn.Module, tokenizer: Any, record: dict) -> None:
+        """Forgetting, part one: the LM loss on general text before this fine-tuning
+        (`task.forgetting_rows`; "LoRA learns less and forgets less", Biderman et al. 2024)."""
+        rows = self.cfg.task.get("forgetting_rows")
+        if rows:
+            text, sentences = general_text(int(rows))
+            record["forgetting"] = {"text": text, "lm_loss_before": lm_loss(model, tokenizer, sentences)}
+
     def collator(self, tokenizer: Any):
         # Pads input_ids with the pad token and labels with -100, on the right (training batches).
         return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
@@ -161,6 +173,10 @@ class GenerationTask:
                                "mrs_per_s": len(mrs) / result.seconds if result.seconds else None}
         record["metrics"] = metrics
         record["decoding"] = {"settings": dict(gen), "scorer": SCORER_MODE, **decoding}
+        forgetting = record.get("forgetting")
+        if forgetting:  # part two: the same text after training
+            after = lm_loss(model, tokenizer, general_text(int(task_cfg.forgetting_rows))[1])
+            forgetting.update(lm_loss_after=after, increase=after - forgetting["lm_loss_before"])
 
 
 KINDS = {"classification": ClassificationTask, "regression": ClassificationTask, "generation": GenerationTask}

@@ -390,6 +390,7 @@ def run(cfg: DictConfig, method: Method, run_dir: str | Path, experiment: str | 
             tensors = TensorMemory(built.model)
             trainer = make_trainer(cfg, built, data, tokenizer, optimizer, run_dir,
                                    wandb_run.report_to if wandb_run else [], [clock, tensors])
+            built.task.before_training(built.model, tokenizer, record)
             train_out = trainer.train(resume_from_checkpoint=last)
             built.task.results(trainer, built.model, tokenizer, run_dir, record)
             record["throughput"] = throughput(trainer, train_out)

@@ -225,6 +225,29 @@ def test_tiny_gpt2_e2e_run_trains_decodes_scores_and_records(e2e_dir, tmp_path):
     assert len(outputs) == 4 and [len(r) for r in refs] == [3, 3, 3, 3]
     assert json.loads((run_dir / "record.json").read_text())["metrics"] == record["metrics"]
     assert record["params"]["adapted"] == record["params"]["trainable"] == record["params"]["total"]
+    # Forgetting: the LM loss on general English before and after; training on restaurant
+    # descriptions at lr 3e-3 moves it.
+    forgetting = record["forgetting"]
+    assert forgetting["text"] == "rotten_tomatoes validation, first 200 sentences"
+    assert math.isfinite(forgetting["lm_loss_before"]) and math.isfinite(forgetting["lm_loss_after"])
+    assert forgetting["increase"] == pytest.approx(forgetting["lm_loss_after"] - forgetting["lm_loss_before"])
+    assert forgetting["increase"] != 0.0
+
+
+def test_lm_loss_of_a_model_that_knows_nothing_is_log_vocabulary():
+    """All logits equal (zero weights) -> every token has probability 1/V: the loss is ln V exactly,
+    whatever the padding of the batch."""
+    from lora_repro.generation import lm_loss
+    from lora_repro.tasks import task_runner
+
+    cfg = compose_cfg(*TINY_GPT2_LM, "task=e2e", "method=full_ft")
+    model = task_runner(cfg).build_model()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    tokenizer = load_tokenizer(cfg.model)
+    loss = lm_loss(model, tokenizer, ["a short one", "a much longer sentence than the first one is"], batch_size=2)
+    assert loss == pytest.approx(math.log(30522), rel=1e-6)
 
 
 # ----------------------------------------------------------------------------------- SmolLM2 model
