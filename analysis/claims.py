@@ -78,7 +78,8 @@ def final_runs(records: Records, scale: str) -> pd.DataFrame:
         value = r.get(f"metric.{metric}")
         record, _ = read_run_record(Path(r["path"]) / RECORD_NAME)
         curve = [(e["step"], 100.0 * e[metric]) for e in (record or {}).get("eval_curve") or [] if metric in e]
-        rows.append({"arm": r["arm"], "task": r["task"], "seed": int(r["seed"]), "metric": metric,
+        config = (record or {}).get("config") or {}
+        rows.append({"arm": r["arm"], "task": r["task"], "seed": int(r["seed"]), "metric": metric, "config": config,
                      "score": 100.0 * float(value) if value is not None and not pd.isna(value) else math.nan,
                      "curve": curve, "sha": (record or {}).get("trainable_sha256"),
                      "adapted": int(r["params.adapted"]), "total": int(r["params.total"]), "lr": r.get("train.lr")})
@@ -270,11 +271,21 @@ def build_report(records: Records, out: Path, scale: str, seeds: int) -> list[Pa
                  f"**{e['verdict']}** |" for e in efficiency]
     verdict_md = "\n".join(verdicts) + "\n"
 
+    protocol = []
+    if not runs.empty:
+        for task, group in runs.groupby("task", sort=False):
+            c = group.config.iloc[0]
+            t, tr = c.get("task") or {}, c.get("train") or {}
+            protocol.append(f"{task}: {c.get('model', {}).get('name')}, {t.get('max_train_samples')} training rows x "
+                            f"{tr.get('epochs')} epochs, batch {tr.get('batch_size')}, max length {t.get('max_length')}, "
+                            f"{t.get('heldout_rows')} held-out training rows, dev rows kept: {t.get('max_eval_samples')}")
     lines = [f"# Claims report ({scale})", "",
              f"Runs: {len(runs)} final runs of {len(arms)} arms ({records.summary().splitlines()[0]}); code "
              f"version(s) of the runs: {', '.join(commits) or '—'}.",
              f"Scores: final dev evaluation x100; CIs: {int(LEVEL * 100)}% percentile bootstrap of the median over "
-             f"seeds; margin for 'matches' / 'within noise': {MARGIN} point.", "", "## Verdicts", "", verdict_md,
+             f"seeds; margin for 'matches' / 'within noise': {MARGIN} point.",
+             "Protocol: " + "; ".join(protocol) + ". The dev split is evaluated at every epoch (the curves below; "
+             "steps-to-target is resolved to an epoch).", "", "## Verdicts", "", verdict_md,
              "## Arms", "",
              "| arm | task | lr (chosen on held-out rows) | adapted params (% of model) | median [95% CI] | seeds ok / "
              "failed / planned | gain over the last epoch |", "|---|---|---|---|---|---|---|"]
