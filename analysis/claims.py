@@ -102,7 +102,12 @@ def tuning_table(records: Records, scale: str) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     # Only arms that tuned (more than one candidate, or a candidate that was not chosen).
     tuned = table.groupby("arm").chosen.apply(lambda c: len(c) > 1 or not c.all())
-    return table[table.arm.isin(tuned[tuned].index)].sort_values(["arm", "lr"]).reset_index(drop=True)
+    table = table[table.arm.isin(tuned[tuned].index)].sort_values(["arm", "lr"]).reset_index(drop=True)
+    # A choice at the end of the candidates may be short of the best: said beside it.
+    lows, highs = table.groupby("arm").lr.transform("min"), table.groupby("arm").lr.transform("max")
+    table["edge"] = [("largest tried" if lr == hi else "smallest tried" if lr == lo else "") if chosen else ""
+                     for lr, lo, hi, chosen in zip(table.lr, lows, highs, table.chosen)]
+    return table
 
 
 def failed_by_arm(records: Records, scale: str) -> dict[str, int]:
@@ -308,7 +313,8 @@ def build_report(records: Records, out: Path, scale: str, seeds: int) -> list[Pa
     lines += ["", "## Learning-rate choice (first seed; held-out training rows decide, dev shown only)", "",
               "| arm | task | lr | held-out | dev | chosen |", "|---|---|---|---|---|---|"]
     lines += [f"| {t['arm']} | {t['task']} | {t['lr']:.1e} | {fmt(t['heldout'], 1)} | {fmt(t['dev'], 1)} | "
-              f"{'yes' if t['chosen'] else ''} |" for t in tuning.to_dict("records")]
+              f"{'yes' + (' (' + t['edge'] + ': the best may lie beyond)' if t['edge'] else '') if t['chosen'] else ''} |"
+              for t in tuning.to_dict("records")]
     lines += ["", "Arms without candidates take another arm's choice (experiments/claims/study.yaml `tune.share`): "
               "the other GLUE tasks take SST-2's learning rate per method; ranks, target sets and LoRA+ take LoRA's "
               "(for LoRA+, lr(A))."]
