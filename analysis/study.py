@@ -194,6 +194,13 @@ def _weights(records: Records, out: Path, study: Study) -> list[Path]:
     return analyse_records(records, out / "weights")
 
 
+def _table5(records: Records, out: Path, study: Study) -> list[Path]:
+    from .table5 import write_table5
+
+    print(write_table5(records, out))
+    return [out / "table5.md", out / "table5.csv"]
+
+
 def _claims(records: Records, out: Path, study: Study) -> list[Path]:
     """results/<scale>/claims.md etc. for each scale that has runs (analysis/claims.py)."""
     from .claims import build_report
@@ -207,7 +214,7 @@ def _claims(records: Records, out: Path, study: Study) -> list[Path]:
     return written
 
 
-BUILDERS = {"claims": _claims, "table2": _table2, "table3": _table3, "weights": _weights, "plots": _plots, "method_table": _method_table,
+BUILDERS = {"claims": _claims, "table2": _table2, "table5": _table5, "table3": _table3, "weights": _weights, "plots": _plots, "method_table": _method_table,
             "e2e_vs_paper": _e2e_vs_paper}
 
 
