@@ -264,8 +264,13 @@ def build_report(records: Records, out: Path, scale: str, seeds: int) -> list[Pa
                              f"[{fmt(r.get('low'), 1, True)}, {fmt(r.get('high'), 1, True)}] (n={r['n_pairs']})" for r in rows)
         shares = [f"{a['arm']} trains {a['adapted_pct']:.2f}% of the weights" for a in arms.to_dict("records")
                   if claim.test == "noninferior" and a.get("n_ok") and a["arm"] in {p[0] for p in claim.pairs}]
-        verdict_rows.append({"claim": claim.paper, "run": claim.test, "verdict": verdict,
-                             "measured": measured + (f" ({'; '.join(dict.fromkeys(shares))})" if shares else "")})
+        # A verdict reached before an arm's dev curve flattened holds for this budget only: said in the row.
+        rising = [a["arm"] for a in arms.to_dict("records") if a.get("n_ok") and a["last_epoch_gain"] > MARGIN
+                  and a["arm"] in {x for p in claim.pairs for x in p}]
+        verdict_rows.append({"claim": claim.paper, "run": claim.test,
+                             "verdict": verdict + (" at this budget" if rising and verdict != "inconclusive" else ""),
+                             "measured": measured + (f" ({'; '.join(dict.fromkeys(shares))})" if shares else "")
+                             + (f"; still rising in the last epoch: {', '.join(rising)}" if rising else "")})
     efficiency = efficiency_rows()
     commits = sorted(set(records.ok[records.ok["param.scale"] == scale].git_commit.dropna())) \
         if not records.ok.empty and "param.scale" in records.ok else []
