@@ -233,7 +233,7 @@ def analyse(runs: list[Run], out: Path) -> list[Path]:
                             "top_singular_values": " ".join(f"{v:.4g}" for v in s[:16])})
             if weight is not None and factors:
                 rank = int(run.record["hparams"]["r"])
-                table7.append({"run": run.label, "matrix": key, "type": matrix_type(key), "layer": layer_of(key),
+                table7.append({"run": run.label, "method": run.record["method"], "matrix": key, "type": matrix_type(key), "layer": layer_of(key),
                                **table7_row(delta, weight, rank)})
     if table7:
         t7 = pd.DataFrame(table7)
@@ -257,19 +257,19 @@ def summary_markdown(sub: pd.DataFrame, t7: pd.DataFrame) -> str:
     r = 8 and the highest rank."""
     lines = []
     if not sub.empty:
-        lines += ["| comparison (LoRA Figs. 3-4) | matrix | phi(1, 1): overlap of the top directions of A | pairs x layers |",
-                  "|---|---|---|---|"]
-        for (compare, ra, rb, mtype), group in sub.groupby(["compare", "r_a", "r_b", "type"]):
+        lines += ["| method | comparison (LoRA Figs. 3-4) | matrix | phi(1, 1): overlap of the top directions of A | "
+                  "pairs x layers |", "|---|---|---|---|---|"]
+        for (method, compare, ra, rb, mtype), group in sub.groupby(["method", "compare", "r_a", "r_b", "type"]):
             what = f"r={ra} vs r={rb}, same seed" if compare == "ranks" else f"two seeds, r={ra}"
-            lines.append(f"| {what} | W_{mtype} | {group.phi_1_1.mean():.3f} | {len(group)} |")
+            lines.append(f"| {method} | {what} | W_{mtype} | {group.phi_1_1.mean():.3f} | {len(group)} |")
         lines.append("")
     if not t7.empty:
         ranks = sorted(set(t7.r))
         shown = sorted({ranks[0], ranks[-1], *([8] if 8 in ranks else [])})
-        lines += ["| matrix | r | ‖UᵀWVᵀ‖_F, U, V from ΔW | from W | random | ‖ΔW‖_F | amplification ‖ΔW‖_F / ‖UᵀWVᵀ‖_F (ΔW's) |",
-                  "|---|---|---|---|---|---|---|"]
-        for (mtype, r), group in t7[t7.r.isin(shown)].groupby(["type", "r"]):
-            lines.append(f"| W_{mtype} | {r} | {group.delta_dirs.mean():.3f} | {group.w_dirs.mean():.3f} | "
+        lines += ["| method | matrix | r | ‖UᵀWVᵀ‖_F, U, V from ΔW | from W | random | ‖ΔW‖_F | amplification "
+                  "‖ΔW‖_F / ‖UᵀWVᵀ‖_F (ΔW's) |", "|---|---|---|---|---|---|---|---|"]
+        for (method, mtype, r), group in t7[t7.r.isin(shown)].groupby(["method", "type", "r"]):
+            lines.append(f"| {method} | W_{mtype} | {r} | {group.delta_dirs.mean():.3f} | {group.w_dirs.mean():.3f} | "
                          f"{group.random_dirs.mean():.3f} | {group.delta_norm.mean():.3f} | {group.amplification.mean():.2f} |")
         lines.append("")
         lines.append("Means over layers and runs; every rank is in table7.csv / table7.md.")
