@@ -281,6 +281,8 @@ def build_report(records: Records, out: Path, scale: str, seeds: int) -> list[Pa
                  f"**{e['verdict']}** |" for e in efficiency]
     verdict_md = "\n".join(verdicts) + "\n"
 
+    n_ok = int((records.ok["param.scale"] == scale).sum()) if not records.ok.empty and "param.scale" in records.ok else 0
+    n_failed = sum(label.get("param.scale") == scale for label in records.failed_labels)
     protocol = []
     if not runs.empty:
         for task, group in runs.groupby("task", sort=False):
@@ -290,7 +292,8 @@ def build_report(records: Records, out: Path, scale: str, seeds: int) -> list[Pa
                             f"{tr.get('epochs')} epochs, batch {tr.get('batch_size')}, max length {t.get('max_length')}, "
                             f"{t.get('heldout_rows')} held-out training rows, dev rows kept: {t.get('max_eval_samples')}")
     lines = [f"# Claims report ({scale})", "",
-             f"Runs: {len(runs)} final runs of {len(arms)} arms ({records.summary().splitlines()[0]}); code "
+             f"Runs: {len(runs)} final runs of {len(arms)} arms ({n_ok} ok runs in all, candidates included; "
+             f"{n_failed} failed); code "
              f"version(s) of the runs: {', '.join(commits) or '—'}.",
              f"Scores: final dev evaluation x100; CIs: {int(LEVEL * 100)}% percentile bootstrap of the median over "
              f"seeds; margin for 'matches' / 'within noise': {MARGIN} point.",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -154,9 +155,20 @@ def build(name: str, args: list[str]) -> list[Path]:
         raise SystemExit(f"error: experiments/{name}/study.yaml asks for results {unknown}; known: {', '.join(BUILDERS)}")
     for item in dict.fromkeys(BUILDERS[w] for w in wanted):
         written += item(records, out, study)
-    (out / "summary.json").write_text(json.dumps(summary(name, study.params, records), indent=2) + "\n")
+    # A study whose results are written per choice of a param (claims: results/<scale>/) keeps its
+    # summary there too, so `make claims-quick` never rewrites the committed full report's summary.
+    per_choice = [PER_CHOICE[w] for w in wanted if w in PER_CHOICE and PER_CHOICE[w] in study.params]
+    home, counted = out, records
+    if per_choice:
+        key = per_choice[0]
+        home = out / study.params[key]
+        column = f"param.{key}"
+        if not records.ok.empty and column in records.ok:  # built for every choice: this one's runs only
+            counted = replace(records, ok=records.ok[records.ok[column] == study.params[key]])
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "summary.json").write_text(json.dumps(summary(name, study.params, counted), indent=2) + "\n")
     print(records.summary())
-    return written + [out / "summary.json"]
+    return written + [home / "summary.json"]
 
 
 def _table2(records: Records, out: Path, study: Study) -> list[Path]:
@@ -214,6 +226,8 @@ def _claims(records: Records, out: Path, study: Study) -> list[Path]:
     return written
 
 
+# Results written into results/<value of this param>/ rather than results/.
+PER_CHOICE = {"claims": "scale"}
 BUILDERS = {"claims": _claims, "table2": _table2, "table5": _table5, "table3": _table3, "weights": _weights, "plots": _plots, "method_table": _method_table,
             "e2e_vs_paper": _e2e_vs_paper}
 

@@ -210,3 +210,19 @@ def test_make_tables_writes_cis_and_paired_differences_against_full_finetuning(t
                                                                           pytest.approx(1.0), 3)
     assert pairs.loc["bitfit 0.00M"].n_pairs == 1 and pairs.loc["bitfit 0.00M"].median_diff == pytest.approx(-10.0)
     assert "| m | sst2 | lora 0.00M − full_ft 1.0M | +1.00 [+1.00, +1.00] | 3 |" in text
+
+
+def test_the_quick_report_keeps_its_summary_apart_from_the_full_ones(tuned_study, tmp_path):
+    """`make claims-quick` must never rewrite the committed full report: a study whose results are
+    per choice of `scale` writes its summary.json into results/<scale>/."""
+    from analysis.study import build
+
+    path = tmp_path / "experiments" / "t" / "study.yaml"
+    spec = json.loads(path.read_text())
+    spec["params"] = {"scale": ["full", "quick"]}
+    path.write_text(json.dumps(spec))
+    written = build("t", ["scale=quick"])
+    results = tmp_path / "experiments" / "t" / "results"
+    assert results / "quick" / "summary.json" in written
+    assert json.loads((results / "quick" / "summary.json").read_text())["params"] == {"scale": "quick"}
+    assert not (results / "summary.json").exists() and not (results / "full").exists()
