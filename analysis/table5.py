@@ -11,6 +11,7 @@ import pandas as pd
 
 from .records import Records, main_score
 from .stats import median_ci
+from .tables import save_table
 
 PAPER = Path(__file__).resolve().parent / "paper" / "table5.csv"
 # Projection names -> the paper's symbols (BERT/RoBERTa names, then Llama-style ones).
@@ -74,8 +75,6 @@ def table5_markdown(table: pd.DataFrame) -> str:
 
 
 def write_table5(records: Records, out: Path) -> str:
+    """out/table5.{md,csv}; returns the markdown."""
     table = build_table5(records)
-    table.to_csv(out / "table5.csv", index=False)
-    text = table5_markdown(table)
-    (out / "table5.md").write_text(text)
-    return text
+    return save_table(table, table5_markdown(table), out, "table5")

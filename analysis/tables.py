@@ -136,13 +136,17 @@ def to_markdown(table: pd.DataFrame, records: Records) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save_table(table: pd.DataFrame, text: str, out: Path, stem: str) -> str:
+    """out/<stem>.csv and out/<stem>.md; returns the markdown."""
+    table.to_csv(out / f"{stem}.csv", index=False)
+    (out / f"{stem}.md").write_text(text)
+    return text
+
+
 def write_table2(records: Records, out: Path) -> str:
     """out/table2.{md,csv}; returns the markdown."""
     table = build_table2(records)
-    table.to_csv(out / "table2.csv", index=False)
-    text = to_markdown(table, records)
-    (out / "table2.md").write_text(text)
-    return text
+    return save_table(table, to_markdown(table, records), out, "table2")
 
 
 def build_stats(records: Records) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -203,10 +207,7 @@ def write_stats(records: Records, out: Path) -> str:
 def write_table3(records: Records, out: Path) -> str:
     """out/table3.{md,csv}; returns the markdown."""
     table = build_table3(records)
-    table.to_csv(out / "table3.csv", index=False)
-    text = table3_markdown(table)
-    (out / "table3.md").write_text(text)
-    return text
+    return save_table(table, table3_markdown(table), out, "table3")
 
 
 def write_tables(records: Records, out: Path) -> str:

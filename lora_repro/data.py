@@ -163,7 +163,6 @@ def read_mr_ref_csv(path: Path, task_cfg: Any) -> Dataset:
     if not path.is_file():
         raise DataError(f"missing data file {path}")
     mr_col, ref_col = str(task_cfg.csv_columns.mr), str(task_cfg.csv_columns.ref)
-    rows: dict[str, list] = {"mr": [], "ref": []}
     with io.StringIO(read_text(path), newline="") as handle:
         reader = csv.DictReader(handle)
         if not reader.fieldnames:
@@ -171,15 +170,28 @@ def read_mr_ref_csv(path: Path, task_cfg: Any) -> Dataset:
         missing = [c for c in (mr_col, ref_col) if c not in reader.fieldnames]
         if missing:
             raise DataError(f"{path}: header lacks column(s) {missing}; it has {reader.fieldnames}")
-        for line_no, row in enumerate(reader, start=2):
-            mr, ref = row.get(mr_col), row.get(ref_col)
-            if mr is None or ref is None or None in row:
-                raise DataError(f"{path}:{line_no}: expected {len(reader.fieldnames)} comma-separated fields")
-            mr, ref = " ".join(mr.split()), " ".join(ref.split())
-            if not mr or not ref:
-                raise DataError(f"{path}:{line_no}: empty {'mr' if not mr else 'ref'} field")
-            rows["mr"].append(mr)
-            rows["ref"].append(ref)
+
+        def pairs():
+            for line_no, row in enumerate(reader, start=2):
+                mr, ref = row.get(mr_col), row.get(ref_col)
+                if mr is None or ref is None or None in row:
+                    raise DataError(f"{path}:{line_no}: expected {len(reader.fieldnames)} comma-separated fields")
+                yield line_no, mr, ref
+
+        return mr_ref_dataset(path, pairs(), ("mr field", "ref field"))
+
+
+def mr_ref_dataset(path: Path, pairs: Any, names: tuple[str, str]) -> Dataset:
+    """The E2E readers' common part: (line, MR, reference) items, whitespace collapsed, an empty
+    side named by file and line (`names`: how this format calls the two sides), and a file
+    without rows an error."""
+    rows: dict[str, list] = {"mr": [], "ref": []}
+    for line_no, mr, ref in pairs:
+        mr, ref = " ".join(mr.split()), " ".join(ref.split())
+        if not mr or not ref:
+            raise DataError(f"{path}:{line_no}: empty {names[0] if not mr else names[1]}")
+        rows["mr"].append(mr)
+        rows["ref"].append(ref)
     if not rows["mr"]:
         raise DataError(f"{path} has no data rows")
     return Dataset.from_dict(rows)
@@ -191,21 +203,16 @@ def read_lora_txt(path: Path, task_cfg: Any) -> Dataset:
     A line without exactly one `||`, or with an empty side, is an error naming the file and line."""
     if not path.is_file():
         raise DataError(f"missing data file {path}")
-    rows: dict[str, list] = {"mr": [], "ref": []}
-    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        parts = line.split("||")
-        if len(parts) != 2:
-            raise DataError(f"{path}:{line_no}: expected one 'MR||reference' per line, found {len(parts) - 1} '||'")
-        mr, ref = " ".join(parts[0].split()), " ".join(parts[1].split())
-        if not mr or not ref:
-            raise DataError(f"{path}:{line_no}: empty {'MR' if not mr else 'reference'}")
-        rows["mr"].append(mr)
-        rows["ref"].append(ref)
-    if not rows["mr"]:
-        raise DataError(f"{path} has no data rows")
-    return Dataset.from_dict(rows)
+    def pairs():
+        for line_no, line in enumerate(read_text(path).splitlines(), start=1):
+            if not line.strip():
+                continue
+            parts = line.split("||")
+            if len(parts) != 2:
+                raise DataError(f"{path}:{line_no}: expected one 'MR||reference' per line, found {len(parts) - 1} '||'")
+            yield line_no, parts[0], parts[1]
+
+    return mr_ref_dataset(path, pairs(), ("MR", "reference"))
 
 
 def load_e2e_hub(task_cfg: Any) -> TaskData:

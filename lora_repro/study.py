@@ -263,14 +263,19 @@ def tuned_runs(study: Study, tune: Tune, overrides: list[str], cfg: DictConfig, 
     grid_key = (tuple(sorted(common["values"].items())),)
     source = tune.share.get(variant)
 
+    composed: dict[str, DictConfig] = {}  # one compose per value; the seed only names the folder
+
     def run(value: str, seed: int, role: str) -> PlannedRun:
         job = [*overrides, f"{tune.key}={value}"]
         folder = None
         if value is not None:
-            try:
-                job_cfg = compose_job([*job, f"study={study.name}", f"seed={seed}"])
-            except ConfigError as exc:
-                raise ConfigError(f"study {study.name}, variant {variant}: {exc}") from None
+            if value not in composed:
+                try:
+                    composed[value] = compose_job([*job, f"study={study.name}", f"seed={seed}"])
+                except ConfigError as exc:
+                    raise ConfigError(f"study {study.name}, variant {variant}: {exc}") from None
+            job_cfg = composed[value]
+            job_cfg.seed = seed
             folder = run_dir(job_cfg)
         done = bool(folder and finished_record(folder) and not cfg.overwrite)
         return PlannedRun([*job, f"seed={seed}"], folder, done=done, role=role, tuned=value, **common)
