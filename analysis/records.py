@@ -1,6 +1,7 @@
-"""Run records into one pandas frame, from a runs folder or from one study's planned runs.
-Unreadable or corrupt files, and runs whose status is not ok, are counted and listed, never used as
-results. The record's fields are declared once, in lora_repro.record.RunRecord."""
+"""Run records into one pandas frame, from a runs folder or from one study's manifest and committed
+records (lora_repro.evidence). Unreadable or corrupt files, and runs whose status is not ok, are
+counted and listed, never used as results. The record's fields are declared once, in
+lora_repro.record.RunRecord. Nothing here imports torch or composes a config."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from lora_repro.evidence import committed_path, read_manifest, released, slim_record
 from lora_repro.record import RECORD_NAME, iter_records, read_run_record
+from lora_repro.studyspec import PROJECT_ROOT, experiments_dir
 
 
 # The metric the papers report per task (x100 in the tables): MNLI matched accuracy, MCC for CoLA,
@@ -41,15 +44,19 @@ class Records:
     missing: list[str] = field(default_factory=list)                 # planned runs with no record yet (studies)
     no_score: list[tuple[str, str]] = field(default_factory=list)    # ok runs whose main metric is NaN/absent
     failed_labels: list[dict] = field(default_factory=list)          # a study's labels of each failed run
+    unreleased: list[tuple[str, str]] = field(default_factory=list)  # (record, commit) left out: dirty tree or branch
 
     def summary(self) -> str:
         lines = [f"{len(self.ok)} ok runs, {len(self.failed)} failed, {len(self.unreadable)} unreadable"
                  + (f", {len(self.missing)} planned but not run yet" if self.missing else "")
                  + (f"; {len(self.no_score)} ok runs have no usable main metric and are left out of tables "
-                    f"and plots" if self.no_score else "")]
+                    f"and plots" if self.no_score else "")
+                 + (f"; {len(self.unreleased)} from uncommitted code or another branch left out "
+                    f"(--allow-unreleased counts them, under results/unreleased/)" if self.unreleased else "")]
         lines += [f"  failed: {p}: {e}" for p, e in self.failed]
         lines += [f"  skipped unreadable: {p}: {why}" for p, why in self.unreadable]
         lines += [f"  no main metric: {p}: {why}" for p, why in self.no_score]
+        lines += [f"  unreleased: {p}: code {commit}" for p, commit in self.unreleased]
         return "\n".join(lines)
 
 
@@ -61,6 +68,8 @@ def flatten(record: dict, path: Path) -> dict:
     row["variant"] = record.get("overrides") or ""
     row["study"] = record.get("study") or "-"
     row["git_commit"] = record.get("git_commit")
+    row["device"] = record.get("device") or "unknown"
+    row["record_file"] = str(path)
     row["path"] = str(path.parent)
     hparams = record.get("hparams") or {}
     info = record.get("method_info") or {}
@@ -85,17 +94,36 @@ def collect(items) -> Records:
     record's own (a study's plan says under which recipe it counts a shared run)."""
     rows, failed, unreadable, failed_labels = [], [], [], []
     for path, record, why, *labels in items:
-        if record is None:
+        why = why or shape_problem(record)
+        if record is None or why:
             unreadable.append((str(path), why))
         elif record["status"] != "ok":
             failed.append((str(path), record.get("error") or record["status"]))
-            failed_labels.append({"path": str(path.parent), "seed": record.get("seed"), **(labels[0] if labels else {})})
+            failed_labels.append({"path": str(path.parent), "seed": record.get("seed"), "record_file": str(path),
+                                  **(labels[0] if labels else {})})
         else:
             rows.append({**flatten(record, path), **(labels[0] if labels else {})})
     no_score = [(row["path"], f"{task_metric(row['task'])} is "
                  f"{row.get('metric.' + task_metric(row['task']), 'absent')}") for row in rows if main_score(row) is None]
     return Records(ok=pd.DataFrame(rows), failed=failed, unreadable=unreadable, no_score=no_score,
                    failed_labels=failed_labels)
+
+
+def shape_problem(record: dict | None) -> str:
+    """Why an ok record cannot be tabulated ("" when it can): a field of the wrong type, a metric
+    that is not a number. Such a record is listed as unreadable; the other runs still count."""
+    if record is None or record.get("status") != "ok":
+        return ""
+    for key in ("metrics", "best_metrics", "params", "throughput", "hparams", "method_info", "config"):
+        if record.get(key) is not None and not isinstance(record[key], dict):
+            return f"{key} is a {type(record[key]).__name__}, not a mapping"
+    if not isinstance(record.get("params"), dict):
+        return "params (the parameter counts) missing"
+    for key in ("metrics", "best_metrics"):
+        for name, value in (record.get(key) or {}).items():
+            if value is not None and not isinstance(value, (int, float)) and name not in ("step", "epoch"):
+                return f"{key}.{name} is {value!r}, not a number"
+    return ""
 
 
 def check_runs_dir(root: str | Path) -> Path:
@@ -127,28 +155,42 @@ def load_run_dirs(run_dirs: list[Path], labels: list[dict] | None = None) -> Rec
     return records
 
 
-def load_study_records(name: str, assignments: dict[str, str] | None = None, extra: list[str] | None = None) -> Records:
-    """Exactly the runs a study plans (every choice of its params unless `assignments` fix some),
-    read from their canonical folders; a run planned by two studies counts in both."""
-    from lora_repro.study import load_study, param_choices, plan
-
-    planned = []  # (params, run)
-    for choice in param_choices(name):
-        if assignments and any(choice.get(k) != v for k, v in assignments.items() if k in choice):
+def load_study_records(name: str, assignments: dict[str, str] | None = None,
+                       allow_unreleased: bool = False, scratch_root: Path | None = None) -> Records:
+    """Exactly the runs the study's committed manifest (experiments/<name>/runs.csv) lists, read from
+    its committed records; `assignments` keep one choice of its params. A run planned by two rows
+    of a table counts in both. Runs with no committed record are missing; records from uncommitted
+    code or another branch are left out unless `allow_unreleased`. With `scratch_root` (a study run
+    with --scratch) the manifest and the records are that machine's: <root>/scratch/<name>/runs.csv
+    and <root>/<run>/record.json, and every record counts."""
+    folder = experiments_dir() / name if scratch_root is None else Path(scratch_root) / "scratch" / name
+    try:
+        rows = read_manifest(folder)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    wanted = {k: str(v) for k, v in (assignments or {}).items()}
+    rows = [r for r in rows if all(f"{k}={v}" in r.params.split() for k, v in wanted.items())]
+    items, missing, unreleased = [], [], []
+    for row in rows:
+        if not row.run:
+            missing.append(f"{row.key} (waits for its variant's choice)")
             continue
-        study = load_study(name, {**choice, **(assignments or {})})
-        planned += [(study.params, r) for r in plan(study, list(extra or []))]
-    if assignments and not planned:  # a param value outside the listed choices
-        study = load_study(name, assignments)
-        planned = [(study.params, r) for r in plan(study, list(extra or []))]
-    # A tuned study's final runs still waiting for their setting have no folder yet: missing.
-    waiting = [f"{' '.join(r.overrides)} (waits for its variant's choice)" for _, r in planned
-               if r.run_dir is None and r.data_ok]
-    unique = {(r.run_dir, r.experiment): (params, r) for params, r in planned if r.data_ok and r.run_dir is not None}
-    # Labels: the recipe and published rows the plan counts it under, its variant (arm) and role,
-    # and the study's params (a study with several choices, e.g. claims' scale, reads them apart).
-    labels = [{"experiment": r.experiment or "-", "paper_setting": r.paper_setting, "arm": r.group[1], "role": r.role,
-               **{f"param.{k}": v for k, v in params.items()}} for params, r in unique.values()]
-    records = load_run_dirs([r.run_dir for _, r in unique.values()], labels)
-    records.missing += waiting
+        path = committed_path(folder, row.run) if scratch_root is None else Path(scratch_root) / row.run / RECORD_NAME
+        if not path.is_file():
+            missing.append(row.run)
+            continue
+        record, why = read_run_record(path)
+        if record is not None and scratch_root is not None:
+            record = slim_record(record, path.parent)  # as it would be committed (decoded lines quoted)
+        if record is not None and not released(record) and not allow_unreleased and scratch_root is None:
+            unreleased.append((str(path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path),
+                               str(record.get("git_commit"))))
+            continue
+        params = dict(p.split("=", 1) for p in row.params.split())
+        labels = {"path": str(path.parent) if scratch_root is not None else f"outputs/{row.run}",  # where its weights and decoded files are, on a machine that ran it
+                  "experiment": row.recipe or "-", "paper_setting": row.paper_setting, "arm": row.arm,
+                  "role": row.role, **{f"param.{k}": v for k, v in params.items()}}
+        items.append((path, record, why, labels))
+    records = collect(items)
+    records.missing, records.unreleased = sorted(set(missing)), unreleased
     return records

@@ -1,5 +1,5 @@
-"""`python -m analysis.study NAME [param=value ...]`: build experiments/NAME/results/ from the study's
-own runs (the run folders its study.yaml plans, read where they are), as its `results:` list says:
+"""`python -m analysis.study NAME [param=value ...]` (or `--all`): build experiments/NAME/results/ from
+the study's committed manifest (runs.csv) and records (records/), as its `results:` list says:
 
   table2        table2.{md,csv} and table3.{md,csv} (analysis.tables)
   table3        the same files (E2E studies list this one)
@@ -8,18 +8,26 @@ own runs (the run folders its study.yaml plans, read where they are), as its `re
   e2e_vs_paper  e2e_vs_paper.md: each E2E run's five metrics beside the paper's GPT-2 M LoRA row
   weights       weights/: Section 7's subspace similarity, Table 7 and spectra (analysis.weights)
 
-and always summary.json: the runs planned / ok / failed / missing, the code versions they ran at,
-and one row per recipe with its median main metric. The files hold no timestamps, so rebuilding
-from the same records gives the same bytes. Command studies (efficiency, param_counts) write their
-results/ themselves; their summary lists the files.
+and always summary.json: the runs planned / ok / failed / missing, the code versions and devices they
+ran on, and one row per recipe with its median main metric. A study with no finished run yet gets
+NO_RUNS.md instead of empty tables. The files hold no timestamps, so rebuilding from the same
+records gives the same bytes (`--check` compares a rebuild with what is committed). Records from
+uncommitted code or another branch count only with --allow-unreleased, under results/unreleased/.
+weights/ needs the saved weights (not committed): it is rebuilt only where they are. Command studies
+(efficiency, param_counts) write their results/ themselves; their summary lists the files.
 
 Also the source options of `make tables` / `make plots`: a runs folder (RUNS=) or a study (STUDY=)."""
 
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
+import shutil
+import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,8 +35,10 @@ from typing import Any
 import pandas as pd
 
 from lora_repro.errors import ConfigError
-from lora_repro.record import RECORD_NAME, read_record
-from lora_repro.study import PROJECT_ROOT, Study, load_study, results_dir, split_args
+from lora_repro.evidence import manifest_path, read_manifest
+from lora_repro.record import read_run_record
+from lora_repro.studyspec import (experiments_dir, PROJECT_ROOT, RESULT_KINDS, Study, load_study, results_dir,
+                                  split_args, study_names)
 
 from .plots import make_plots, scores
 from .records import Records, load_records, load_study_records
@@ -55,7 +65,10 @@ def source_records(args: argparse.Namespace, rest: list[str]) -> tuple[Records, 
             load_study(args.study, assignments)
         except ConfigError as exc:
             raise SystemExit(f"error: {exc}") from None
-        return load_study_records(args.study, assignments, extra), Path(args.out or results_dir(args.study))
+        if extra:
+            raise SystemExit(f"error: {extra}: a study's results come from its committed runs; overrides change "
+                             f"nothing here (give them to `python -m lora_repro.study {args.study}`)")
+        return load_study_records(args.study, assignments), Path(args.out or results_dir(args.study))
     if rest:
         raise SystemExit(f"error: unexpected arguments {rest} (overrides go with --study)")
     return load_records(args.runs_dir or "outputs"), Path(args.out or "results")
@@ -94,8 +107,8 @@ def e2e_vs_paper(records: Records) -> str:
         return "No finished E2E run yet.\n"
     lines = []
     for r in ok.to_dict("records"):
-        folder = Path(r["path"])
-        record = read_record(folder / RECORD_NAME)
+        record, _ = read_run_record(r["record_file"])
+        record = record or {}
         decoded = (record.get("decoding") or {}).get("test") or {}
         forgetting = record.get("forgetting") or {}
         lines += [f"{r['model']} + {r['method']}, seed {r['seed']}: {int(r['params.adapted']):,} trained parameters, "
@@ -110,10 +123,9 @@ def e2e_vs_paper(records: Records) -> str:
         if forgetting.get("lm_loss_after") is not None:
             lines += ["", f"Forgetting: LM loss on general text ({forgetting['text']}) {forgetting['lm_loss_before']:.3f} "
                       f"before training, {forgetting['lm_loss_after']:.3f} after ({forgetting['increase']:+.3f} nats/token)."]
-        if decoded.get("mrs") and decoded.get("outputs"):
-            mrs = (folder / decoded["mrs"]).read_text(encoding="utf-8").splitlines()
-            outputs = (folder / decoded["outputs"]).read_text(encoding="utf-8").splitlines()
-            lines += ["", "First outputs:", ""] + [f"* `{mr}` -> \"{out}\"" for mr, out in list(zip(mrs, outputs))[:2]]
+        quoted = decoded.get("first_outputs") or []
+        if quoted:
+            lines += ["", "First outputs:", ""] + [f"* `{mr}` -> \"{out}\"" for mr, out in quoted[:2]]
         lines.append("")
     return "\n".join(lines)
 
@@ -130,45 +142,127 @@ def summary(name: str, params: dict[str, str], records: Records) -> dict[str, An
                          "seeds": sorted(int(s) for s in group.seed)})
     for row in rows:
         row["adapted"] = int(row["adapted"])
-    commits = sorted(set(records.ok.get("git_commit", pd.Series(dtype=str)).dropna())) if not records.ok.empty else []
+    ok = records.ok
+    commits = sorted(set(ok["git_commit"].dropna())) if "git_commit" in ok else []
+    devices = sorted(set(ok["device"].dropna())) if "device" in ok else []
     return {"study": name, "params": params,
-            "runs": {"ok": len(records.ok), "failed": len(records.failed), "unreadable": len(records.unreadable),
-                     "missing": len(records.missing)},
-            "code_versions": commits, "rows": rows}
+            "runs": {"ok": len(ok), "failed": len(records.failed), "unreadable": len(records.unreadable),
+                     "missing": len(records.missing), "unreleased": len(records.unreleased)},
+            "code_versions": commits, "devices": devices, "rows": rows}
 
 
-def build(name: str, args: list[str]) -> list[Path]:
+def no_runs_note(name: str, records: Records, planned: bool) -> str:
+    if not planned:
+        return (f"# {name}: not planned yet\n\nNo manifest (experiments/{name}/runs.csv). Plan it with "
+                f"`python -m lora_repro.study {name} --plan-only`, run it with `make study NAME={name}`.\n")
+    return (f"# {name}: no runs yet\n\n{len(records.missing)} runs are planned (experiments/{name}/runs.csv) and "
+            f"none has a committed record yet"
+            + (f" ({len(records.failed)} failed)" if records.failed else "")
+            + (f"; {len(records.unreleased)} records from uncommitted code or another branch are left out"
+               if records.unreleased else "")
+            + f". Run it with `make study NAME={name}`; it continues from whatever records are committed.\n")
+
+
+def build(name: str, args: list[str], out: Path | None = None, allow_unreleased: bool = False,
+          scratch_root: Path | None = None) -> list[Path]:
+    """Write the study's results into `out` (default: its results/, or results/unreleased/ with
+    allow_unreleased; a scratch run's: <root>/scratch/<name>/results/). The files are made in a
+    fresh folder that then replaces the old one, so no file of an earlier build survives (weights/
+    is kept when there are no saved weights here to rebuild it from)."""
     assignments, extra = split_args(name, args)
     study = load_study(name, assignments)
-    out = results_dir(name)
-    out.mkdir(parents=True, exist_ok=True)
+    default = results_dir(name) / "unreleased" if allow_unreleased else results_dir(name)
+    if scratch_root is not None:
+        default = Path(scratch_root) / "scratch" / name / "results"
+    final = Path(out) if out is not None else default
     if study.is_command:
-        files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != "summary.json")
+        final.mkdir(parents=True, exist_ok=True)
+        files = sorted(str(p.relative_to(final)) for p in final.rglob("*") if p.is_file() and p.name != "summary.json")
         payload = {"study": name, "params": study.params, "files": files}
-        (out / "summary.json").write_text(json.dumps(payload, indent=2) + "\n")
-        return [out / "summary.json"]
-    records = load_study_records(name, assignments, extra)
+        (final / "summary.json").write_text(json.dumps(payload, indent=2) + "\n")
+        return [final / "summary.json"]
+    # Every choice of the study's params is read: results/ holds them all (claims: results/<scale>/).
+    records = load_study_records(name, None, allow_unreleased=allow_unreleased, scratch_root=scratch_root)
+    planned = scratch_root is not None or manifest_path(experiments_dir() / name).is_file()
+    work = Path(tempfile.mkdtemp(prefix=f".{name}-results-", dir=final.parent if final.parent.is_dir() else None))
+    try:
+        written = _build_into(name, study, records, work, planned)
+        rebuilt_weights = (work / "weights").is_dir()
+        if final.is_dir():
+            for item in final.iterdir():
+                if item.name == "weights" and not rebuilt_weights:
+                    continue  # built from saved weights that are not here
+                if item.name == "unreleased" and final == results_dir(name):
+                    continue
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
+        final.mkdir(parents=True, exist_ok=True)
+        for item in work.iterdir():
+            shutil.move(str(item), final / item.name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(records.summary())
+    return [final / p.relative_to(work) for p in written]
+
+
+def _build_into(name: str, study: Study, records: Records, out: Path, planned: bool) -> list[Path]:
     written: list[Path] = []
     wanted = list(study.spec.get("results") or [])
-    unknown = sorted(set(wanted) - set(BUILDERS))
-    if unknown:
-        raise SystemExit(f"error: experiments/{name}/study.yaml asks for results {unknown}; known: {', '.join(BUILDERS)}")
-    for item in dict.fromkeys(BUILDERS[w] for w in wanted):
-        written += item(records, out, study)
-    # A study whose results are written per choice of a param (claims: results/<scale>/) keeps its
-    # summary there too, so `make claims-quick` never rewrites the committed full report's summary.
+    if records.ok.empty and not records.failed:
+        (out / "NO_RUNS.md").write_text(no_runs_note(name, records, planned))
+        written.append(out / "NO_RUNS.md")
+    else:
+        for item in dict.fromkeys(BUILDERS[w] for w in wanted):
+            written += item(records, out, study)
+    # A study whose results are written per choice of a param (claims: results/<scale>/) keeps a
+    # summary there for each choice that has runs (the default choice when none has), counting that
+    # choice's runs only: building never drops another choice's results.
     per_choice = [PER_CHOICE[w] for w in wanted if w in PER_CHOICE and PER_CHOICE[w] in study.params]
-    home, counted = out, records
-    if per_choice:
-        key = per_choice[0]
-        home = out / study.params[key]
-        column = f"param.{key}"
-        if not records.ok.empty and column in records.ok:  # built for every choice: this one's runs only
-            counted = replace(records, ok=records.ok[records.ok[column] == study.params[key]])
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "summary.json").write_text(json.dumps(summary(name, study.params, counted), indent=2) + "\n")
-    print(records.summary())
-    return written + [home / "summary.json"]
+    if not per_choice:
+        (out / "summary.json").write_text(json.dumps(summary(name, study.params, records), indent=2) + "\n")
+        return written + [out / "summary.json"]
+    key, column = per_choice[0], f"param.{per_choice[0]}"
+    values = sorted(set(records.ok[column])) if not records.ok.empty and column in records.ok else [study.params[key]]
+    for value in values:
+        counted = replace(records, ok=records.ok[records.ok[column] == value]) if column in records.ok else records
+        (out / value).mkdir(parents=True, exist_ok=True)
+        (out / value / "summary.json").write_text(
+            json.dumps(summary(name, {**study.params, key: value}, counted), indent=2) + "\n")
+        written.append(out / value / "summary.json")
+    return written
+
+
+def tracked(path: Path) -> bool:
+    """Whether git would commit this path (not ignored); outside a checkout everything counts."""
+    try:
+        out = subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=PROJECT_ROOT, capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return True
+    return out.returncode != 0
+
+
+def check(name: str) -> list[str]:
+    """How the committed results/ differ from a rebuild from the committed manifest and records:
+    one line per file ([] when identical). weights/ and git-ignored files are not compared, nor
+    command studies (efficiency, param_counts), whose tool writes results/ and keeps no records."""
+    if load_study(name).is_command:
+        return []
+    committed = results_dir(name)
+    with tempfile.TemporaryDirectory(prefix=f"check-{name}-") as tmp:
+        fresh = Path(tmp) / "results"
+        build(name, [], out=fresh)
+        produced = {p.relative_to(fresh) for p in fresh.rglob("*") if p.is_file()}
+        existing = {p.relative_to(committed) for p in committed.rglob("*") if p.is_file()} if committed.is_dir() else set()
+        problems = []
+        for rel in sorted(produced | existing):
+            if rel.parts[0] in ("weights", "unreleased") or not tracked(committed / rel):
+                continue
+            if rel not in existing:
+                problems.append(f"{name}: results/{rel} is missing (run `make results`)")
+            elif rel not in produced:
+                problems.append(f"{name}: results/{rel} is not built from the committed records (stale; `make results` removes it)")
+            elif not filecmp.cmp(fresh / rel, committed / rel, shallow=False):
+                problems.append(f"{name}: results/{rel} differs from what the committed records give (`make results`)")
+        return problems
 
 
 def _table2(records: Records, out: Path, study: Study) -> list[Path]:
@@ -228,22 +322,41 @@ def _claims(records: Records, out: Path, study: Study) -> list[Path]:
 
 # Results written into results/<value of this param>/ rather than results/.
 PER_CHOICE = {"claims": "scale"}
-BUILDERS = {"claims": _claims, "table2": _table2, "table5": _table5, "table3": _table3, "weights": _weights, "plots": _plots, "method_table": _method_table,
-            "e2e_vs_paper": _e2e_vs_paper}
+BUILDERS = {"claims": _claims, "table2": _table2, "table5": _table5, "table3": _table3, "weights": _weights, "plots": _plots,
+            "method_table": _method_table, "e2e_vs_paper": _e2e_vs_paper}
+assert set(BUILDERS) == set(RESULT_KINDS), "lora_repro.studyspec.RESULT_KINDS lists what BUILDERS builds"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("name")
+    parser.add_argument("name", nargs="?", help="a study of experiments/ (or --all)")
+    parser.add_argument("--all", action="store_true", help="every study, in one process")
+    parser.add_argument("--check", action="store_true",
+                        help="rebuild into a temporary folder and list what differs from the committed results/")
+    parser.add_argument("--allow-unreleased", action="store_true",
+                        help="count records from uncommitted code or other branches (written to results/unreleased/)")
+    parser.add_argument("--scratch", default=None, metavar="OUTPUT_ROOT",
+                        help="a study run with --scratch: its manifest and records under this output_root")
     args, rest = parser.parse_known_args(argv)
+    names = study_names() if args.all else [args.name] if args.name else []
+    if not names:
+        parser.error("name a study, or give --all")
+    start = time.perf_counter()
     try:
-        written = build(args.name, rest)
+        if args.check:
+            problems = [line for name in names for line in check(name)]
+            print("\n".join(problems) if problems else f"{len(names)} studies: results/ are what their committed records give")
+            return 1 if problems else 0
+        for name in names:
+            written = build(name, rest, allow_unreleased=args.allow_unreleased,
+                            scratch_root=Path(args.scratch) if args.scratch else None)
+            for path in written:
+                path = Path(path).resolve()
+                print(f"wrote {path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path}")
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for path in written:
-        path = Path(path).resolve()
-        print(f"wrote {path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path}")
+    print(f"built {len(names)} studies' results in {time.perf_counter() - start:.1f} s")
     return 0
 
 

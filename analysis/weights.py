@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from lora_repro.record import CHECKPOINT_FILE, RECORD_NAME, read_record  # noqa: E402
+from lora_repro.record import CHECKPOINT_FILE, RECORD_NAME, read_run_record  # noqa: E402
 
 # peft's names: <module path>.lora_A.<adapter>.weight; GPT-2's fused layer: <path>.lora_A.q
 LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])\.(?P<slot>[^.]+)(?:\.weight)?$")
@@ -108,9 +108,13 @@ def load_runs(folders: list[Path]) -> list[Run]:
         record_path, weights_path = folder / RECORD_NAME, folder / CHECKPOINT_FILE
         if not record_path.is_file() or not weights_path.is_file():
             continue
-        record = read_record(record_path)
-        if record.get("status") == "ok":
+        record, _ = read_run_record(record_path)
+        if record is None or record.get("status") != "ok":
+            continue
+        try:
             runs.append(Run(folder, record, load_file(str(weights_path))))
+        except Exception as exc:  # a truncated or foreign file: named, and the other runs still count
+            print(f"skipped {weights_path}: {' '.join(str(exc).split())[:160]}")
     return runs
 
 
@@ -186,12 +190,12 @@ def comparison_pairs(members: list[Run]) -> list[tuple[str, Run, Run]]:
 
 
 def analyse(runs: list[Run], out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     lora = [r for r in runs if lora_factors(r)]
     if not lora and not runs:
         print("no finished run with saved weights (checkpoint/trainable.safetensors): nothing to analyse")
         return written
+    out.mkdir(parents=True, exist_ok=True)
     subspace_rows = []
     groups: dict[tuple, list[Run]] = {}
     for run in lora:
@@ -335,7 +339,10 @@ def spectrum_plot(sp: pd.DataFrame, out: Path) -> Path:
 
 def analyse_records(records, out: Path) -> list[Path]:
     """analyse() over the finished runs of a Records set (a study's or a runs folder's)."""
-    folders = [Path(p) for p in records.ok.path] if not records.ok.empty else []
+    from lora_repro.studyspec import PROJECT_ROOT
+
+    # A committed record names its run folder relative to the project (outputs/runs/...).
+    folders = [Path(p) if Path(p).is_absolute() else PROJECT_ROOT / p for p in records.ok.path] if not records.ok.empty else []
     return analyse(load_runs(folders), out)
 
 

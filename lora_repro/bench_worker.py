@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from .backbone import count_parameters
-from .record import LiveTensorBytes, tensor_bytes
+from .profiling import LiveTensorBytes, tensor_bytes
 
 from .assembly import build as assemble
 from .config import compose_config

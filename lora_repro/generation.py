@@ -218,7 +218,7 @@ def progress_bar(**kwargs: Any):
     """A tqdm bar (rate and ETA) in an interactive terminal; silent in CI and in log files."""
     from tqdm.auto import tqdm
 
-    from .record import show_progress
+    from .ui import show_progress
 
     return tqdm(disable=not show_progress(), dynamic_ncols=True, **kwargs)
 

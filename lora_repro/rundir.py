@@ -15,13 +15,13 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from .errors import ConfigError
-from .record import CHECKPOINT_FILE, RECORD_NAME, TRAINABLE_FILE
+from .record import CHECKPOINT_FILE, RECORD_NAME, TRAINABLE_FILE, read_run_record
 
 # The parts of the config that decide a run's result (the seed is named separately in the folder).
 HASHED_KEYS = ("model", "method", "task", "train", "init_from")
 # Keys inside those parts that change how a run is carried out or logged, never its result.
 NOT_RECIPE = {("train", "num_workers"), ("train", "logging_steps"), ("train", "checkpoint_every"),
-              ("train", "eval_batch_size"), ("task", "generation", "batch_size"),
+              ("train", "eval_batch_size"), ("train", "callbacks"), ("task", "generation", "batch_size"),
               ("task", "file_layouts")}  # where a data_dir's files may be found: data_dir itself is hashed
 # Bumped whenever the rules below change which folder a config maps to. Version 1 (before this
 # constant) hashed every key, nulls included; folders it made are still read by the analysis, but
@@ -61,9 +61,21 @@ def recipe_part(cfg: Any) -> dict[str, Any]:
     return {k: resolved.get(k) for k in HASHED_KEYS}
 
 
+def without_not_recipe(value: Any, path: tuple[str, ...] = ()) -> Any:
+    """A recipe part without the NOT_RECIPE keys, values as they are (for labels people read)."""
+    if isinstance(value, dict):
+        return {k: without_not_recipe(v, path + (k,)) for k, v in value.items() if path + (k,) not in NOT_RECIPE}
+    return value
+
+
+def canonical_recipe(cfg: Any) -> dict[str, Any]:
+    """What the folder hash covers, as hashed (a study's recipes.json keeps it, to name drift)."""
+    return _canonical(recipe_part(cfg))
+
+
 def config_hash(cfg: Any) -> str:
     """8 hex digits of sha256 over the config's recipe part (and HASH_VERSION)."""
-    payload = json.dumps({"v": HASH_VERSION, **_canonical(recipe_part(cfg))}, sort_keys=True, default=str)
+    payload = json.dumps({"v": HASH_VERSION, **canonical_recipe(cfg)}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:8]
 
 
@@ -139,13 +151,13 @@ def finished_record(run_dir: Path) -> dict | None:
 
 
 def existing_record(run_dir: Path) -> dict | None:
+    """The folder's record, {"status": "unreadable"} when it is not one (truncated, not JSON, not
+    an object), None when there is none."""
     path = run_dir / RECORD_NAME
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {"status": "unreadable"}
+    record, _ = read_run_record(path)
+    return record if record is not None else {"status": "unreadable"}
 
 
 def check_writable(output_root: str) -> None:

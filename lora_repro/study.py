@@ -54,144 +54,12 @@ from . import PROJECT_ROOT
 from .config import compose_config, compose_job, instantiate_method
 from .errors import ConfigError
 from .record import iter_records
-from .rundir import existing_record, finished_record, run_dir
-
-# The studies: the project's experiments/ (LORA_REPRO_EXPERIMENTS names another folder of studies).
-EXPERIMENTS_DIR = Path(os.environ.get("LORA_REPRO_EXPERIMENTS", PROJECT_ROOT / "experiments")).resolve()
-STUDY_FILE = "study.yaml"
-RESULTS_DIR = "results"
-KNOWN_KEYS = {"description", "cost", "params", "paper_rows", "lookup", "common", "variants", "grid", "seeds", "first",
-              "train_sizes", "results", "command", "tune"}
-TUNE_KEYS = {"key", "values", "share", "split"}
-
-
-def study_names() -> list[str]:
-    return sorted(p.parent.name for p in EXPERIMENTS_DIR.glob(f"*/{STUDY_FILE}"))
-
-
-def results_dir(name: str) -> Path:
-    return EXPERIMENTS_DIR / name / RESULTS_DIR
-
-
-@dataclass
-class Study:
-    name: str
-    spec: dict[str, Any]          # study.yaml resolved, with each param set to one value
-    params: dict[str, str]
-
-    @property
-    def is_command(self) -> bool:
-        return bool(self.spec.get("command"))
-
-    def seeds(self) -> list[int]:
-        return [int(s) for s in self.spec.get("seeds") or [42]]
-
-    def variants(self) -> dict[str, list[str]]:
-        return {k: [str(o) for o in v] for k, v in (self.spec.get("variants") or {}).items()} or {"": []}
-
-    def grid(self) -> dict[str, list[str]]:
-        return {k: [str(v) for v in values] for k, values in (self.spec.get("grid") or {}).items()}
-
-    def common(self) -> list[str]:
-        return [str(o) for o in self.spec.get("common") or []]
-
-    def tune(self) -> "Tune | None":
-        spec = self.spec.get("tune")
-        if not spec:
-            return None
-        return Tune(key=str(spec["key"]), split=str(spec.get("split") or "heldout"),
-                    values={m: [str(v) for v in vs] for m, vs in (spec.get("values") or {}).items()},
-                    share={str(k): str(v) for k, v in (spec.get("share") or {}).items()})
-
-    def phases(self) -> list[dict[str, list[str]]]:
-        """The grid split into phases: the `first` values, then the rest."""
-        grid = self.grid()
-        first = [str(f).split("=", 1) for f in self.spec.get("first") or []]
-        early = {k: [v for v in values if [k, v] in first] for k, values in grid.items()}
-        if not any(early.values()):
-            return [grid]
-        key = next(k for k, v in early.items() if v)
-        late = {**grid, key: [v for v in grid[key] if v not in early[key]]}
-        return [{**grid, key: early[key]}, late] if late[key] else [{**grid, key: early[key]}]
-
-
-def read_spec(name: str) -> DictConfig:
-    """A study's study.yaml as written (interpolations unresolved), checked for unknown keys."""
-    path = EXPERIMENTS_DIR / name / STUDY_FILE
-    if not path.is_file():
-        raise ConfigError(f"unknown study {name!r}; valid: {', '.join(study_names())}")
-    try:
-        spec = OmegaConf.load(path)
-    except Exception as exc:
-        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
-    unknown = sorted(set(spec) - KNOWN_KEYS)
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {unknown}; valid: {', '.join(sorted(KNOWN_KEYS))}")
-    return spec
-
-
-def param_options(spec: DictConfig) -> dict[str, list[str]]:
-    params = spec.get("params")
-    choices = OmegaConf.to_container(params, resolve=False) if params is not None else {}
-    return {k: [str(x) for x in (v if isinstance(v, list) else [v])] for k, v in choices.items()}
-
-
-def load_study(name: str, assignments: dict[str, str] | None = None) -> Study:
-    """study.yaml with each param set to the given value (else its first choice)."""
-    spec = read_spec(name)
-    options = param_options(spec)
-    params = {key: str((assignments or {}).get(key, choices[0])) for key, choices in options.items()}
-    spec.params = params
-    try:
-        resolved = OmegaConf.to_container(spec, resolve=True)
-    except Exception as exc:  # e.g. a param value with no entry in a lookup table
-        given = ", ".join(f"{k}={v}" for k, v in params.items())
-        valid = "; ".join(f"{k}: " + ", ".join(v) for k, v in options.items())
-        raise ConfigError(f"study {name} with {given}: {' '.join(str(exc).split())} (its params: {valid})") from None
-    check_shape(name, resolved)
-    return Study(name, resolved, params)
-
-
-@dataclass
-class Tune:
-    key: str                        # the override chosen, e.g. train.lr
-    split: str                      # the evaluation split whose main metric decides
-    values: dict[str, list[str]]    # method name -> candidates
-    share: dict[str, str]           # variant -> the variant whose choice it takes
-
-
-def check_shape(name: str, spec: dict[str, Any]) -> None:
-    """The types study.yaml's keys must have, checked before anything is planned."""
-    where = f"experiments/{name}/{STUDY_FILE}"
-    tune = spec.get("tune")
-    if tune is not None:
-        if not isinstance(tune, dict) or not tune.get("key") or sorted(set(tune) - TUNE_KEYS):
-            raise ConfigError(f"{where}: tune must be a mapping with key, values, share, split; got {tune!r}")
-        values = tune.get("values") or {}
-        if not isinstance(values, dict) or not all(isinstance(v, list) and v for v in values.values()):
-            raise ConfigError(f"{where}: tune.values must map method names to non-empty lists, got {values!r}")
-        variants = set(spec.get("variants") or {})
-        for variant, source in (tune.get("share") or {}).items():
-            if variant not in variants or source not in variants or source in (tune.get("share") or {}):
-                raise ConfigError(f"{where}: tune.share.{variant}: {source!r} must name a variant that is tuned "
-                                  f"itself (variants: {', '.join(sorted(variants))})")
-    for key in ("common", "first", "results"):
-        if not isinstance(spec.get(key) or [], list):
-            raise ConfigError(f"{where}: {key} must be a list, got {spec[key]!r}")
-    seeds = spec.get("seeds") or []
-    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-        raise ConfigError(f"{where}: seeds must be a list of integers >= 0, got {seeds!r}")
-    for key in ("variants", "grid"):
-        table = spec.get(key) or {}
-        if not isinstance(table, dict) or not all(isinstance(v, list) and v for v in table.values()):
-            raise ConfigError(f"{where}: {key} must map names to non-empty lists, got {table!r}")
-
-
-def param_choices(name: str) -> list[dict[str, str]]:
-    """Every combination of a study's param choices (the analysis reads them all)."""
-    options = param_options(read_spec(name))
-    return [dict(zip(options, combo)) for combo in itertools.product(*options.values())]
-
+from .evidence import (Drift, ManifestRow, find_drift, merge_rows, prune_records, read_committed, read_manifest, sync,
+                       write_manifest)
+from .provenance import git_commit
+from .rundir import canonical_recipe, config_hash, existing_record, run_subdir
+from .studyspec import (experiments_dir, STUDY_FILE, Study, Tune, command_line, load_study, param_choices,  # noqa: F401
+                        read_spec, results_dir, split_args, study_names)
 
 @dataclass
 class PlannedRun:
@@ -202,13 +70,36 @@ class PlannedRun:
     task: str
     samples: float            # training samples this run processes, for the cost estimate
     data_ok: bool             # its data folder exists (or it reads the hub / a wheel)
-    done: bool
+    done: bool                # finished ok here or committed in the study (and overwrite is off)
     group: tuple[int, str]    # (phase, variant): the Hydra multirun that launches it
     values: dict[str, str]    # its grid values
     experiment: str | None    # the recipe (conf/experiment) this study plans it under
     paper_setting: str        # the published rows it compares with (config's, else the method's)
     role: str = "run"         # "run"; with `tune`: "tune" (a candidate not chosen, or not yet) or "final"
     tuned: str | None = None  # the tuned key's value this run uses
+    seed: int = 0
+    run: str = ""             # run_dir relative to output_root ("" while undecided)
+    hash: str = ""
+    recipe: dict | None = None  # the canonical recipe the hash covers (for recipes.json)
+    candidate: bool = False   # a tuning candidate: its tuned value is part of its place in the study
+    key: str = ""             # its place in the study (evidence.ManifestRow.key), set by manifest_rows
+
+
+def recorded(study: Study, output_root: Path, run: str) -> dict | None:
+    """A run's record: this machine's (outputs/), else the one committed in the study."""
+    local = existing_record(Path(output_root) / run)
+    if local is not None or not study.committed:
+        return local
+    committed, _ = read_committed(experiments_dir() / study.name, run)
+    return committed
+
+
+def placed(study: Study, cfg: DictConfig, seed: int) -> tuple[Path, str, bool]:
+    """(run folder, its path under output_root, done) for a composed job at one seed."""
+    cfg.seed = seed
+    run = run_subdir(cfg)
+    record = recorded(study, Path(str(cfg.output_root)), run)
+    return Path(str(cfg.output_root)) / run, run, bool(record and record.get("status") == "ok" and not cfg.overwrite)
 
 
 def plan(study: Study, extra: list[str]) -> list[PlannedRun]:
@@ -238,19 +129,17 @@ def plan(study: Study, extra: list[str]) -> list[PlannedRun]:
                 experiment = next((o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("experiment=")), None)
                 setting = cfg.get("paper_setting") or instantiate_method(cfg.method).paper_setting
                 data_ok = cfg.task.data_dir is None or Path(str(cfg.task.data_dir)).expanduser().is_dir()
+                common = dict(model=cfg.model.name, method=cfg.method.name, task=cfg.task.name, samples=samples,
+                              data_ok=data_ok, group=(index, variant_name), values=dict(zip(keys, values)),
+                              experiment=experiment, paper_setting=setting)
                 if tune is not None:
-                    common = dict(model=cfg.model.name, method=cfg.method.name, task=cfg.task.name, samples=samples,
-                                  data_ok=data_ok, group=(index, variant_name), values=dict(zip(keys, values)),
-                                  experiment=experiment, paper_setting=setting)
                     runs += tuned_runs(study, tune, overrides, cfg, variant_name, choices, common)
                     continue
+                digest, recipe = config_hash(cfg), canonical_recipe(cfg)
                 for seed in study.seeds():
-                    cfg.seed = seed
-                    folder = run_dir(cfg)
-                    runs.append(PlannedRun([*overrides, f"seed={seed}"], folder, cfg.model.name, cfg.method.name,
-                                           cfg.task.name, samples, data_ok,
-                                           bool(finished_record(folder) and not cfg.overwrite),
-                                           (index, variant_name), dict(zip(keys, values)), experiment, setting))
+                    folder, run, done = placed(study, cfg, seed)
+                    runs.append(PlannedRun([*overrides, f"seed={seed}"], folder, done=done, seed=seed, run=run,
+                                           hash=digest, recipe=recipe, **common))
     return runs
 
 
@@ -265,20 +154,19 @@ def tuned_runs(study: Study, tune: Tune, overrides: list[str], cfg: DictConfig, 
 
     composed: dict[str, DictConfig] = {}  # one compose per value; the seed only names the folder
 
-    def run(value: str, seed: int, role: str) -> PlannedRun:
+    def run(value: str | None, seed: int, role: str, candidate: bool = False) -> PlannedRun:
         job = [*overrides, f"{tune.key}={value}"]
-        folder = None
-        if value is not None:
-            if value not in composed:
-                try:
-                    composed[value] = compose_job([*job, f"study={study.name}", f"seed={seed}"])
-                except ConfigError as exc:
-                    raise ConfigError(f"study {study.name}, variant {variant}: {exc}") from None
-            job_cfg = composed[value]
-            job_cfg.seed = seed
-            folder = run_dir(job_cfg)
-        done = bool(folder and finished_record(folder) and not cfg.overwrite)
-        return PlannedRun([*job, f"seed={seed}"], folder, done=done, role=role, tuned=value, **common)
+        if value is None:
+            return PlannedRun([*job, f"seed={seed}"], None, done=False, role=role, tuned=None, seed=seed, **common)
+        if value not in composed:
+            try:
+                composed[value] = compose_job([*job, f"study={study.name}", f"seed={seed}"])
+            except ConfigError as exc:
+                raise ConfigError(f"study {study.name}, variant {variant}: {exc}") from None
+        job_cfg = composed[value]
+        folder, path, done = placed(study, job_cfg, seed)
+        return PlannedRun([*job, f"seed={seed}"], folder, done=done, role=role, tuned=value, seed=seed, run=path,
+                          hash=config_hash(job_cfg), recipe=canonical_recipe(job_cfg), candidate=candidate, **common)
 
     if source is not None:
         chosen = choices.get((source, *grid_key))
@@ -287,21 +175,21 @@ def tuned_runs(study: Study, tune: Tune, overrides: list[str], cfg: DictConfig, 
     if not candidates:
         raise ConfigError(f"experiments/{study.name}/{STUDY_FILE}: tune.values has no candidates for method "
                           f"{cfg.method.name} (variant {variant}); add them, or share another variant's choice")
-    trials = [run(value, seeds[0], "tune") for value in candidates]
-    chosen = choose(trials, f"{tune.split}_{cfg.task.main_metric}")
+    trials = [run(value, seeds[0], "tune", candidate=True) for value in candidates]
+    chosen = choose(study, trials, f"{tune.split}_{cfg.task.main_metric}", Path(str(cfg.output_root)))
     choices[(variant, *grid_key)] = chosen
     for trial in trials:
         trial.role = "final" if trial.tuned == chosen else "tune"
     return trials + [run(chosen, seed, "final") for seed in seeds[1:]]
 
 
-def choose(trials: list[PlannedRun], metric: str) -> str | None:
+def choose(study: Study, trials: list[PlannedRun], metric: str, output_root: Path) -> str | None:
     """The candidate whose run scored best on `metric` (its final evaluation); None until every
-    candidate has a record. A failed run, or one without the metric, never wins; if all failed,
-    there is no choice and the variant's other seeds do not run."""
+    candidate has a record (here or committed). A failed run, or one without the metric, never
+    wins; if all failed, there is no choice and the variant's other seeds do not run."""
     scores = []
     for trial in trials:
-        record = existing_record(trial.run_dir)
+        record = recorded(study, output_root, trial.run)
         if record is None or record.get("status") not in ("ok", "failed", "unreadable"):
             return None  # still to run (or running)
         value = (record.get("metrics") or {}).get(metric) if record.get("status") == "ok" else None
@@ -331,7 +219,8 @@ def measured_throughput(output_root: str | Path) -> dict[tuple[str, str], float]
     return {key: statistics.median(values) for key, values in rates.items()}
 
 
-def describe(study: Study, runs: list[PlannedRun], throughput: dict[tuple[str, str], float]) -> str:
+def describe(study: Study, runs: list[PlannedRun], throughput: dict[tuple[str, str], float],
+             output_root: Path | None = None) -> str:
     lines = [f"study {study.name}" + (f" ({', '.join(f'{k}={v}' for k, v in study.params.items())})" if study.params else "")
              + f": {str(study.spec.get('description', '')).strip().splitlines()[0] if study.spec.get('description') else ''}"]
     if study.is_command:
@@ -339,10 +228,19 @@ def describe(study: Study, runs: list[PlannedRun], throughput: dict[tuple[str, s
     no_data = [r for r in runs if not r.data_ok]
     waiting = [r for r in runs if r.run_dir is None and r.data_ok]
     pending = [r for r in runs if not r.done and r.data_ok]
-    done = sum(r.done for r in runs)
-    lines.append(f"{len(runs)} runs planned: {done} already done (skipped), {len(pending)} to run"
+    done = [r for r in runs if r.done]
+    lines.append(f"{len(runs)} runs planned ({len({r.run for r in runs if r.run})} distinct run folders): "
+                 f"{len(done)} already done (skipped), {len(pending)} to run"
                  + (f", {len(no_data)} left out (data folder missing: {sorted({r.task for r in no_data})})" if no_data else "")
                  + ".")
+    if done and output_root is not None:
+        commits: dict[str, int] = {}
+        for r in done:
+            record = recorded(study, output_root, r.run) or {}
+            commit = str(record.get("git_commit") or "unknown")
+            commits[commit[:10] + ("-dirty" if commit.endswith("-dirty") else "")] = commits.get(
+                commit[:10] + ("-dirty" if commit.endswith("-dirty") else ""), 0) + 1
+        lines.append("Done runs come from code " + ", ".join(f"{c} ({n})" for c, n in sorted(commits.items())) + ".")
     tune = study.tune()
     if tune is not None:
         lines.append(f"{tune.key} is chosen per variant on the {tune.split} split of the training data: "
@@ -366,7 +264,115 @@ def describe(study: Study, runs: list[PlannedRun], throughput: dict[tuple[str, s
     return "\n".join(lines)
 
 
-def launch_tuned(study: Study, extra: list[str]) -> int:
+# Overrides given to a study that change how runs are carried out or where they land, never a recipe:
+# they do not name a separate set of rows in the manifest.
+NOT_RECIPE_OVERRIDES = ("output_root=", "overwrite=", "resume=", "logger.", "hydra.", "hydra/", "save_checkpoint=",
+                        "train.num_workers=", "train.eval_batch_size=", "train.logging_steps=", "train.checkpoint_every=")
+
+
+def manifest_rows(study: Study, runs: list[PlannedRun], extra: list[str], commit: str) -> list[ManifestRow]:
+    """The manifest rows of one planning of the study (one choice of its params and extras)."""
+    params = " ".join(f"{k}={v}" for k, v in study.params.items())
+    extras = " ".join(o for o in extra if not o.lstrip("+~").startswith(NOT_RECIPE_OVERRIDES))
+    tune = study.tune()
+    rows = {}
+    for r in runs:
+        arm = r.group[1]
+        grid = " ".join(f"{k}={v}" for k, v in r.values.items())
+        tuned = "" if tune is None else (r.tuned if r.tuned is not None else "?")
+        slot = f"{tune.key}={tuned}" if tune is not None and r.candidate else ""
+        key = " ".join(x for x in (f"arm={arm}" if arm else "", grid, slot, f"seed={r.seed}") if x)
+        r.key = key
+        row = ManifestRow(key=key, params=params, extra=extras, arm=arm, grid=grid, role=r.role, tuned=tuned,
+                          seed=r.seed, run=r.run, hash=r.hash, recipe=r.experiment or "",
+                          paper_setting=r.paper_setting, planned_at=commit)
+        rows[(key, row.recipe)] = row  # a run two rows of a table plan counts once per recipe label
+    return list(rows.values())
+
+
+@dataclass
+class Evidence:
+    """The committed side of one study: its manifest, recipes and records, kept in step with this
+    machine's outputs/ while the study plans and runs."""
+
+    study: Study
+    extra: list[str]
+    output_root: Path
+    keep: bool = False          # drifted runs keep their committed records (old recipe)
+    rerun: bool = False         # drifted runs run again under the new recipe
+    write: bool = True          # False for --dry-run: nothing is written anywhere
+
+    @property
+    def folder(self) -> Path:
+        """Where the manifest lives: the study's folder, or for a --scratch run this machine's
+        <output_root>/scratch/<study>/ (git-ignored; committed evidence is neither read nor changed)."""
+        if self.study.committed:
+            return experiments_dir() / self.study.name
+        return self.output_root / "scratch" / self.study.name
+
+    def replan(self) -> list[PlannedRun]:
+        """Plan, name any drift against the committed manifest, apply --keep, write the manifest
+        and sync records both ways. Raises ConfigError when drift needs a choice."""
+        if not self.study.committed:
+            runs = plan(self.study, self.extra)
+            if self.write:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                rows = manifest_rows(self.study, runs, self.extra, git_commit() or "unknown")
+                write_manifest(self.folder, rows, {r.hash: r.recipe for r in runs if r.hash})
+            return runs
+        if self.write:
+            sync(self.folder, self.output_root, read_manifest(self.folder))  # what finished here since
+        runs = plan(self.study, self.extra)
+        commit = (git_commit() or "unknown")
+        rows = manifest_rows(self.study, runs, self.extra, commit)
+        old = read_manifest(self.folder)
+        recipes = {r.hash: r.recipe for r in runs if r.hash}
+        drift = find_drift(self.folder, old, rows, recipes)
+        for line in drift.lines():
+            print(line, flush=True)
+        if drift and not (self.keep or self.rerun):
+            message = (f"{sum(len(v) for v in drift.with_records.values())} committed records were made under an "
+                       f"earlier recipe. Re-run with --keep to count them as they are (nothing re-runs), or with "
+                       f"--rerun to run the new recipe (the old records leave the manifest; git history keeps them)")
+            if self.write:
+                raise ConfigError(message)
+            print(f"(dry run) {message}", flush=True)
+        if drift and self.keep:
+            rows = keep_old(drift, runs, rows, self.output_root)
+        if self.write:
+            params = " ".join(f"{k}={v}" for k, v in self.study.params.items())
+            merged = merge_rows(old, rows, params, rows[0].extra if rows else "")
+            write_manifest(self.folder, merged, recipes)
+            if drift and self.rerun:
+                for path in prune_records(self.folder, merged):
+                    print(f"removed {path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path} "
+                          f"(its recipe was replaced)")
+            report = sync(self.folder, self.output_root, rows)
+            if report.line(self.study.name):
+                print(report.line(self.study.name), flush=True)
+        return runs
+
+    def after_launch(self) -> None:
+        if not self.study.committed:
+            return
+        report = sync(self.folder, self.output_root, read_manifest(self.folder))
+        if report.line(self.study.name):
+            print(report.line(self.study.name), flush=True)
+
+
+def keep_old(drift: Drift, runs: list[PlannedRun], rows: list[ManifestRow],
+             output_root: Path) -> list[ManifestRow]:
+    """--keep: a drifted run whose record is committed keeps its old row (old folder and hash) and
+    counts as done; nothing re-runs it."""
+    kept = {r.key: r for old_rows in drift.with_records.values() for r in old_rows}
+    for run in runs:
+        old = kept.get(run.key)
+        if old is not None:
+            run.run_dir, run.run, run.hash, run.done = output_root / old.run, old.run, old.hash, True
+    return [kept.get(r.key, r) for r in rows]
+
+
+def launch_tuned(study: Study, evidence: Evidence, extra: list[str]) -> int:
     """A tuned study in rounds: whatever can run now (the candidates, then the seeds whose setting
     has been chosen) runs, and the plan is made again, until nothing new can run. Each round
     launches one Hydra multirun per variant and value set; a run that failed is not retried here
@@ -374,7 +380,7 @@ def launch_tuned(study: Study, extra: list[str]) -> int:
     status, attempted = 0, set()
     key = study.tune().key
     while True:
-        todo = [r for r in plan(study, extra) if r.run_dir is not None and r.data_ok and not r.done
+        todo = [r for r in evidence.replan() if r.run_dir is not None and r.data_ok and not r.done
                 and r.run_dir not in attempted]
         if not todo:
             return status
@@ -384,22 +390,24 @@ def launch_tuned(study: Study, extra: list[str]) -> int:
             groups.setdefault(base, []).append(r)
         for base, members in groups.items():
             values = sorted({r.tuned for r in members}, key=[r.tuned for r in members].index)
-            seeds = sorted({r.overrides[-1].split("=", 1)[1] for r in members}, key=int)
+            seeds = sorted({str(r.seed) for r in members}, key=int)
             batches = [(values, seeds)] if len(values) * len(seeds) == len(members) else [
-                ([r.tuned], [r.overrides[-1].split("=", 1)[1]]) for r in members]
+                ([r.tuned], [str(r.seed)]) for r in members]
             for batch_values, batch_seeds in batches:
                 cmd = [sys.executable, "-m", "lora_repro.train", "-m", f"study={study.name}",
                        *[o for o in base if o not in extra], f"{key}={','.join(batch_values)}",
                        f"seed={','.join(batch_seeds)}", *extra]
                 print("$ python " + " ".join(cmd[1:]), flush=True)
                 status = subprocess.run(cmd, cwd=PROJECT_ROOT).returncode or status
+                evidence.after_launch()
             attempted.update(r.run_dir for r in members)
 
 
-def launch(study: Study, runs: list[PlannedRun], extra: list[str]) -> int:
+def launch(study: Study, runs: list[PlannedRun], extra: list[str], evidence: Evidence) -> int:
     """One Hydra multirun per phase and variant (a fresh process each, so peak memory is per
-    variant), over the grid values that still have a run to do and data to do it with; finished
-    runs inside a sweep are skipped by the trainer itself."""
+    variant), over the grid values and seeds that still have a run to do and data to do it with;
+    finished runs inside a sweep are skipped by the trainer itself. Records are copied into the
+    study after each multirun."""
     status = 0
     for index, phase in enumerate(study.phases()):
         for variant_name, variant in study.variants().items():
@@ -408,34 +416,18 @@ def launch(study: Study, runs: list[PlannedRun], extra: list[str]) -> int:
                 continue
             sweep = [f"{k}={','.join(v for v in values if any(r.values[k] == v for r in todo))}"
                      for k, values in phase.items()]
+            seeds = sorted({r.seed for r in todo})
             cmd = [sys.executable, "-m", "lora_repro.train", "-m", f"study={study.name}", *study.common(), *variant,
-                   *sweep, f"seed={','.join(str(s) for s in study.seeds())}", *extra]
+                   *sweep, f"seed={','.join(str(s) for s in seeds)}", *extra]
             print("$ python " + " ".join(cmd[1:]), flush=True)
             status = subprocess.run(cmd, cwd=PROJECT_ROOT).returncode or status
+            evidence.after_launch()
     return status
 
 
-def split_args(study_name: str, args: list[str]) -> tuple[dict[str, str], list[str]]:
-    """`key=value` for a key of the study's params sets that param; everything else is a Hydra
-    override for every run."""
-    params = set(param_options(read_spec(study_name)))
-    assignments, extra = {}, []
-    for arg in args:
-        key, _, value = arg.partition("=")
-        if key in params and value:
-            assignments[key] = value
-        else:
-            extra.append(arg)
-    return assignments, extra
-
-
-def command_line(study: Study) -> str:
-    out = results_dir(study.name)
-    return str(study.spec["command"]).format(results=out.relative_to(PROJECT_ROOT) if out.is_relative_to(PROJECT_ROOT) else out)
-
-
-def build_results(name: str, assignments: dict[str, str], extra: list[str]) -> int:
-    cmd = [sys.executable, "-m", "analysis.study", name, *(f"{k}={v}" for k, v in assignments.items()), *extra]
+def build_results(name: str, assignments: dict[str, str], scratch_root: Path | None = None) -> int:
+    cmd = [sys.executable, "-m", "analysis.study", name, *(f"{k}={v}" for k, v in assignments.items()),
+           *(["--scratch", str(scratch_root)] if scratch_root is not None else [])]
     print("$ python " + " ".join(cmd[1:]), flush=True)
     return subprocess.run(cmd, cwd=PROJECT_ROOT).returncode
 
@@ -443,19 +435,35 @@ def build_results(name: str, assignments: dict[str, str], extra: list[str]) -> i
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("name", help="a folder of experiments/: " + ", ".join(study_names()))
-    parser.add_argument("--dry-run", action="store_true", help="plan and print the cost; run nothing")
+    parser.add_argument("--dry-run", action="store_true", help="plan and print the cost; write and run nothing")
+    parser.add_argument("--plan-only", action="store_true",
+                        help="write the manifest (runs.csv) and sync records; run nothing")
     parser.add_argument("--no-results", action="store_true", help="run, but do not rebuild results/")
+    parser.add_argument("--scratch", action="store_true",
+                        help="this machine only: committed records are neither counted nor updated; results go to "
+                             "<output_root>/scratch/NAME/results/ (what `make demo` does)")
+    drift = parser.add_mutually_exclusive_group()
+    drift.add_argument("--keep", action="store_true",
+                       help="runs whose recipe changed keep their committed records (nothing re-runs them)")
+    drift.add_argument("--rerun", action="store_true",
+                       help="runs whose recipe changed run again under the new recipe")
     args, rest = parser.parse_known_args(argv)
     try:
         assignments, extra = split_args(args.name, rest)
         study = load_study(args.name, assignments)
-        runs = plan(study, extra)
-        root = compose_config(extra).output_root if not study.is_command else None
+        study.committed = not args.scratch
+        if study.is_command:
+            runs, root, evidence = [], None, None
+        else:
+            # Where this machine keeps the study's runs: the study may set output_root itself.
+            root = Path(str(compose_config([*study.common(), *extra]).output_root))
+            evidence = Evidence(study, extra, root, keep=args.keep, rerun=args.rerun, write=not args.dry_run)
+            runs = evidence.replan()
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(describe(study, runs, measured_throughput(root) if root else {}), flush=True)
-    if args.dry_run:
+    print(describe(study, runs, measured_throughput(root) if root else {}, root), flush=True)
+    if args.dry_run or args.plan_only:
         return 0
     if study.is_command:
         out = results_dir(study.name)
@@ -464,11 +472,11 @@ def main(argv: list[str] | None = None) -> int:
         print("$ python -m " + " ".join(command + extra), flush=True)
         status = subprocess.run([sys.executable, "-m", *command, *extra], cwd=PROJECT_ROOT).returncode
     elif study.tune() is not None:
-        status = launch_tuned(study, extra)
+        status = launch_tuned(study, evidence, extra)
     else:
-        status = launch(study, runs, extra)
+        status = launch(study, runs, extra, evidence)
     if not args.no_results:
-        status = build_results(study.name, assignments, extra) or status
+        status = build_results(study.name, assignments, None if study.committed else root) or status
     return status
 
 

@@ -114,7 +114,7 @@ def recipe_variant(cfg: DictConfig) -> str:
     pools runs of different hyper-parameters into one median. Data location is not a recipe."""
     from hydra import compose
 
-    from .rundir import recipe_part
+    from .rundir import recipe_part, without_not_recipe
 
     choices = HydraConfig.get().runtime.choices
     base_overrides = [f"{group}={choices[group]}" for group in ("model", "method", "task", "train", "experiment")
@@ -122,7 +122,8 @@ def recipe_variant(cfg: DictConfig) -> str:
     # Data location is not a recipe, and an experiment may only know where a task's data is when told.
     base_overrides += [o for o in HydraConfig.get().overrides.task if o.lstrip("+").startswith("task.data_dir=")]
     base = compose(config_name="config", overrides=base_overrides)
-    ours, theirs = flat(recipe_part(cfg)), flat(recipe_part(base))
+    # Settings that never change a result (logging, checkpoint cadence, eval batch) are no part of it.
+    ours, theirs = flat(without_not_recipe(recipe_part(cfg))), flat(without_not_recipe(recipe_part(base)))
     changed = [k for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k) and k != "task.data_dir"]
     return " ".join(f"{k}={ours.get(k)}" for k in changed)
 

@@ -27,8 +27,10 @@ from .backbone import head_parameter_names, load_tokenizer
 from .assembly import Built, build
 from .errors import ConfigError, DataError, RecordNotWritten, TrainingDiverged, one_line
 from .methods import Method
-from .record import (CHECKPOINT_FILE, TRAINABLE_FILE, LiveTensorBytes, PeakMemory, RunRecord, git_commit, new_record,
-                     show_progress, tensor_bytes, write_record)
+from .profiling import LiveTensorBytes, PeakMemory, tensor_bytes
+from .provenance import device, git_branch, git_commit
+from .record import CHECKPOINT_FILE, TRAINABLE_FILE, RunRecord, new_record, write_record
+from .ui import show_progress
 from .rundir import readable_safetensors, resolve_init_from
 
 log = logging.getLogger(__name__)
@@ -132,7 +134,14 @@ class TensorMemory(TrainerCallback):
         self.mode.__enter__()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.mode is not None and state.global_step - self.first_step >= self.steps:
+        # Also at a run's last step when it has fewer than `steps`: evaluation and decoding follow
+        # on_step_end, and must never run under the dispatch mode (it slows every operator).
+        last = state.max_steps and state.global_step >= state.max_steps
+        if self.mode is not None and (state.global_step - self.first_step >= self.steps or last):
+            self.stop()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.mode is not None:
             self.stop()
 
     def stop(self) -> None:
@@ -144,10 +153,9 @@ class TensorMemory(TrainerCallback):
 
 
 class KillAtStep(TrainerCallback):
-    """Fault injection for the resume tests: with LORA_REPRO_KILL_AT_STEP=N in the environment the
-    process SIGKILLs itself after optimizer step N, as a pre-empted cluster job would die."""
-
-    ENV = "LORA_REPRO_KILL_AT_STEP"
+    """Fault injection for the resume tests, given through config
+    (train.callbacks=[{_target_:lora_repro.trainer.KillAtStep,step:N}]): the process SIGKILLs itself
+    after optimizer step N, as a pre-empted cluster job would die."""
 
     def __init__(self, step: int):
         self.step = step
@@ -275,7 +283,7 @@ def start_record(cfg: DictConfig, method: Method, experiment: str | None, overri
         study=cfg.get("study"), task=cfg.task.name, model=cfg.model.name, method=cfg.method.name,
         method_info=method.info(), paper_setting=cfg.get("paper_setting") or method.paper_setting,
         seed=int(cfg.seed), experiment=experiment, overrides=overrides, hparams=method.hparams(),
-        git_commit=git_commit(), config=OmegaConf.to_container(cfg, resolve=True),
+        git_commit=git_commit(), git_branch=git_branch(), device=device(), config=OmegaConf.to_container(cfg, resolve=True),
     )
 
 
@@ -292,8 +300,19 @@ def make_trainer(cfg: DictConfig, built: Built, data: Any, tokenizer: Any, optim
         processing_class=tokenizer,
         compute_metrics=built.task.compute_metrics(),
         optimizers=(optimizer, None),
-        callbacks=[*callbacks, *([KillAtStep(int(os.environ[KillAtStep.ENV]))] if os.environ.get(KillAtStep.ENV) else [])],
+        callbacks=[*callbacks, *configured_callbacks(cfg)],
     )
+
+
+def configured_callbacks(cfg: DictConfig) -> list[TrainerCallback]:
+    """train.callbacks, each instantiated from its _target_ (lightning-hydra-template's way)."""
+    from hydra.utils import instantiate
+
+    made = [instantiate(spec) for spec in cfg.train.get("callbacks") or []]
+    wrong = [type(c).__name__ for c in made if not isinstance(c, TrainerCallback)]
+    if wrong:
+        raise ConfigError(f"train.callbacks: {', '.join(wrong)} is not a transformers TrainerCallback")
+    return made
 
 
 def checkpoint_step(folder: Path) -> int:

@@ -255,11 +255,12 @@ def test_our_own_probe_config_values(overrides, message):
 ])
 def test_a_malformed_study_yaml_is_one_line_naming_the_key(tmp_path, monkeypatch, field, value, message):
     import lora_repro.study as study
+    import lora_repro.studyspec as studyspec
 
     (tmp_path / "mine").mkdir()
     spec = {"description": "x", "cost": "x", "common": [*TINY], "seeds": [1], field: value}
     (tmp_path / "mine" / "study.yaml").write_text(json.dumps(spec))
-    monkeypatch.setattr(study, "EXPERIMENTS_DIR", tmp_path)
+    monkeypatch.setattr(studyspec, "EXPERIMENTS_DIR", tmp_path)
     with pytest.raises(ConfigError, match=message):
         study.load_study("mine")
     assert study.main(["mine", "--dry-run"]) == 2

@@ -56,23 +56,34 @@ def test_planned_folders_are_the_canonical_run_folders():
         assert r.run_dir == run_dir(compose_config(r.overrides))
 
 
-def test_a_run_two_paper_rows_share_counts_in_both_rows(tmp_path):
+def test_a_run_two_paper_rows_share_counts_in_both_rows(tmp_path, monkeypatch):
     """Table 2's RoBERTa-large LoRA and LoRA-dagger rows have the same MNLI recipe (Table 9): the
-    study plans one folder for both, and the analysis counts the one run in each row."""
+    study plans one folder for both, the manifest lists it under both rows, and the analysis counts
+    the one committed record in each row."""
     from analysis.records import load_study_records
     from analysis.tables import build_table2
-    from lora_repro.record import new_record, write_record
+    from lora_repro import studyspec
+    from lora_repro.evidence import committed_path, write_manifest
+    from lora_repro.record import new_record
+    from lora_repro.study import manifest_rows
 
-    runs = plan(load_study("table2_glue", {"model": "roberta_large"}), [f"output_root={tmp_path}"])
+    study = load_study("table2_glue", {"model": "roberta_large"})
+    runs = plan(study, [f"output_root={tmp_path}"])
     mnli = [r for r in runs if r.task == "mnli" and r.experiment.startswith("paper_roberta_large_lora") and r.values]
-    shared = {r.run_dir for r in mnli if "seed=1" in r.overrides}
+    shared = {r.run for r in mnli if r.seed == 1}
     assert len(shared) == 1 and {r.paper_setting for r in mnli} == {"paper", "houlsby"}
+    monkeypatch.setattr(studyspec, "EXPERIMENTS_DIR", tmp_path)
+    (tmp_path / "table2_glue").mkdir()
+    shutil.copy(PROJECT_ROOT / "experiments" / "table2_glue" / "study.yaml", tmp_path / "table2_glue")
+    write_manifest(tmp_path / "table2_glue", manifest_rows(study, runs, [], "abc"), {})
     record = new_record(status="ok", task="mnli", model="roberta_large", method="lora", seed=1, overrides="",
-                        experiment="paper_roberta_large_lora", paper_setting="paper",
+                        experiment="paper_roberta_large_lora", paper_setting="paper", git_commit="c" * 40,
                         metrics={"matched_accuracy": 0.906}, best_metrics={"matched_accuracy": 0.906},
                         params={"adapted": 786_432, "trainable": 786_432 + 1_051_650, "total": 356_000_000})
-    write_record(shared.pop(), record)
-    records = load_study_records("table2_glue", {"model": "roberta_large"}, [f"output_root={tmp_path}"])
+    path = committed_path(tmp_path / "table2_glue", shared.pop())
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(record))
+    records = load_study_records("table2_glue", {"model": "roberta_large"})
     table = build_table2(records)
     rows = table[(table.task == "mnli") & table["median"].notna()]
     assert sorted(rows.published_row) == ["RoB_large (LoRA)", "RoB_large (LoRA)†"]
@@ -175,27 +186,29 @@ def test_a_study_lands_in_run_folders_records_its_name_and_a_rerun_skips(tmp_pat
         "common": common, "variants": {"lora": ["method=lora"], "bitfit": ["method=bitfit", "train.lr=1e-2"]},
         "seeds": [1], "results": ["method_table"]}))
     env = {**os.environ, "LORA_REPRO_EXPERIMENTS": str(experiments), "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "lora_repro.study", "tiny"]
+    cmd = [sys.executable, "-m", "lora_repro.study", "tiny", "--scratch"]  # a user's own runs: outputs/ only
     first = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
-    assert "2 runs planned: 0 already done (skipped), 2 to run." in first.stdout
+    assert "2 runs planned (2 distinct run folders): 0 already done (skipped), 2 to run." in first.stdout
     records = sorted((tmp_path / "outputs" / "runs").rglob("record.json"))
     assert [p.parent.parent.name for p in records] == ["bitfit", "lora"]
     for path in records:
         record = json.loads(path.read_text())
         assert record["status"] == "ok" and record["study"] == "tiny"
-    table = (experiments / "tiny" / "results" / "methods.md").read_text()
+    results = tmp_path / "outputs" / "scratch" / "tiny" / "results"
+    table = (results / "methods.md").read_text()
     assert "| lora |" in table and "| bitfit |" in table
-    summary = json.loads((experiments / "tiny" / "results" / "summary.json").read_text())
-    assert summary["runs"] == {"ok": 2, "failed": 0, "unreadable": 0, "missing": 0}
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["runs"] == {"ok": 2, "failed": 0, "unreadable": 0, "missing": 0, "unreleased": 0}
+    assert sorted(p.name for p in (experiments / "tiny").iterdir()) == ["study.yaml"]  # nothing committed changed
     stamps = [p.stat().st_mtime_ns for p in records]
 
     second = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-2000:]
-    assert "2 runs planned: 2 already done (skipped), 0 to run." in second.stdout
+    assert "2 runs planned (2 distinct run folders): 2 already done (skipped), 0 to run." in second.stdout
     assert "lora_repro.train" not in second.stdout  # nothing launched
     assert [p.stat().st_mtime_ns for p in records] == stamps
-    assert (experiments / "tiny" / "results" / "methods.md").read_text() == table  # same records, same bytes
+    assert (results / "methods.md").read_text() == table  # same records, same bytes
 
 
 def test_the_readme_quotes_only_committed_study_results():
@@ -203,6 +216,6 @@ def test_the_readme_quotes_only_committed_study_results():
 
     text = README.read_text()
     quoted = [m["path"] for m in BLOCK.finditer(text)]
-    assert "experiments/demo/results/methods.md" in quoted
+    assert any(p.startswith("experiments/demo/results/") for p in quoted)
     assert all(p.startswith("experiments/") and "/results/" in p for p in quoted)
     assert refill(text)[1] == [], "README blocks differ from the study results: run `make readme`"

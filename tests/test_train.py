@@ -123,7 +123,7 @@ def test_bf16_mixed_precision_and_gradient_accumulation(tmp_path, sst2_dir):
 
 def test_progress_bars_show_in_a_terminal_and_stay_quiet_in_ci(tmp_path, sst2_dir, monkeypatch, capsys):
     from lora_repro.generation import progress_bar
-    from lora_repro.record import show_progress
+    from lora_repro.ui import show_progress
     from lora_repro.trainer import training_arguments
 
     monkeypatch.delenv("LORA_REPRO_PROGRESS", raising=False)

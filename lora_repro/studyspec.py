@@ -1,0 +1,191 @@
+"""A study's study.yaml read and checked (see lora_repro.study for its keys): torch-free, so the
+analysis reads studies without the training stack."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from . import PROJECT_ROOT
+from .errors import ConfigError
+
+# The studies: the project's experiments/ (LORA_REPRO_EXPERIMENTS names another folder of studies).
+EXPERIMENTS_DIR = Path(os.environ.get("LORA_REPRO_EXPERIMENTS", PROJECT_ROOT / "experiments")).resolve()
+STUDY_FILE = "study.yaml"
+RESULTS_DIR = "results"
+KNOWN_KEYS = {"description", "cost", "params", "paper_rows", "lookup", "common", "variants", "grid", "seeds", "first",
+              "train_sizes", "results", "command", "tune"}
+TUNE_KEYS = {"key", "values", "share", "split"}
+# What `results:` may ask for: analysis.study builds each (a test checks the two lists agree), so a
+# typo is refused when the study is read, before any run trains.
+RESULT_KINDS = ("claims", "table2", "table5", "table3", "weights", "plots", "method_table", "e2e_vs_paper")
+
+
+def experiments_dir() -> Path:
+    """The folder of studies (read at call time, so a test can point it elsewhere)."""
+    return EXPERIMENTS_DIR
+
+
+def study_names() -> list[str]:
+    return sorted(p.parent.name for p in experiments_dir().glob(f"*/{STUDY_FILE}"))
+
+
+def results_dir(name: str) -> Path:
+    return experiments_dir() / name / RESULTS_DIR
+
+
+@dataclass
+class Study:
+    name: str
+    spec: dict[str, Any]          # study.yaml resolved, with each param set to one value
+    params: dict[str, str]
+    committed: bool = True        # its committed records count as done (False: a --scratch run)
+
+    @property
+    def is_command(self) -> bool:
+        return bool(self.spec.get("command"))
+
+    def seeds(self) -> list[int]:
+        return [int(s) for s in self.spec.get("seeds") or [42]]
+
+    def variants(self) -> dict[str, list[str]]:
+        return {k: [str(o) for o in v] for k, v in (self.spec.get("variants") or {}).items()} or {"": []}
+
+    def grid(self) -> dict[str, list[str]]:
+        return {k: [str(v) for v in values] for k, values in (self.spec.get("grid") or {}).items()}
+
+    def common(self) -> list[str]:
+        return [str(o) for o in self.spec.get("common") or []]
+
+    def tune(self) -> "Tune | None":
+        spec = self.spec.get("tune")
+        if not spec:
+            return None
+        return Tune(key=str(spec["key"]), split=str(spec.get("split") or "heldout"),
+                    values={m: [str(v) for v in vs] for m, vs in (spec.get("values") or {}).items()},
+                    share={str(k): str(v) for k, v in (spec.get("share") or {}).items()})
+
+    def phases(self) -> list[dict[str, list[str]]]:
+        """The grid split into phases: the `first` values, then the rest."""
+        grid = self.grid()
+        first = [str(f).split("=", 1) for f in self.spec.get("first") or []]
+        early = {k: [v for v in values if [k, v] in first] for k, values in grid.items()}
+        if not any(early.values()):
+            return [grid]
+        key = next(k for k, v in early.items() if v)
+        late = {**grid, key: [v for v in grid[key] if v not in early[key]]}
+        return [{**grid, key: early[key]}, late] if late[key] else [{**grid, key: early[key]}]
+
+
+def read_spec(name: str) -> DictConfig:
+    """A study's study.yaml as written (interpolations unresolved), checked for unknown keys."""
+    path = experiments_dir() / name / STUDY_FILE
+    if not path.is_file():
+        raise ConfigError(f"unknown study {name!r}; valid: {', '.join(study_names())}")
+    try:
+        spec = OmegaConf.load(path)
+    except Exception as exc:
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(spec, DictConfig) or not spec.get("description"):
+        raise ConfigError(f"{path}: a study.yaml is a mapping with at least `description:` (what the study shows); "
+                          f"this one {'is empty' if not spec else 'has none'}")
+    unknown = sorted(set(spec) - KNOWN_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; valid: {', '.join(sorted(KNOWN_KEYS))}")
+    return spec
+
+
+def param_options(spec: DictConfig) -> dict[str, list[str]]:
+    params = spec.get("params")
+    choices = OmegaConf.to_container(params, resolve=False) if params is not None else {}
+    return {k: [str(x) for x in (v if isinstance(v, list) else [v])] for k, v in choices.items()}
+
+
+def load_study(name: str, assignments: dict[str, str] | None = None) -> Study:
+    """study.yaml with each param set to the given value (else its first choice)."""
+    spec = read_spec(name)
+    options = param_options(spec)
+    params = {key: str((assignments or {}).get(key, choices[0])) for key, choices in options.items()}
+    spec.params = params
+    try:
+        resolved = OmegaConf.to_container(spec, resolve=True)
+    except Exception as exc:  # e.g. a param value with no entry in a lookup table
+        given = ", ".join(f"{k}={v}" for k, v in params.items())
+        valid = "; ".join(f"{k}: " + ", ".join(v) for k, v in options.items())
+        raise ConfigError(f"study {name} with {given}: {' '.join(str(exc).split())} (its params: {valid})") from None
+    check_shape(name, resolved)
+    return Study(name, resolved, params)
+
+
+@dataclass
+class Tune:
+    key: str                        # the override chosen, e.g. train.lr
+    split: str                      # the evaluation split whose main metric decides
+    values: dict[str, list[str]]    # method name -> candidates
+    share: dict[str, str]           # variant -> the variant whose choice it takes
+
+
+def check_shape(name: str, spec: dict[str, Any]) -> None:
+    """The types study.yaml's keys must have, checked before anything is planned."""
+    where = f"experiments/{name}/{STUDY_FILE}"
+    tune = spec.get("tune")
+    if tune is not None:
+        if not isinstance(tune, dict) or not tune.get("key") or sorted(set(tune) - TUNE_KEYS):
+            raise ConfigError(f"{where}: tune must be a mapping with key, values, share, split; got {tune!r}")
+        values = tune.get("values") or {}
+        if not isinstance(values, dict) or not all(isinstance(v, list) and v for v in values.values()):
+            raise ConfigError(f"{where}: tune.values must map method names to non-empty lists, got {values!r}")
+        variants = set(spec.get("variants") or {})
+        for variant, source in (tune.get("share") or {}).items():
+            if variant not in variants or source not in variants or source in (tune.get("share") or {}):
+                raise ConfigError(f"{where}: tune.share.{variant}: {source!r} must name a variant that is tuned "
+                                  f"itself (variants: {', '.join(sorted(variants))})")
+    for key in ("common", "first", "results"):
+        if not isinstance(spec.get(key) or [], list):
+            raise ConfigError(f"{where}: {key} must be a list, got {spec[key]!r}")
+    unknown = sorted(set(spec.get("results") or []) - set(RESULT_KINDS))
+    if unknown:
+        raise ConfigError(f"{where}: results {unknown} are not known; known: {', '.join(RESULT_KINDS)}")
+    seeds = spec.get("seeds") or []
+    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise ConfigError(f"{where}: seeds must be a list of integers >= 0, got {seeds!r}")
+    for key in ("variants", "grid"):
+        table = spec.get(key) or {}
+        if not isinstance(table, dict) or not all(isinstance(v, list) and v for v in table.values()):
+            raise ConfigError(f"{where}: {key} must map names to non-empty lists, got {table!r}")
+
+
+def param_choices(name: str) -> list[dict[str, str]]:
+    """Every combination of a study's param choices (the analysis reads them all)."""
+    options = param_options(read_spec(name))
+    return [dict(zip(options, combo)) for combo in itertools.product(*options.values())]
+
+
+def split_args(study_name: str, args: list[str]) -> tuple[dict[str, str], list[str]]:
+    """`key=value` for a key of the study's params sets that param; everything else is a Hydra
+    override for every run."""
+    params = set(param_options(read_spec(study_name)))
+    assignments, extra = {}, []
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+~") == "seed":
+            raise ConfigError(f"{arg}: a study runs the seeds its study.yaml lists (`seeds:`); an extra seed would train "
+                              f"a run the study does not plan. Edit `seeds:` in experiments/{study_name}/{STUDY_FILE}, "
+                              f"or train one run by hand with `python -m lora_repro.train ... {arg}`")
+        if key in params and value:
+            assignments[key] = value
+        else:
+            extra.append(arg)
+    return assignments, extra
+
+
+def command_line(study: Study) -> str:
+    out = results_dir(study.name)
+    return str(study.spec["command"]).format(results=out.relative_to(PROJECT_ROOT) if out.is_relative_to(PROJECT_ROOT) else out)
+
+
