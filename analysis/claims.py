@@ -21,10 +21,10 @@ from typing import Any
 
 import pandas as pd
 
-from lora_repro.record import RECORD_NAME, read_run_record
+from lora_repro.record import read_run_record
 
 from .records import Records, task_metric
-from .stats import LEVEL, median_ci, paired
+from .stats import UNDECIDED, decide, median_ci, paired
 
 MARGIN = 1.0          # points (x100) of the task metric
 EFFICIENCY_DIR = Path(__file__).resolve().parents[1] / "experiments" / "efficiency" / "results"
@@ -76,7 +76,7 @@ def final_runs(records: Records, scale: str) -> pd.DataFrame:
     for r in df.to_dict("records"):
         metric = task_metric(r["task"])
         value = r.get(f"metric.{metric}")
-        record, _ = read_run_record(Path(r["path"]) / RECORD_NAME)
+        record, _ = read_run_record(r["record_file"])
         curve = [(e["step"], 100.0 * e[metric]) for e in (record or {}).get("eval_curve") or [] if metric in e]
         config = (record or {}).get("config") or {}
         rows.append({"arm": r["arm"], "task": r["task"], "seed": int(r["seed"]), "metric": metric, "config": config,
@@ -121,12 +121,13 @@ def failed_by_arm(records: Records, scale: str) -> dict[str, int]:
 def arm_table(runs: pd.DataFrame, failed: dict[str, int], planned_seeds: int) -> pd.DataFrame:
     rows = []
     for arm, group in runs.groupby("arm", sort=False):
-        median, low, high = median_ci(group.score)
+        ci = median_ci(group.score)
+        median, low, high = ci.estimate, ci.low, ci.high
         gains = [c[-1][1] - c[-2][1] for c in group.curve if len(c) >= 2]
         rows.append({"arm": arm, "task": group.task.iloc[0], "metric": group.metric.iloc[0],
                      "lr": group.lr.iloc[0], "adapted": int(group.adapted.iloc[0]),
                      "adapted_pct": 100.0 * group.adapted.iloc[0] / group.total.iloc[0],
-                     "median": median, "ci_low": low, "ci_high": high, "n_ok": len(group),
+                     "median": median, "ci_low": low, "ci_high": high, "ci_level": ci.level, "n_ok": len(group),
                      "n_failed": failed.get(arm, 0), "n_planned": planned_seeds,
                      "last_epoch_gain": float(pd.Series(gains).median()) if gains else math.nan})
     for arm, n in failed.items():
@@ -141,24 +142,12 @@ def steps_to(curve: list[tuple[int, float]], target: float) -> float:
 
 
 # ---------------------------------------------------------------------------------------- verdicts
-def decide(test: str, low: float, high: float) -> str:
-    if any(math.isnan(x) for x in (low, high)):
-        return "inconclusive"
-    if test == "noninferior":
-        return "supported" if low > -MARGIN else "refuted" if high < -MARGIN else "inconclusive"
-    if test == "superior":
-        return "supported" if low > 0 else "refuted" if high < 0 else "inconclusive"
-    if test == "equivalent":
-        return "supported" if -MARGIN < low and high < MARGIN else "refuted" if high < -MARGIN or low > MARGIN \
-            else "inconclusive"
-    raise ValueError(test)
-
-
 def combine(verdicts: list[str]) -> str:
-    """A claim over several comparisons: supported if all are, refuted if any is, else inconclusive."""
+    """A claim over several comparisons: supported if all are (intersection-union: no correction
+    needed), refuted if any is, else undecided."""
     if verdicts and all(v == "supported" for v in verdicts):
         return "supported"
-    return "refuted" if "refuted" in verdicts else "inconclusive"
+    return "refuted" if "refuted" in verdicts else UNDECIDED
 
 
 def evaluate_claim(claim: Claim, runs: pd.DataFrame) -> tuple[list[dict], str]:
@@ -168,7 +157,7 @@ def evaluate_claim(claim: Claim, runs: pd.DataFrame) -> tuple[list[dict], str]:
         a = runs[runs.arm == arm].set_index("seed")
         b = runs[runs.arm == base].set_index("seed")
         if a.empty or b.empty:
-            rows.append({"arm": arm, "baseline": base, "verdict": "inconclusive", "n_pairs": 0,
+            rows.append({"arm": arm, "baseline": base, "verdict": UNDECIDED, "n_pairs": 0,
                          "what": "no finished runs for one side"})
             continue
         task = a.task.iloc[0]
@@ -177,7 +166,7 @@ def evaluate_claim(claim: Claim, runs: pd.DataFrame) -> tuple[list[dict], str]:
             n = len(set(a.index) & set(b.index))
             diff = max((abs(a.score[s] - b.score[s]) for s in set(a.index) & set(b.index)), default=math.nan)
             rows.append({"arm": arm, "baseline": base, "task": task, "n_pairs": n, "median": diff, "low": diff,
-                         "high": diff, "verdict": "supported" if n and len(same) == n else "refuted" if n else "inconclusive",
+                         "high": diff, "verdict": "supported" if n and len(same) == n else "refuted" if n else UNDECIDED,
                          "what": f"bit-identical trained weights on {len(same)} of {n} seeds; largest dev difference "
                                  f"{diff:.2f}"})
             continue
@@ -189,17 +178,20 @@ def evaluate_claim(claim: Claim, runs: pd.DataFrame) -> tuple[list[dict], str]:
             beyond = last + max((c[-1][0] - c[-2][0] for c in [*a.curve, *b.curve] if len(c) >= 2), default=1)
             sa = {s: min(steps_to(c, target), beyond) for s, c in a.curve.items()}
             sb = {s: min(steps_to(c, target), beyond) for s, c in b.curve.items()}
-            median, low, high, n = paired(sa, sb)
+            saved = paired(sb, sa)  # baseline's steps minus the arm's: > 0 when the arm is faster
             reached = sum(v < beyond for v in sa.values())
-            rows.append({"arm": arm, "baseline": base, "task": task, "n_pairs": n, "median": median, "low": low,
-                         "high": high, "verdict": decide("superior", -high, -low) if n >= 2 else "inconclusive",
-                         "what": f"steps to {base}'s median final dev score {target:.1f} ({reached} of {len(sa)} {arm} "
-                                 f"seeds reach it by step {last}; never = {beyond}); paired difference in steps"})
+            status, why = decide("superior", saved, 0.0)
+            rows.append({"arm": arm, "baseline": base, "task": task, "n_pairs": saved.n, "median": saved.mean.estimate,
+                         "low": saved.mean.low, "high": saved.mean.high, "verdict": status,
+                         "what": f"steps saved to {base}'s median final dev score {target:.1f} ({reached} of {len(sa)} "
+                                 f"{arm} seeds reach it by step {last}; never = {beyond}); mean paired difference "
+                                 f"(baseline - arm), 95% t-interval" + (f"; {why}" if why else "")})
             continue
-        median, low, high, n = paired(a.score.to_dict(), b.score.to_dict())
-        rows.append({"arm": arm, "baseline": base, "task": task, "n_pairs": n, "median": median, "low": low,
-                     "high": high, "verdict": decide(claim.test, low, high) if n >= 2 else "inconclusive",
-                     "what": f"paired difference {arm} - {base}, points"})
+        diff = paired(a.score.to_dict(), b.score.to_dict())
+        status, why = decide(claim.test, diff, MARGIN)
+        rows.append({"arm": arm, "baseline": base, "task": task, "n_pairs": diff.n, "median": diff.mean.estimate,
+                     "low": diff.mean.low, "high": diff.mean.high, "verdict": status,
+                     "what": f"mean paired difference {arm} - {base}, points, 95% t-interval" + (f"; {why}" if why else "")})
     return rows, combine([r["verdict"] for r in rows])
 
 
@@ -212,9 +204,11 @@ def efficiency_rows() -> list[dict]:
     rows = []
     for line in path.read_text().splitlines()[2:]:
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) == 5 and cells[1] != "-" and (cells[4] == "met" or cells[4].startswith("missed")):
+        if len(cells) == 5 and cells[1] != "-" and cells[4] != "-":
+            verdict = ("supported" if cells[4] == "met" else "refuted" if cells[4].startswith("missed")
+                       else UNDECIDED)  # "interval spans the target"
             rows.append({"claim": cells[0], "paper": cells[1], "measured": cells[2], "target": cells[3],
-                         "verdict": "supported" if cells[4] == "met" else "refuted"})
+                         "verdict": verdict})
     return rows
 
 
@@ -262,20 +256,20 @@ def build_report(records: Records, out: Path, scale: str, seeds: int) -> list[Pa
         pair_rows += [{"claim": claim.paper, **r} for r in rows]
         measured = "; ".join(f"{r.get('task', '?')} {r['arm']}−{r['baseline']}: {fmt(r.get('median'), 1, True)} "
                              f"[{fmt(r.get('low'), 1, True)}, {fmt(r.get('high'), 1, True)}] (n={r['n_pairs']})" for r in rows)
-        shares = [f"{a['arm']} trains {a['adapted_pct']:.2f}% of the weights" for a in arms.to_dict("records")
+        shares = [f"{a['arm']} adapts {a['adapted_pct']:.2f}% of the weights" for a in arms.to_dict("records")
                   if claim.test == "noninferior" and a.get("n_ok") and a["arm"] in {p[0] for p in claim.pairs}]
         # A verdict reached before an arm's dev curve flattened holds for this budget only: said in the row.
         rising = [a["arm"] for a in arms.to_dict("records") if a.get("n_ok") and a["last_epoch_gain"] > MARGIN
                   and a["arm"] in {x for p in claim.pairs for x in p}]
         verdict_rows.append({"claim": claim.paper, "run": claim.test,
-                             "verdict": verdict + (" at this budget" if rising and verdict != "inconclusive" else ""),
+                             "verdict": verdict + (" at this budget" if rising and verdict != UNDECIDED and claim.test != "identical" else ""),
                              "measured": measured + (f" ({'; '.join(dict.fromkeys(shares))})" if shares else "")
                              + (f"; still rising in the last epoch: {', '.join(rising)}" if rising else "")})
     efficiency = efficiency_rows()
     commits = sorted(set(records.ok[records.ok["param.scale"] == scale].git_commit.dropna())) \
         if not records.ok.empty and "param.scale" in records.ok else []
 
-    verdicts = ["| claim | measured: paired difference, median [95% CI] (pairs) | verdict |", "|---|---|---|"]
+    verdicts = ["| claim | measured: mean paired difference [95% t-interval] (pairs) | verdict |", "|---|---|---|"]
     verdicts += [f"| {v['claim']} | {v['measured']} | **{v['verdict']}** |" for v in verdict_rows]
     verdicts += [f"| {e['claim']} (bench; paper: {e['paper']}) | {e['measured']} (target {e['target']}) | "
                  f"**{e['verdict']}** |" for e in efficiency]
@@ -295,25 +289,30 @@ def build_report(records: Records, out: Path, scale: str, seeds: int) -> list[Pa
              f"Runs: {len(runs)} final runs of {len(arms)} arms ({n_ok} ok runs in all, candidates included; "
              f"{n_failed} failed); code "
              f"version(s) of the runs: {', '.join(commits) or '—'}.",
-             f"Scores: final dev evaluation x100; CIs: {int(LEVEL * 100)}% percentile bootstrap of the median over "
-             f"seeds; margin for 'matches' / 'within noise': {MARGIN} point.",
+             "Scores: final dev evaluation x100. Per arm: the median with its exact order-statistic interval (its "
+             "true coverage in brackets: with 5 seeds [min, max] is 93.75%). Per comparison: the mean paired "
+             "difference over seeds with its 95% t-interval; non-inferiority and superiority read the one-sided "
+             "95% / 97.5% bounds, equivalence the 90% interval (TOST), each checked against the signed-rank "
+             "(Hodges-Lehmann) interval. The intervals cover seed noise only: the dev set is held fixed. "
+             f"Margin for 'matches' / 'within noise': {MARGIN} point.",
              "Protocol: " + "; ".join(protocol) + ". The dev split is evaluated at every epoch (the curves below; "
              "steps-to-target is resolved to an epoch).", "", "## Verdicts", "", verdict_md,
              "## Arms", "",
-             "| arm | task | lr (chosen on held-out rows) | adapted params (% of model) | median [95% CI] | seeds ok / "
+             "| arm | task | lr (chosen on held-out rows) | adapted params (% of model) | median [interval] (coverage) | seeds ok / "
              "failed / planned | gain over the last epoch |", "|---|---|---|---|---|---|---|"]
     for a in arms.to_dict("records"):
         if not a.get("n_ok"):
             lines.append(f"| {a['arm']} | — | — | — | — | 0 / {a['n_failed']} / {a['n_planned']} | — |")
             continue
         lines.append(f"| {a['arm']} | {a['task']} ({a['metric']}) | {a['lr']:.1e} | {a['adapted']:,} "
-                     f"({a['adapted_pct']:.2f}%) | {a['median']:.1f} [{a['ci_low']:.1f}, {a['ci_high']:.1f}] | "
+                     f"({a['adapted_pct']:.2f}%) | {a['median']:.1f} [{a['ci_low']:.1f}, {a['ci_high']:.1f}] "
+                     f"({100 * a['ci_level']:.1f}%) | "
                      f"{a['n_ok']} / {a['n_failed']} / {a['n_planned']} | {fmt(a['last_epoch_gain'], 1, True)} |")
     not_flat = [a["arm"] for a in arms.to_dict("records") if a.get("n_ok") and a["last_epoch_gain"] > MARGIN]
     lines += ["", "Gain over the last epoch: median over seeds of (final − previous) dev score; above the margin "
               "means the curve had not flattened" + (f": {', '.join(not_flat)}." if not_flat else " (none did)."),
               "", "![dev curves](curves.png)", "", "## Paired differences", "",
-              "| claim | arm − baseline | task | median [95% CI] | pairs | verdict |", "|---|---|---|---|---|---|"]
+              "| claim | arm − baseline | task | mean [95% t-interval] | pairs | verdict |", "|---|---|---|---|---|---|"]
     for r in pair_rows:
         lines.append(f"| {r['claim'][:60]} | {r['arm']} − {r['baseline']} | {r.get('task', '—')} | "
                      f"{fmt(r.get('median'), 2, True)} [{fmt(r.get('low'), 2, True)}, {fmt(r.get('high'), 2, True)}] | "

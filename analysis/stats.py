@@ -1,33 +1,206 @@
-"""Small-sample statistics for seeds: the median with a percentile-bootstrap 95% CI, and paired
-differences between two arms run on the same seeds (same data order, same initial head), which
-remove the seed-to-seed variation both arms share. Resampling is seeded, so a report is
-reproducible from the same records. scipy.stats.bootstrap is not used: with 2-5 seeds its BCa
-interval is undefined for ties, and the plain percentile interval of the median is what is reported."""
+"""Small-sample statistics for seeds, with intervals whose stated level is the true one.
+
+* Per arm: the mean with a t-interval, and the median with the exact distribution-free
+  (order-statistic, sign-test) interval, which states its achieved coverage: with 5 seeds the widest
+  one, [min, max], covers the median with probability 93.75%, never 95%, and that is what it says.
+  (The earlier percentile bootstrap of the median returned [min, max] for n <= 5 and called it 95%.)
+* Per comparison (two arms on the same seeds: same data order, same initial head): paired
+  differences with a t-interval of their mean (the primary estimate), and as a robustness check the
+  Wilcoxon signed-rank test with the Hodges-Lehmann estimate and its exact interval.
+* Decisions against a stated margin delta: non-inferiority (one-sided lower 95% bound > -delta),
+  superiority (one-sided lower 97.5% bound > 0), equivalence by TOST (90% interval inside
+  +-delta); Holm's correction over a family of refutations (statsmodels).
+* Validity: an arm counts only when it beats the constant predictor by a stated amount on most
+  seeds; a comparison with an arm that did not learn is "not evaluable", never "supported".
+* The dev set is a sample too: a two-way bootstrap over seeds and dev examples gives the interval
+  of a paired difference that also covers dev-sample noise (from per-example predictions).
+
+Everything is seeded or exact, so a report is reproducible from the same records."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable, Sequence
+
 import numpy as np
+from scipy import stats as sps
 
-RESAMPLES = 10_000
-LEVEL = 0.95
+from lora_repro.intervals import LEVEL, Interval, clean, mean_ci, median_ci, order_statistic_coverage  # noqa: F401
 
 
-def median_ci(values, resamples: int = RESAMPLES, level: float = LEVEL, seed: int = 0) -> tuple[float, float, float]:
-    """(median, low, high): the median of `values` and the percentile bootstrap interval of the
-    median. One value gives (v, v, v); no values give NaNs."""
-    data = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
-    if data.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    if data.size == 1:
-        return float(data[0]), float(data[0]), float(data[0])
+def min_seeds_for(level: float = LEVEL) -> int:
+    """The fewest seeds for which an order-statistic interval of the median reaches `level` (6 for 95%)."""
+    n = 2
+    while order_statistic_coverage(n, 1) < level:
+        n += 1
+    return n
+
+
+# ------------------------------------------------------------------------------ two arms, paired
+@lru_cache(maxsize=64)
+def signed_rank_cdf(n: int) -> np.ndarray:
+    """P(T+ <= t) for t = 0..n(n+1)/2 under the null (exact, by counting subsets)."""
+    top = n * (n + 1) // 2
+    counts = np.zeros(top + 1)
+    counts[0] = 1.0
+    for i in range(1, n + 1):
+        counts[i:] = counts[i:] + counts[:-i].copy()
+    return np.cumsum(counts) / 2.0 ** n
+
+
+def hodges_lehmann(diffs, level: float = LEVEL) -> Interval:
+    """The Hodges-Lehmann estimate (median of the Walsh averages) with the exact distribution-free
+    interval [W_(k), W_(N+1-k)], whose coverage is 1 - 2 P(T+ <= k-1) under the signed-rank null:
+    the narrowest one reaching `level`, else the full range with its true, lower coverage."""
+    d = clean(diffs)
+    n = int(d.size)
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, level, 0)
+    walsh = np.sort([(d[i] + d[j]) / 2.0 for i in range(n) for j in range(i, n)])
+    estimate = float(np.median(walsh))
+    if n == 1:
+        return Interval(estimate, estimate, estimate, 0.0, 1)
+    cdf = signed_rank_cdf(n)
+
+    def coverage(k: int) -> float:
+        return float(1.0 - 2.0 * cdf[k - 1])
+
+    k = 1
+    while k + 1 <= (len(walsh) + 1) // 2 and coverage(k + 1) >= level:
+        k += 1
+    return Interval(estimate, float(walsh[k - 1]), float(walsh[len(walsh) - k]), coverage(k), n)
+
+
+@dataclass(frozen=True)
+class Paired:
+    """A comparison of arm A against arm B over the seeds both have (differences A - B)."""
+
+    n: int
+    mean: Interval            # mean difference, two-sided t-interval at LEVEL
+    lower_95: float           # one-sided lower 95% t-bound (non-inferiority)
+    lower_975: float          # one-sided lower 97.5% t-bound (superiority)
+    upper_95: float
+    tost: tuple[float, float]  # 90% two-sided t-interval (equivalence by TOST at 5% per side)
+    p_wilcoxon: float         # two-sided exact signed-rank p (nan when n < 2 or all differences are 0)
+    hodges_lehmann: Interval  # at 90%: the robustness check of the one-sided 5% decisions
+    diffs: tuple[float, ...]
+
+
+def paired(a: dict, b: dict) -> Paired:
+    """Paired differences a[seed] - b[seed] over the seeds both have."""
+    seeds = sorted(s for s in set(a) & set(b) if a[s] is not None and b[s] is not None
+                   and np.isfinite(a[s]) and np.isfinite(b[s]))
+    d = np.asarray([float(a[s]) - float(b[s]) for s in seeds])
+    n = int(d.size)
+    mean = mean_ci(d)
+    if n >= 2:
+        se = d.std(ddof=1) / math.sqrt(n)
+        t95, t975 = sps.t.ppf(0.95, n - 1), sps.t.ppf(0.975, n - 1)
+        lower_95, upper_95, lower_975 = d.mean() - t95 * se, d.mean() + t95 * se, d.mean() - t975 * se
+        tost = (d.mean() - t95 * se, d.mean() + t95 * se)
+        nonzero = d[d != 0]
+        p = float(sps.wilcoxon(d, zero_method="wilcox", method="exact").pvalue) if nonzero.size >= 1 and n >= 2 else math.nan
+    else:
+        lower_95 = upper_95 = lower_975 = float(d.mean()) if n else math.nan
+        tost, p = (lower_95, upper_95), math.nan
+    return Paired(n, mean, float(lower_95), float(lower_975), float(upper_95), (float(tost[0]), float(tost[1])), p,
+                  hodges_lehmann(d, 0.90), tuple(float(x) for x in d))
+
+
+# ------------------------------------------------------------------------------ decisions
+SUPPORTED, REFUTED, UNDECIDED = "supported", "refuted", "undecided"
+NOT_EVALUABLE, NOT_AS_SPECIFIED = "not evaluable", "not tested as specified"
+MIN_SEEDS = 3  # fewer pairs: no decision at all
+
+
+def decide(test: str, comparison: Paired, margin: float) -> tuple[str, str]:
+    """(status, why) for the claim "A against B" with margin `margin` (score points), from the
+    t-bounds of the mean paired difference:
+
+    * noninferior (A is no worse than B by more than the margin): supported when the one-sided
+      lower 95% bound > -margin; refuted when the one-sided upper 95% bound < -margin.
+    * superior (A beats B): supported when the one-sided lower 97.5% bound > 0; refuted when the
+      upper 95% bound < 0 (A is worse) or when TOST shows A within +-margin of B (a tie).
+    * equivalent (|A - B| < margin, TOST at 5% per side): supported when the 90% interval lies
+      inside +-margin; refuted when it lies wholly outside.
+
+    A supported or refuted outcome that the Hodges-Lehmann 90% interval (signed-rank, robust to one
+    collapsed seed) does not also show is undecided, and says why."""
+    if comparison.n < MIN_SEEDS:
+        return UNDECIDED, f"{comparison.n} paired seeds (at least {MIN_SEEDS} needed)"
+    lo95, up95, lo975 = comparison.lower_95, comparison.upper_95, comparison.lower_975
+    tlo, thi = comparison.tost
+    hl = comparison.hodges_lehmann
+    inside = tlo > -margin and thi < margin
+    if test == "noninferior":
+        status = SUPPORTED if lo95 > -margin else REFUTED if up95 < -margin else UNDECIDED
+        robust = hl.low > -margin if status == SUPPORTED else hl.high < -margin
+    elif test == "superior":
+        status = SUPPORTED if lo975 > 0 else REFUTED if (up95 < 0 or inside) else UNDECIDED
+        robust = hl.low > 0 if status == SUPPORTED else (hl.high < 0 or (hl.low > -margin and hl.high < margin))
+    elif test == "equivalent":
+        status = SUPPORTED if inside else REFUTED if (tlo > margin or thi < -margin) else UNDECIDED
+        robust = (hl.low > -margin and hl.high < margin) if status == SUPPORTED else (hl.low > margin or hl.high < -margin)
+    else:
+        raise ValueError(f"unknown test {test!r}: noninferior, superior or equivalent")
+    if status != UNDECIDED and not robust:
+        return UNDECIDED, (f"the t-interval says {status} but the signed-rank (Hodges-Lehmann) interval "
+                           f"{hl.fmt(2, signed=True)} does not: not robust to one seed")
+    return status, ""
+
+
+def beats_constant(scores: Sequence[float], constant: float, by: float, fraction: float = 0.8) -> bool:
+    """The validity gate: the arm beats the constant predictor's score by `by` points on at least
+    `fraction` of its seeds."""
+    x = clean(scores)
+    return x.size > 0 and float(np.mean(x > constant + by)) >= fraction
+
+
+def holm(pvalues: Sequence[float], alpha: float = 0.05) -> list[bool]:
+    """Holm's step-down rejections over a family of tests (statsmodels' multipletests)."""
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.asarray([1.0 if not np.isfinite(v) else v for v in pvalues], dtype=float)
+    if p.size == 0:
+        return []
+    return [bool(r) for r in multipletests(p, alpha=alpha, method="holm")[0]]
+
+
+def t_pvalue_below(comparison: Paired, bound: float) -> float:
+    """One-sided p of H0: mean difference >= bound against H1: it is below (a refutation's p)."""
+    d = np.asarray(comparison.diffs)
+    if d.size < 2 or d.std(ddof=1) == 0:
+        return 0.0 if d.size and d.mean() < bound else 1.0
+    t = (d.mean() - bound) / (d.std(ddof=1) / math.sqrt(d.size))
+    return float(sps.t.cdf(t, d.size - 1))
+
+
+# ------------------------------------------------------------------------------ the dev set is a sample
+def two_way_bootstrap(pred_a: dict, pred_b: dict, labels: Sequence, metric: Callable[[np.ndarray, np.ndarray], float],
+                      resamples: int = 2000, level: float = LEVEL, seed: int = 0) -> Interval:
+    """Interval of the mean paired difference metric(A) - metric(B) that covers seed noise AND the
+    sampling of dev examples: each resample draws seeds with replacement and, independently, dev
+    examples with replacement (the same examples for both arms: paired). `pred_*` map seed ->
+    per-example predictions; `labels` the dev labels. Percentile interval; the estimate is the
+    observed mean difference."""
+    seeds = sorted(set(pred_a) & set(pred_b))
+    y = np.asarray(labels)
+    if not seeds:
+        return Interval(math.nan, math.nan, math.nan, level, 0)
+    a = {s: np.asarray(pred_a[s]) for s in seeds}
+    b = {s: np.asarray(pred_b[s]) for s in seeds}
+    observed = float(np.mean([metric(a[s], y) - metric(b[s], y) for s in seeds]))
     rng = np.random.default_rng(seed)
-    medians = np.median(data[rng.integers(0, data.size, size=(resamples, data.size))], axis=1)
-    tail = (1.0 - level) / 2.0
-    return float(np.median(data)), float(np.quantile(medians, tail)), float(np.quantile(medians, 1.0 - tail))
+    stats = np.empty(resamples)
+    for i in range(resamples):
+        chosen = rng.choice(seeds, size=len(seeds), replace=True)
+        rows = rng.integers(0, y.size, size=y.size)
+        stats[i] = np.mean([metric(a[s][rows], y[rows]) - metric(b[s][rows], y[rows]) for s in chosen])
+    tail = (1 - level) / 2
+    return Interval(observed, float(np.quantile(stats, tail)), float(np.quantile(stats, 1 - tail)), level, len(seeds))
 
 
-def paired(a: dict, b: dict, **kwargs) -> tuple[float, float, float, int]:
-    """Median and CI of a[seed] - b[seed] over the seeds both have; and how many pairs."""
-    seeds = sorted(set(a) & set(b))
-    median, low, high = median_ci([a[s] - b[s] for s in seeds], **kwargs)
-    return median, low, high, len(seeds)
+def accuracy(pred: np.ndarray, y: np.ndarray) -> float:
+    return 100.0 * float(np.mean(pred == y))

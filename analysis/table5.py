@@ -1,6 +1,6 @@
 """The LoRA paper's Table 5 layout from runs that adapt different weight matrices at one budget
 (experiments/table5_targets): columns the weight types with their rank, one row per task of ours
-(median over seeds [95% CI] (seeds), best evaluation x100 as Table 2), and the paper's GPT-3 rows
+(median over seeds [exact order-statistic interval] (seeds), best evaluation x100 as Table 2), and the paper's GPT-3 rows
 beside them for the ranking, not the level."""
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ def build_table5(records: Records) -> pd.DataFrame:
     scores = pd.DataFrame(rows, columns=["weight_type", "rank", "task", "seed", "score"])
     out = []
     for (kind, rank, task), group in scores.groupby(["weight_type", "rank", "task"]):
-        median, low, high = median_ci(group.score)
-        out.append({"weight_type": kind, "rank": rank, "task": task, "median": median, "ci_low": low,
-                    "ci_high": high, "n_seeds": len(group)})
+        ci = median_ci(group.score)
+        out.append({"weight_type": kind, "rank": rank, "task": task, "median": ci.estimate, "ci_low": ci.low,
+                    "ci_high": ci.high, "n_seeds": len(group)})
     table = pd.DataFrame(out, columns=["weight_type", "rank", "task", "median", "ci_low", "ci_high", "n_seeds"])
     return table.sort_values("weight_type", key=lambda s: s.map(lambda k: ORDER.index(k) if k in ORDER else 99))
 
@@ -56,7 +56,7 @@ def table5_markdown(table: pd.DataFrame) -> str:
     kinds = list(dict.fromkeys(table.weight_type)) or ORDER
     lines = ["# Table 5 layout from your runs", "",
              "Which weight matrices to adapt at one budget. Ours: median over seeds at the best evaluation, x100, "
-             "[95% bootstrap CI] (seeds). Paper: GPT-3 175B, 18M parameters, validation accuracy.", "",
+             "[exact order-statistic interval of the median: with 3 seeds it is [min, max] and covers 75%] (seeds). Paper: GPT-3 175B, 18M parameters, validation accuracy.", "",
              "| Weight Type | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
     ranks = {k: sorted(set(table[table.weight_type == k]["rank"])) for k in kinds}
     lines.append("| Rank r (ours) | " + " | ".join(",".join(str(r) for r in ranks[k]) or "—" for k in kinds) + " |")
