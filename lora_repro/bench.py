@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import CONF_DIR
 from .bench_worker import build, compose_run_cfg, device, random_batch, sync
+from .intervals import median_ci
 
 log = logging.getLogger("lora_repro.bench")
 
@@ -107,19 +108,27 @@ def run_memory_model(cfg: DictConfig, train: pd.DataFrame) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------ latency
-def forward_latency(model: torch.nn.Module, shape: tuple[int, int], vocab: int, trials: int, warmup: int) -> float:
+def forward_latencies(variants: dict[str, torch.nn.Module], shape: tuple[int, int], vocab: int, trials: int,
+                      warmup: int) -> dict[str, list[float]]:
+    """Seconds per forward pass of each variant, measured interleaved: each round times every
+    variant once, the order rotating from round to round, so drift in the machine's speed (other
+    jobs, clock, caches) falls on all variants alike. Returns each variant's `trials` timings, in
+    round order (round i of every variant belongs together)."""
     dev = device()
     ids = torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(0)).to(dev)
-    times = []
+    names = list(variants)
+    times: dict[str, list[float]] = {name: [] for name in names}
     with torch.no_grad():
         for i in range(warmup + trials):
-            sync()
-            start = time.perf_counter()
-            model(input_ids=ids)
-            sync()
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-    return statistics.median(times)
+            order = names[i % len(names):] + names[:i % len(names)]
+            for name in order:
+                sync()
+                start = time.perf_counter()
+                variants[name](input_ids=ids)
+                sync()
+                if i >= warmup:
+                    times[name].append(time.perf_counter() - start)
+    return times
 
 
 def latency_variants(cfg: DictConfig) -> dict[str, torch.nn.Module]:
@@ -141,18 +150,21 @@ def latency_variants(cfg: DictConfig) -> dict[str, torch.nn.Module]:
 
 
 def run_latency(cfg: DictConfig) -> pd.DataFrame:
+    """Per shape and variant: the median time, and the median over rounds of the variant's time
+    over the base's in the same round, with its exact order-statistic interval (coverage stated)."""
     lcfg = cfg.latency
     vocab = int(compose_run_cfg(lcfg.model, "full_ft").model.arch.vocab_size)
     variants = {k: m.to(device()).eval() for k, m in latency_variants(cfg).items()}
     rows = []
     for batch, seq in lcfg.shapes:
-        base_s = None
-        for name, model in variants.items():
-            log.info("latency: %s batch=%s seq=%s", name, batch, seq)
-            seconds = forward_latency(model, (batch, seq), vocab, lcfg.trials, lcfg.warmup)
-            base_s = seconds if name == "base" else base_s
-            rows.append({"batch": batch, "seq": seq, "variant": name, "ms": 1000 * seconds,
-                         "vs_base": seconds / base_s, "over_base_pct": 100 * (seconds / base_s - 1)})
+        log.info("latency: %s interleaved, batch=%s seq=%s, %s rounds", ", ".join(variants), batch, seq, lcfg.trials)
+        times = forward_latencies(variants, (batch, seq), vocab, lcfg.trials, lcfg.warmup)
+        for name, seconds in times.items():
+            ratio = median_ci([t / b for t, b in zip(seconds, times["base"])])
+            rows.append({"batch": batch, "seq": seq, "variant": name, "ms": 1000 * statistics.median(seconds),
+                         "vs_base": ratio.estimate, "vs_base_low": ratio.low, "vs_base_high": ratio.high,
+                         "vs_base_level": ratio.level, "rounds": len(seconds),
+                         "over_base_pct": 100 * (ratio.estimate - 1)})
     return pd.DataFrame(rows)
 
 
@@ -232,7 +244,13 @@ def run_overhead(cfg: DictConfig) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------- report
-def verdict(value: float, target: float, higher_is_better: bool) -> str:
+def verdict(value: float, target: float, higher_is_better: bool, low: float | None = None,
+            high: float | None = None) -> str:
+    """Against a target: with an interval, "met" only when the whole interval is on the right side,
+    "missed" when the whole interval is on the wrong side, else "interval spans the target"."""
+    if low is not None and high is not None:
+        good, bad = (low >= target, high < target) if higher_is_better else (high <= target, low > target)
+        return "met" if good else f"missed by {abs(value - target) / target:.0%}" if bad else "interval spans the target"
     ok = value >= target if higher_is_better else value <= target
     return "met" if ok else f"missed by {abs(value - target) / target:.0%}"
 
@@ -255,9 +273,11 @@ def report(train: pd.DataFrame, memory: pd.DataFrame, latency: pd.DataFrame, ove
         tensors = "-" if pd.isna(getattr(r, "measured_peak_tensors", float("nan"))) else gib(r.measured_peak_tensors)
         lines.append(f"| {r.model} | {r.method} | {gib(r.predicted_weights)} | {gib(r.predicted_gradients)} | "
                      f"{gib(r.predicted_optimizer)} | {gib(r.predicted_activations)} | {gib(r.predicted_total)} | {measured} | {tensors} |")
-    lines += ["", "## Inference latency (Table 1 shape)", "", "| batch | seq | variant | ms | over base |", "|---|---|---|---|---|"]
+    lines += ["", "## Inference latency (Table 1 shape; interleaved rounds, ratio to base in the same round)", "",
+              "| batch | seq | variant | ms (median) | over base: median [interval] (coverage, rounds) |", "|---|---|---|---|---|"]
     for r in latency.itertuples(index=False):
-        lines.append(f"| {r.batch} | {r.seq} | {r.variant} | {r.ms:.1f} | {r.over_base_pct:+.1f}% |")
+        lines.append(f"| {r.batch} | {r.seq} | {r.variant} | {r.ms:.1f} | {r.vs_base:.3f} [{r.vs_base_low:.3f}, "
+                     f"{r.vs_base_high:.3f}] ({100 * r.vs_base_level:.1f}%, {r.rounds}) |")
     o = overhead.iloc[0]
     lines += ["", "## Harness overhead", "", f"trainer step {o.trainer_step_s:.3f} s vs bare loop {o.bare_step_s:.3f} s "
               f"({o.model} + {o.method}): ratio {o.ratio:.3f}", ""]
@@ -265,8 +285,10 @@ def report(train: pd.DataFrame, memory: pd.DataFrame, latency: pd.DataFrame, ove
     claims = [("## Claims and targets", "", "| claim | paper | measured | target | verdict |", "|---|---|---|---|---|")]
     lines += list(claims[0])
 
-    def add(claim, paper, value, target, higher):
-        lines.append(f"| {claim} | {paper} | {value:.3f} | {'>=' if higher else '<='} {target} | {verdict(value, target, higher)} |")
+    def add(claim, paper, value, target, higher, low=None, high=None):
+        shown = f"{value:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None else "")
+        lines.append(f"| {claim} | {paper} | {shown} | {'>=' if higher else '<='} {target} | "
+                     f"{verdict(value, target, higher, low, high)} |")
 
     enc = train[(train.method == "lora") & (train.model != "gpt2_medium")]
     if len(enc):
@@ -282,8 +304,9 @@ def report(train: pd.DataFrame, memory: pd.DataFrame, latency: pd.DataFrame, ove
         ft, lo = gpt3.iloc[0].predicted_total, gpt3.iloc[1].predicted_total
         lines.append(f"| GPT-3 175B memory model FT -> LoRA | 1.2 TB -> 350 GB | {ft / 1e12:.2f} TB -> {lo / 1e9:.0f} GB ({ft / lo:.1f}x) | - | - |")
     for (batch, seq), group in latency.groupby(["batch", "seq"]):
-        merged = group[group.variant == "lora_merged"].iloc[0].vs_base
-        add(f"merged LoRA latency / base (batch {batch}, seq {seq})", "1.00 (no added latency)", merged, TARGETS["merged_latency"], False)
+        merged = group[group.variant == "lora_merged"].iloc[0]
+        add(f"merged LoRA latency / base (batch {batch}, seq {seq})", "1.00 (no added latency)", merged.vs_base,
+            TARGETS["merged_latency"], False, merged.vs_base_low, merged.vs_base_high)
         for name, paper in (("adapter_l", "AdapterL +2.2..+20.7%"), ("adapter_h", "AdapterH +3.0..+30.3%")):
             row = group[group.variant == name]
             if len(row):

@@ -47,7 +47,7 @@ def test_bench_writes_its_tables_and_chart_for_a_tiny_model(tmp_path):
 def test_live_tensor_bytes_counts_allocations_and_frees():
     import torch
 
-    from lora_repro.record import LiveTensorBytes
+    from lora_repro.profiling import LiveTensorBytes
 
     with LiveTensorBytes(start=100) as mode:
         a = torch.ones(1000)            # 4,000 bytes
@@ -67,3 +67,34 @@ def test_tensor_level_peak_holds_weights_gradients_and_adam_state_and_separates_
         assert m["peak_tensor_bytes"] >= m["param_bytes"] + 4 * m["params_trainable"] + m["optimizer_state_bytes"]
         assert m["peak_tensor_source"] in ("cpu_live_tensors_one_step", "cuda_max_memory_allocated")
     assert full["peak_tensor_bytes"] > 1.5 * lora["peak_tensor_bytes"]
+
+
+def test_latency_rounds_interleave_the_variants_in_rotating_order():
+    import torch
+
+    from lora_repro.bench import forward_latencies
+
+    calls = []
+
+    class Named(torch.nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def forward(self, input_ids):
+            calls.append(self.name)
+
+    times = forward_latencies({n: Named(n) for n in ("base", "a", "b")}, (1, 4), 10, trials=3, warmup=1)
+    assert calls == ["base", "a", "b", "a", "b", "base", "b", "base", "a", "base", "a", "b"]
+    assert {k: len(v) for k, v in times.items()} == {"base": 3, "a": 3, "b": 3}  # warm-up round dropped
+
+
+@pytest.mark.parametrize("value, low, high, expected", [
+    (0.99, 0.97, 1.01, "met"),                        # the whole interval is under the 1.02 target
+    (0.99, 0.95, 1.04, "interval spans the target"),  # a point estimate under the target is not enough
+    (1.10, 1.05, 1.12, "missed by 8%"),
+])
+def test_a_ratio_is_met_only_when_its_whole_interval_is(value, low, high, expected):
+    from lora_repro.bench import verdict
+
+    assert verdict(value, 1.02, False, low, high) == expected
