@@ -59,6 +59,45 @@ def check_added_keys(overrides: list[str], cfg: DictConfig) -> None:
                           + (f"; {parent or 'the root'} has: {', '.join(valid)}" if valid else ""))
 
 
+# What people type from transformers' TrainingArguments, peft's LoraConfig and run_glue.py, and the
+# setting that means it here.
+FOREIGN_NAMES = {
+    "learning_rate": "train.lr", "num_train_epochs": "train.epochs", "per_device_train_batch_size": "train.batch_size",
+    "per_device_eval_batch_size": "train.eval_batch_size", "gradient_accumulation_steps": "train.grad_accum",
+    "fp16": "train.precision=fp16", "bf16": "train.precision=bf16", "lr_scheduler_type": "train.schedule",
+    "warmup_steps": "train.warmup_steps", "warmup_ratio": "train.warmup_ratio", "eval_steps": "train.eval_every",
+    "eval_strategy": "train.eval_every", "save_steps": "train.checkpoint_every", "max_steps": "train.max_steps",
+    "weight_decay": "train.weight_decay", "max_grad_norm": "train.max_grad_norm", "output_dir": "output_root",
+    "lora_r": "method.r", "lora_alpha": "method.alpha", "lora_dropout": "method.dropout",
+    "target_modules": "method.target_modules", "max_seq_length": "task.max_length", "max_length": "task.max_length",
+    "model_name_or_path": "model=<a name in conf/model/>", "task_name": "task=<a name in conf/task/>",
+    "dataloader_num_workers": "train.num_workers", "logging_steps": "train.logging_steps", "seed": "seed",
+}
+
+
+def unknown_key_hint(overrides: list[str]) -> str:
+    """For an override naming no setting: '; did you mean train.lr? train has: ...' (from
+    FOREIGN_NAMES, else the closest names of its group); '' when every key exists."""
+    import difflib
+
+    base = compose_config([o for o in overrides if o.split("=", 1)[0].lstrip("+~") in GROUPS])
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if "=" not in item or key in GROUPS or "/" in key or key.startswith("hydra"):
+            continue
+        if OmegaConf.select(base, key, default="<missing>") != "<missing>":
+            continue
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(base, parent) if parent else base
+        names = sorted(node.keys()) if isinstance(node, DictConfig) else []
+        guess = FOREIGN_NAMES.get(leaf) or next(iter(difflib.get_close_matches(leaf, names, n=1)), None)
+        if guess and "." not in guess and "=" not in guess and parent:
+            guess = f"{parent}.{guess}"
+        return (f"{key} is not a setting" + (f"; did you mean {guess}?" if guess else "")
+                + (f" {parent or 'the root'} has: {', '.join(str(n) for n in names)}" if names else ""))
+    return ""
+
+
 def compose_job(overrides: list[str]) -> DictConfig:
     """The job's config, resolved, or one ConfigError line (an experiment without an entry for
     the chosen task, a key that does not exist, a value of the wrong type)."""
@@ -69,6 +108,12 @@ def compose_job(overrides: list[str]) -> DictConfig:
         raise
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        try:
+            hint = unknown_key_hint(overrides)
+        except Exception:  # the hint is a courtesy; the error below stands without it
+            hint = ""
+        if hint:
+            raise ConfigError(hint) from None
         raise ConfigError(f"{first} (the experiment or task you chose does not cover this combination, or a "
                           f"key is misspelt)") from None
     check_added_keys(overrides, cfg)

@@ -1,0 +1,43 @@
+"""What a new user meets first: `make` lists the targets instead of re-running set-up, and names
+from transformers or peft are answered with the setting that means them here."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from lora_repro import PROJECT_ROOT
+from lora_repro.config import compose_job
+from lora_repro.errors import ConfigError
+
+
+def test_make_alone_lists_every_target_with_one_line():
+    out = subprocess.run(["make", "-s"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "make setup, then make demo" in out.stdout
+    listed = {line.split()[0] for line in out.stdout.splitlines()[1:] if line.startswith("  ")}
+    phony = next(line for line in (PROJECT_ROOT / "Makefile").read_text().splitlines() if line.startswith(".PHONY:"))
+    assert listed == set(phony.split()[1:]) - {"help"}, "every target needs a `## ` line above it"
+    assert ".venv" not in out.stdout.split("Targets:")[0]  # nothing was installed
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("train.learning_rate=1e-3", "train.learning_rate is not a setting; did you mean train.lr? train has: "),
+    ("train.num_train_epochs=3", "did you mean train.epochs?"),
+    ("per_device_train_batch_size=8", "did you mean train.batch_size?"),
+    ("fp16=true", "did you mean train.precision=fp16?"),
+    ("train.lrr=1e-3", "did you mean train.lr?"),
+])
+def test_foreign_or_misspelt_names_get_the_setting_that_means_them(override, expected):
+    with pytest.raises(ConfigError, match="^" + expected.split(";")[0] if expected.startswith("train.learning") else None) as err:
+        compose_job([override])
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_entry_point_says_it_in_one_line_before_loading_anything(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "lora_repro.train", "train.learning_rate=1e-3", f"output_root={tmp_path}"],
+                         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and out.stderr.strip().splitlines()[-1].startswith(
+        "error: train.learning_rate is not a setting; did you mean train.lr?")
+    assert not (tmp_path / "runs").exists()
