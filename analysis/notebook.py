@@ -1,6 +1,7 @@
-"""`make notebook` / `python -m analysis.notebook [RUNS_DIR]`: execute notebooks/results.ipynb top to
-bottom on the records under RUNS_DIR (default outputs/) and save the executed copy as
-results/results.ipynb. Also (re)writes the notebook source with `--write-source`."""
+"""`make notebook` / `python -m analysis.notebook [RUNS_DIR | --study NAME]`: execute
+notebooks/results.ipynb top to bottom on the records under RUNS_DIR (default outputs/) or on a
+study's committed records, and save the executed copy as outputs/notebooks/<study or runs>.ipynb.
+Also (re)writes the notebook source with `--write-source`."""
 
 from __future__ import annotations
 
@@ -83,9 +84,21 @@ def main(argv: list[str] | None = None) -> int:
         write_source()
         print(f"wrote {NOTEBOOK}")
         return 0
-    from lora_repro.study import results_dir
+    from lora_repro.errors import ConfigError
+    from lora_repro.studyspec import load_study
 
-    out = args.out or (results_dir(args.study) / "results.ipynb" if args.study else "results/results.ipynb")
+    from .records import check_runs_dir
+
+    # The source is checked here, in one line, before a kernel starts (probe F13).
+    try:
+        if args.study:
+            load_study(args.study)
+        else:
+            check_runs_dir(args.runs_dir)
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    # The executed copy is this machine's (git-ignored), never a file of a study's committed results/.
+    out = args.out or ROOT / "outputs" / "notebooks" / f"{args.study or 'runs'}.ipynb"
     print(f"executed notebook written to {execute(args.runs_dir, out, study=args.study)}")
     return 0
 

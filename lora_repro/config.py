@@ -3,6 +3,7 @@ not hours. Each failure is a ConfigError with one line naming the key and the va
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import hydra
@@ -114,6 +115,9 @@ def compose_job(overrides: list[str]) -> DictConfig:
             hint = ""
         if hint:
             raise ConfigError(hint) from None
+        if "LexerNoViableAlt" in first or "mismatched input" in first or "token recognition error" in first:
+            raise ConfigError(f"{first}: a value with spaces, non-ASCII letters, parentheses or other symbols "
+                              f"must be quoted, e.g. output_root='/data/run (1)'") from None
         raise ConfigError(f"{first} (the experiment or task you chose does not cover this combination, or a "
                           f"key is misspelt)") from None
     check_added_keys(overrides, cfg)
@@ -155,28 +159,53 @@ def instantiate_method(method_cfg: DictConfig) -> Method:
     return method
 
 
+def number(section: str, node: Any, key: str, low: float | None = None, high: float | None = None, *,
+           integer: bool = False, low_open: bool = False, high_open: bool = True) -> None:
+    """node[key] must be a finite number (an integer with `integer`) in the stated range; else one
+    line naming the key, the range and the value (never a TypeError from comparing a string)."""
+    value = node[key]
+    is_number = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not is_number or (isinstance(value, float) and not math.isfinite(value)):
+        kind = "an integer" if integer else "a finite number"
+        raise ConfigError(f"{section}.{key} must be {kind}, got {value!r}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        bounds = (f"{'>' if low_open else '>='} {low}" if low is not None else "") + \
+                 (" and " if low is not None and high is not None else "") + \
+                 (f"{'<' if high_open else '<='} {high}" if high is not None else "")
+        raise ConfigError(f"{section}.{key} must be {bounds}, got {value!r}")
+
+
 def check_train_config(train: Any) -> None:
     def positive(key: str, integer: bool = False) -> None:
         value = train[key]
-        ok = isinstance(value, int) and not isinstance(value, bool) if integer else isinstance(value, (int, float))
-        if not ok or not value > 0:
-            kind = "a positive integer" if integer else "> 0"
-            raise ConfigError(f"train.{key} must be {kind}, got {value!r}")
+        if integer and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise ConfigError(f"train.{key} must be a positive integer, got {value!r}")
+        number("train", train, key, 0, integer=integer, low_open=True)
 
     positive("lr")
     positive("batch_size", integer=True)
     positive("eval_batch_size", integer=True)
     positive("grad_accum", integer=True)
     positive("logging_steps", integer=True)
+    positive("adam_epsilon")
+    number("train", train, "max_steps", -1, integer=True)
+    number("train", train, "warmup_steps", 0, integer=True)
+    number("train", train, "weight_decay", 0)
+    number("train", train, "warmup_ratio", 0, 1)
+    number("train", train, "adam_beta1", 0, 1)
+    number("train", train, "adam_beta2", 0, 1)
+    number("train", train, "max_grad_norm", 0)
+    number("train", train, "num_workers", 0, integer=True)
+    every = train.checkpoint_every
+    if every != "epoch" and not (isinstance(every, int) and not isinstance(every, bool) and every >= 0):
+        raise ConfigError(f"train.checkpoint_every must be 'epoch', a positive number of steps, or 0 for none; got {every!r}")
     if train.optimizer != "adamw":
         raise ConfigError(f"train.optimizer={train.optimizer!r}; valid: adamw (methods may build their own groups)")
-    if not (train.max_steps and train.max_steps > 0):
-        if not isinstance(train.epochs, (int, float)) or not train.epochs > 0:
+    if not train.max_steps > 0:
+        if not isinstance(train.epochs, (int, float)) or isinstance(train.epochs, bool) or not train.epochs > 0:
             raise ConfigError(f"train.epochs must be > 0 when train.max_steps is unset, got {train.epochs!r}")
-    if train.weight_decay < 0:
-        raise ConfigError(f"train.weight_decay must be >= 0, got {train.weight_decay}")
-    if not 0 <= train.warmup_ratio < 1:
-        raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {train.warmup_ratio}")
     if train.precision not in PRECISIONS:
         raise ConfigError(f"train.precision={train.precision!r}; valid: {', '.join(PRECISIONS)}")
     if train.precision == "fp16":

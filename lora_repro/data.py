@@ -172,7 +172,9 @@ def read_mr_ref_csv(path: Path, task_cfg: Any) -> Dataset:
             raise DataError(f"{path}: header lacks column(s) {missing}; it has {reader.fieldnames}")
 
         def pairs():
-            for line_no, row in enumerate(reader, start=2):
+            end = reader.line_num  # the header's last physical line
+            for row in reader:  # a quoted field may span lines: a row starts after the previous one ends
+                line_no, end = end + 1, reader.line_num
                 mr, ref = row.get(mr_col), row.get(ref_col)
                 if mr is None or ref is None or None in row:
                     raise DataError(f"{path}:{line_no}: expected {len(reader.fieldnames)} comma-separated fields")
@@ -204,7 +206,10 @@ def read_lora_txt(path: Path, task_cfg: Any) -> Dataset:
     if not path.is_file():
         raise DataError(f"missing data file {path}")
     def pairs():
-        for line_no, line in enumerate(read_text(path).splitlines(), start=1):
+        # Lines end at "\n" only: str.splitlines() would also split inside a reference at U+2028,
+        # U+0085 or a form feed, and then name the wrong line.
+        for line_no, line in enumerate(read_text(path).split("\n"), start=1):
+            line = line.removesuffix("\r")
             if not line.strip():
                 continue
             parts = line.split("||")

@@ -47,6 +47,7 @@ class RunRecord(TypedDict):
     decoding: dict[str, Any] | None
     forgetting: dict[str, Any] | None   # causal LMs: LM loss on general text before and after training
     resumed_from_step: int | None
+    resumed_from_commit: str | None   # the code version of the steps before a resume, when it differs
     init_from: str | None
     world_size: int | None
     trainable_sha256: str | None

@@ -8,6 +8,8 @@ import hashlib
 import json
 import os
 import socket
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -162,6 +164,9 @@ def existing_record(run_dir: Path) -> dict | None:
 
 def check_writable(output_root: str) -> None:
     """Fail before Hydra makes folders, naming the path, when runs could not be written."""
+    if not str(output_root or "").strip():
+        raise ConfigError("output_root is empty (an unset shell variable?): runs would land at the filesystem "
+                          "root; give a folder, e.g. output_root=outputs")
     path = Path(output_root).expanduser().absolute()
     probe = path
     while not probe.exists() and probe != probe.parent:
@@ -171,15 +176,23 @@ def check_writable(output_root: str) -> None:
 
 
 class RunDirLock:
-    """An exclusive lock file in the run folder (O_EXCL create). A lock left by a process that no
-    longer runs on this host is taken over; a live one is an error naming its pid."""
+    """An exclusive lock file in the run folder (O_EXCL create) holding "host pid". Its holder
+    touches it every HEARTBEAT_S seconds; a lock is stale (taken over, with a message) when its
+    heartbeat is older than STALE_S (any host: a pre-empted job requeued on another node continues),
+    when its process is gone on this host, or when it names this very process (a restarted
+    container reuses PIDs). A live one is one line naming the holder and the lock file."""
 
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / LOCK_NAME
-
+    HEARTBEAT_S = 60.0
+    STALE_S = 600.0
     # A lock file is created empty and written a moment later; an empty one younger than this is
     # taken as a live holder between those two steps, not as a stale lock.
     FRESH_S = 10.0
+    _held: set[Path] = set()  # the lock files this process holds now
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_NAME
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
 
     def _holder_alive(self) -> tuple[bool, str]:
         try:
@@ -193,8 +206,14 @@ class RunDirLock:
             host, pid = text.split()
         except ValueError:
             return False, "?"
+        if age > self.STALE_S:
+            return False, f"{pid} on {host}, silent for {age / 60:.0f} min"
         if host != socket.gethostname():
             return True, f"{pid} on {host}"
+        if int(pid) == os.getpid():
+            if self.path.resolve() in RunDirLock._held:
+                return True, pid
+            return False, f"{pid} (this process's PID, left before a restart)"
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
@@ -202,6 +221,13 @@ class RunDirLock:
         except PermissionError:
             pass
         return True, pid
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.HEARTBEAT_S):
+            try:
+                os.utime(self.path)
+            except OSError:
+                return
 
     def __enter__(self) -> "RunDirLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,13 +237,21 @@ class RunDirLock:
             except FileExistsError:
                 alive, who = self._holder_alive()
                 if alive:
-                    raise ConfigError(f"run folder {self.path.parent} is in use by process {who}") from None
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                    raise ConfigError(f"run folder {self.path.parent} is in use by process {who} (lock file "
+                                      f"{self.path}; if no job is running there, delete it)") from None
+                if who != "?":
+                    print(f"taking over a stale lock of process {who}: {self.path}", file=sys.stderr)
+                self.path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as handle:
                 handle.write(f"{socket.gethostname()} {os.getpid()}\n")
+            RunDirLock._held.add(self.path.resolve())
+            self._beat = threading.Thread(target=self._heartbeat, daemon=True)
+            self._beat.start()
             return self
-        raise ConfigError(f"could not lock run folder {self.path.parent}")
+        raise ConfigError(f"could not lock run folder {self.path.parent} (lock file {self.path})")
 
     def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        RunDirLock._held.discard(self.path.resolve())
         self.path.unlink(missing_ok=True)

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -398,7 +398,7 @@ def launch_tuned(study: Study, evidence: Evidence, extra: list[str]) -> int:
                        *[o for o in base if o not in extra], f"{key}={','.join(batch_values)}",
                        f"seed={','.join(batch_seeds)}", *extra]
                 print("$ python " + " ".join(cmd[1:]), flush=True)
-                status = subprocess.run(cmd, cwd=PROJECT_ROOT).returncode or status
+                status = run_child(cmd) or status
                 evidence.after_launch()
             attempted.update(r.run_dir for r in members)
 
@@ -420,16 +420,33 @@ def launch(study: Study, runs: list[PlannedRun], extra: list[str], evidence: Evi
             cmd = [sys.executable, "-m", "lora_repro.train", "-m", f"study={study.name}", *study.common(), *variant,
                    *sweep, f"seed={','.join(str(s) for s in seeds)}", *extra]
             print("$ python " + " ".join(cmd[1:]), flush=True)
-            status = subprocess.run(cmd, cwd=PROJECT_ROOT).returncode or status
+            status = run_child(cmd) or status
             evidence.after_launch()
     return status
+
+
+def run_child(cmd: list[str]) -> int:
+    """Run one child (a training multirun, the results build) in the project root. SIGTERM or SIGINT
+    to the launcher is passed on to the child, which is waited for, so stopping a study never
+    leaves training running on, holding its run folders (probe C15)."""
+    child = subprocess.Popen(cmd, cwd=PROJECT_ROOT)
+
+    def forward(signum, frame):
+        child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def build_results(name: str, assignments: dict[str, str], scratch_root: Path | None = None) -> int:
     cmd = [sys.executable, "-m", "analysis.study", name, *(f"{k}={v}" for k, v in assignments.items()),
            *(["--scratch", str(scratch_root)] if scratch_root is not None else [])]
     print("$ python " + " ".join(cmd[1:]), flush=True)
-    return subprocess.run(cmd, cwd=PROJECT_ROOT).returncode
+    return run_child(cmd)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -470,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         command = command_line(study).split()
         print("$ python -m " + " ".join(command + extra), flush=True)
-        status = subprocess.run([sys.executable, "-m", *command, *extra], cwd=PROJECT_ROOT).returncode
+        status = run_child([sys.executable, "-m", *command, *extra])
     elif study.tune() is not None:
         status = launch_tuned(study, evidence, extra)
     else:

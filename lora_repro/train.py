@@ -117,8 +117,9 @@ def recipe_variant(cfg: DictConfig) -> str:
     from .rundir import recipe_part, without_not_recipe
 
     choices = HydraConfig.get().runtime.choices
+    # output_root is no part of a recipe (and a path with spaces or emoji would need quoting here).
     base_overrides = [f"{group}={choices[group]}" for group in ("model", "method", "task", "train", "experiment")
-                      if choices.get(group)] + [f"seed={cfg.seed}", f"output_root={cfg.output_root}"]
+                      if choices.get(group)] + [f"seed={cfg.seed}"]
     # Data location is not a recipe, and an experiment may only know where a task's data is when told.
     base_overrides += [o for o in HydraConfig.get().overrides.task if o.lstrip("+").startswith("task.data_dir=")]
     base = compose(config_name="config", overrides=base_overrides)
@@ -170,6 +171,10 @@ def precheck(argv: list[str]) -> bool:
 
 def main() -> None:
     import datasets
+
+    # A full disk also breaks writing train.log: say the real error once, not four chained
+    # "--- Logging error ---" tracebacks (probe D5).
+    logging.raiseExceptions = False
 
     datasets.disable_progress_bars()
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")

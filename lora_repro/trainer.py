@@ -31,7 +31,7 @@ from .profiling import LiveTensorBytes, PeakMemory, tensor_bytes
 from .provenance import device, git_branch, git_commit
 from .record import CHECKPOINT_FILE, TRAINABLE_FILE, RunRecord, new_record, write_record
 from .ui import show_progress
-from .rundir import readable_safetensors, resolve_init_from
+from .rundir import config_hash, readable_safetensors, resolve_init_from
 
 log = logging.getLogger(__name__)
 TRAINER_DIR = "trainer"  # the Trainer's resumable checkpoints inside a run folder
@@ -77,6 +77,18 @@ class RunTrainer(Trainer):
             raise DataError(f"checkpoint {resume_from_checkpoint} does not match this config's trainable parameters")
         model.load_state_dict(state, strict=False)
 
+    def _save_checkpoint(self, model, trial):
+        """The Trainer's checkpoint save, with a failure (a full disk, a file-size limit) named in one
+        line instead of torch's zip-writer message; the run's earlier checkpoints stay usable."""
+        try:
+            return super()._save_checkpoint(model, trial)
+        except (RuntimeError, OSError) as exc:
+            folder = Path(self.args.output_dir)
+            free = shutil.disk_usage(folder if folder.exists() else folder.parent).free
+            raise DataError(f"could not save the resumable checkpoint at step {self.state.global_step} under {folder} "
+                            f"({one_line(exc)}; {free / 2**20:,.0f} MiB free there). Free some space and run the "
+                            f"same command: it resumes from the last complete checkpoint") from exc
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         loss = result[0] if return_outputs else result
@@ -104,10 +116,18 @@ class WallClock(TrainerCallback):
         except (OSError, ValueError, KeyError):
             return 0.0
 
+    @classmethod
+    def commit(cls, checkpoint: str | None) -> str | None:
+        """The code version the checkpoint was written by (None: unknown or no checkpoint)."""
+        try:
+            return json.loads((Path(checkpoint) / cls.FILE).read_text()).get("git_commit") if checkpoint else None
+        except (OSError, ValueError, AttributeError):
+            return None
+
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if folder.is_dir() and state.is_world_process_zero:
-            (folder / self.FILE).write_text(json.dumps({"wall_s": self.elapsed()}))
+            (folder / self.FILE).write_text(json.dumps({"wall_s": self.elapsed(), "git_commit": git_commit()}))
 
 
 class TensorMemory(TrainerCallback):
@@ -242,8 +262,12 @@ class WandbRun:
         try:
             self.run = wandb.init(
                 project=wcfg.project, entity=wcfg.entity, mode=wcfg.mode, dir=str(run_dir),
-                name=run_name(cfg),
+                # One group per study and recipe (its seeds together); names differ between recipes.
+                group=f"{cfg.get('study') or 'adhoc'}/{config_hash(cfg)}",
+                name=f"{run_name(cfg)}-{config_hash(cfg)}",
                 tags=list(wcfg.tags), config=OmegaConf.to_container(cfg, resolve=True), reinit="finish_previous",
+                # Without a network, wandb's default waits 90 s per run before giving up (probe E7).
+                settings=wandb.Settings(init_timeout=float(wcfg.get("init_timeout", 15))),
             )
         except Exception as exc:  # wandb problems must not cost a run
             log.warning("wandb init failed (%s); logging to record.json only", one_line(exc))
@@ -406,6 +430,11 @@ def run(cfg: DictConfig, method: Method, run_dir: str | Path, experiment: str | 
             last = resume_point(cfg, run_dir)
             record["resumed_from_step"] = checkpoint_step(Path(last)) if last else None
             clock.prior_s = WallClock.prior(last)
+            earlier = WallClock.commit(last)
+            if earlier and earlier != record["git_commit"]:  # steps before the resume ran other code
+                record["resumed_from_commit"] = earlier
+                log.warning("resuming a run whose first %s steps ran at code %s; this process runs %s (both are "
+                            "recorded)", record["resumed_from_step"], earlier, record["git_commit"])
             tensors = TensorMemory(built.model)
             trainer = make_trainer(cfg, built, data, tokenizer, optimizer, run_dir,
                                    wandb_run.report_to if wandb_run else [], [clock, tensors])

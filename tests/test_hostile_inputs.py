@@ -92,7 +92,7 @@ def test_bad_values_are_one_line_before_anything_loads(override, message):
     (["+train.learning_rate=1e-3"], r"train.learning_rate is not a setting of this config, so nothing would read it; "
                                     r"train has: .*\blr\b"),                                                    # [42]
     (["+foo=1"], r"foo is not a setting of this config"),
-    (["train.learning_rate=1e-3"], r"Could not override 'train.learning_rate'"),                            # [41]
+    (["train.learning_rate=1e-3"], r"train.learning_rate is not a setting; did you mean train.lr\?"),          # [41]
 ])
 def test_configs_that_do_not_compose_are_one_line(overrides, message):
     with pytest.raises(ConfigError, match=message) as info:
@@ -221,8 +221,18 @@ def test_a_nan_metric_run_is_named_not_silently_dropped(tmp_path):  # [62]
 
 # ------------------------------------------------------------------------- our own probe, 20 more
 @pytest.mark.parametrize("overrides,message", [
-    (["train.lr=nan"], r"train.lr must be > 0, got nan"),
-    (["train.lr=abc"], r"train.lr must be > 0, got 'abc'"),
+    (["train.lr=nan"], r"train.lr must be a finite number, got nan"),
+    (["train.lr=abc"], r"train.lr must be a finite number, got 'abc'"),
+    # probe 2026-11-29 A1, A3, A6, A16: non-numbers, inf and strings named, before anything loads
+    (["train.max_steps=abc"], r"train.max_steps must be an integer, got 'abc'"),
+    (["train.weight_decay=abc"], r"train.weight_decay must be a finite number, got 'abc'"),
+    (["train.warmup_ratio=abc"], r"train.warmup_ratio must be a finite number, got 'abc'"),
+    (["train.lr=inf"], r"train.lr must be a finite number, got inf"),
+    (["method=lora_plus", "method.loraplus_lr_ratio=inf"], r"method.loraplus_lr_ratio must be a finite number, got inf"),
+    (["train.checkpoint_every=abc"], r"train.checkpoint_every must be 'epoch', a positive number of steps, or 0"),
+    (["train.adam_beta1=2"], r"train.adam_beta1 must be >= 0 and < 1, got 2"),
+    (["train.warmup_steps=-3"], r"train.warmup_steps must be >= 0, got -3"),
+    (["method.alpha=abc"], r"method.alpha must be a finite number, got 'abc'"),
     (["train.schedule=cosine_wrong"], r"train.schedule='cosine_wrong'; valid: linear, cosine"),
     (["task.max_length=100000"], r"task.max_length=100000 exceeds minilm_l6's 512 positions"),
     (["model=roberta_base", "model.init=random", "task=sst2", "task.max_length=514"], r"exceeds roberta_base's 512 positions"),
@@ -233,7 +243,7 @@ def test_a_nan_metric_run_is_named_not_silently_dropped(tmp_path):  # [62]
     (["logger.wandb.mode=onlin"], r"logger.wandb.mode='onlin'; valid: online, offline, disabled"),
     (["task.splits.validation=null"], r"task rotten_tomatoes has no evaluation split left .* needs one to measure accuracy"),
     (["task.max_eval_samples=abc"], r"task.max_eval_samples must be a positive integer, or null"),
-    (["train.warmup_ratio=1.5"], r"train.warmup_ratio must be in \[0, 1\), got 1.5"),
+    (["train.warmup_ratio=1.5"], r"train.warmup_ratio must be >= 0 and < 1, got 1.5"),
     (["method=lora_plus", "method.loraplus_weight_decay=-0.1"], r"loraplus_weight_decay must be >= 0 or null"),
     (["method=adapter_h", "method.placement=sideways"], r"method.placement='sideways'; valid: projection, after_dropout, post_ln"),
     (["model=gpt2_medium", "model.init=random", "task=e2e", "+method.peft_config.use_dora=true"],
@@ -280,3 +290,40 @@ def test_tables_from_both_a_study_and_a_runs_folder_is_refused(tmp_path):
 
     with pytest.raises(SystemExit, match="not both"):
         tables([str(tmp_path), "--study", "demo"])
+
+
+# ------------------------------------------------------------------------- probe 2026-11-29
+def test_a_lock_naming_this_process_left_before_a_restart_is_stale_and_a_silent_one_from_another_host_too(tmp_path, capsys):
+    """D9: a restarted container gets the same PID; issue #21 item 11: a pre-empted job requeued
+    on another node. A live lock is one line naming the lock file."""
+    import socket
+    import time
+
+    lock = tmp_path / ".lock"
+    lock.write_text(f"{socket.gethostname()} {os.getpid()}\n")  # not held: written before a "restart"
+    with RunDirLock(tmp_path):
+        assert lock.read_text().split()[1] == str(os.getpid())
+    assert "taking over a stale lock of process" in capsys.readouterr().err
+    lock.write_text("other-node 12345\n")
+    with pytest.raises(ConfigError, match=rf"in use by process 12345 on other-node \(lock file {lock}; if no job"):
+        with RunDirLock(tmp_path):
+            pass
+    old = time.time() - RunDirLock.STALE_S - 60
+    os.utime(lock, (old, old))  # its heartbeat stopped 11 minutes ago
+    with RunDirLock(tmp_path):
+        assert lock.read_text().startswith(socket.gethostname())
+
+
+def test_e2e_readers_name_the_physical_line(tmp_path):
+    """B13: a reference holding U+2028 is one line, not two; B14: after a quoted two-line field
+    the next rows' line numbers are physical lines."""
+    from omegaconf import OmegaConf
+
+    from lora_repro.data import read_lora_txt, read_mr_ref_csv
+
+    (tmp_path / "train.txt").write_text("name : A||one\nname : B||two\u2028parts\nname : C three\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"train.txt:3: expected one 'MR\|\|reference' per line, found 0"):
+        read_lora_txt(tmp_path / "train.txt", None)
+    (tmp_path / "t.csv").write_text('mr,ref\n"a","x\ny"\n"c","z"\n"b",""\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"t.csv:5: empty ref field"):
+        read_mr_ref_csv(tmp_path / "t.csv", OmegaConf.create({"csv_columns": {"mr": "mr", "ref": "ref"}}))

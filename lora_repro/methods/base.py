@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
@@ -108,5 +110,8 @@ def freeze_all(model: nn.Module) -> None:
 
 def require_positive(owner: str, **values: float) -> None:
     for key, value in values.items():
-        if value is None or not value > 0:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not number:
+            raise ConfigError(f"{owner}.{key} must be a finite number, got {value!r}")
+        if not value > 0:
             raise ConfigError(f"{owner}.{key} must be > 0, got {value}")

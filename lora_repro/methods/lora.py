@@ -74,6 +74,8 @@ class LoRA(Method):
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ConfigError(f"method.dropout must be in [0, 1), got {self.dropout}")
         if self.target_modules is not None:
+            if isinstance(self.target_modules, str):  # `method.target_modules=query`: one name, not its letters
+                self.target_modules = [self.target_modules]
             if not self.target_modules:
                 raise ConfigError("method.target_modules is empty")
             self.target_modules = [str(t) for t in self.target_modules]

@@ -5,6 +5,7 @@ other non-LoRA weights (the task head) get lr. The record lists each group's siz
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -36,7 +37,9 @@ class LoRAPlus(LoRA):
     def __post_init__(self) -> None:
         super().__post_init__()
         ratio = self.loraplus_lr_ratio
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0:
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio):
+            raise ConfigError(f"method.loraplus_lr_ratio must be a finite number, got {ratio!r}")
+        if not ratio > 0:
             raise ConfigError(f"method.loraplus_lr_ratio must be > 0, got {ratio!r}")
         self.loraplus_lr_ratio = float(ratio)
         decay = self.loraplus_weight_decay
