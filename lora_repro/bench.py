@@ -40,7 +40,8 @@ PAPER = {
     "memory_ft_over_lora": "~3.4 (GPT-3: 1.2 TB -> 350 GB)",
     "checkpoint_ratio": "~1/10,000 (GPT-3: 350 GB -> 35 MB)",
 }
-TARGETS = {"lora_ft_step": 0.75, "ft_lora_memory": 2.5, "merged_latency": 1.02, "harness": 1.05}
+TARGETS = {"lora_ft_step": 0.75, "ft_lora_memory": 2.5, "merged_latency": 1.02, "harness": 1.05,
+           "eval_share": 0.20, "startup_s": 10.0}
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -255,7 +256,8 @@ def verdict(value: float, target: float, higher_is_better: bool, low: float | No
     return "met" if ok else f"missed by {abs(value - target) / target:.0%}"
 
 
-def report(train: pd.DataFrame, memory: pd.DataFrame, latency: pd.DataFrame, overhead: pd.DataFrame, env: str) -> str:
+def report(train: pd.DataFrame, memory: pd.DataFrame, latency: pd.DataFrame, overhead: pd.DataFrame, env: str,
+           phases: pd.DataFrame | None = None) -> str:
     gib = lambda b: f"{b / 2**30:.2f}"
     lines = [f"# lora-repro benchmark ({env})", "", "## Training step, memory, checkpoint (ratios to full FT of the same model)", "",
              "| model | method | trainable | step (s) | tokens/s | step vs FT | peak (GiB) | FT peak / this | peak tensors (GiB) | FT tensors / this | checkpoint (MB) | checkpoint vs full |",
@@ -281,6 +283,11 @@ def report(train: pd.DataFrame, memory: pd.DataFrame, latency: pd.DataFrame, ove
     o = overhead.iloc[0]
     lines += ["", "## Harness overhead", "", f"trainer step {o.trainer_step_s:.3f} s vs bare loop {o.bare_step_s:.3f} s "
               f"({o.model} + {o.method}): ratio {o.ratio:.3f}", ""]
+
+    run_targets: dict[str, float] = {}
+    if phases is not None and len(phases):
+        phase_lines, run_targets = phases_report(phases)
+        lines += phase_lines + [""]
 
     claims = [("## Claims and targets", "", "| claim | paper | measured | target | verdict |", "|---|---|---|---|---|")]
     lines += list(claims[0])
@@ -312,6 +319,9 @@ def report(train: pd.DataFrame, memory: pd.DataFrame, latency: pd.DataFrame, ove
             if len(row):
                 lines.append(f"| {name} latency / base (batch {batch}, seq {seq}) | {paper} | {row.iloc[0].vs_base:.3f} | - | - |")
     add("harness / bare loop step time", "-", o.ratio, TARGETS["harness"], False)
+    if run_targets:
+        add("a study run's evaluation / its process time", "-", run_targets["eval_share"], TARGETS["eval_share"], False)
+        add("a study run's start-up + model load (s)", "-", run_targets["startup_s"], TARGETS["startup_s"], False)
     return "\n".join(lines) + "\n"
 
 
@@ -339,6 +349,45 @@ def plot(train: pd.DataFrame, latency: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+# ------------------------------------------------------------------------------------- run overhead
+def run_phases(cfg: DictConfig) -> pd.DataFrame:
+    """One real run as a study launches it (a fresh `python -m lora_repro.train` process), timed
+    from outside for the process and from its record for each phase (trainer.Phases)."""
+    tcfg = cfg.throughput
+    with tempfile.TemporaryDirectory(prefix="bench-run-") as tmp:
+        cmd = [sys.executable, "-m", "lora_repro.train", f"model={tcfg.model}", f"task={tcfg.task}",
+               f"method={tcfg.method}", f"task.max_train_samples={tcfg.rows}", f"train.epochs={tcfg.epochs}",
+               "logger.wandb.mode=disabled", "save_checkpoint=false", f"output_root={tmp}", *tcfg.overrides]
+        start = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+        process_s = time.perf_counter() - start
+        records = list(Path(tmp).rglob("record.json"))
+        if done.returncode != 0 or not records:
+            raise RuntimeError(f"the timed run failed: {done.stderr.strip().splitlines()[-1:]}")
+        record = json.loads(records[0].read_text())
+    timing = dict(record.get("timing") or {})
+    timing["process_s"] = process_s
+    timing["exit_s"] = max(0.0, process_s - record["wall_s"] - timing.get("process_start_to_run_s", 0.0))
+    return pd.DataFrame([{"phase": k, "seconds": v} for k, v in timing.items()]).assign(
+        model=tcfg.model, task=tcfg.task, method=tcfg.method, rows=tcfg.rows)
+
+
+def phases_report(phases: pd.DataFrame) -> tuple[list[str], dict[str, float]]:
+    t = dict(zip(phases.phase, phases.seconds))
+    total = t["process_s"]
+    evaluation = t.get("eval_during_training_s", 0.0) + t.get("results_s", 0.0)
+    startup = t.get("process_start_to_run_s", 0.0) + t.get("model_load_s", 0.0)
+    row = phases.iloc[0]
+    lines = ["", f"## Where a study's run spends its time ({row.model} + {row.method}, {row.task}, {row.rows} rows)", "",
+             "| phase | seconds | share of the process |", "|---|---|---|"]
+    for name in ("process_start_to_run_s", "model_load_s", "tokenize_s", "setup_s", "train_s", "eval_during_training_s",
+                 "results_s", "save_s", "exit_s"):
+        if name in t:
+            lines.append(f"| {name.removesuffix('_s').replace('_', ' ')} | {t[name]:.1f} | {100 * t[name] / total:.0f}% |")
+    lines.append(f"| whole process | {total:.1f} | 100% |")
+    return lines, {"eval_share": evaluation / total, "startup_s": startup}
+
+
 def run_bench(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -348,14 +397,16 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
     memory = run_memory_model(cfg, train)
     latency = run_latency(cfg)
     overhead = run_overhead(cfg)
-    for name, df in (("train", train), ("memory_model", memory), ("latency", latency), ("overhead", overhead)):
+    phases = run_phases(cfg)
+    for name, df in (("train", train), ("memory_model", memory), ("latency", latency), ("overhead", overhead),
+                     ("phases", phases)):
         df.to_csv(out / f"{name}.csv", index=False)
-    text = report(train, memory, latency, overhead, env)
+    text = report(train, memory, latency, overhead, env, phases)
     (out / "bench.md").write_text(text)
     (out / "claims.md").write_text(text[text.index("| claim |"):])  # the part the README quotes
     plot(train, latency, out / "bench.png")
     (out / "bench_config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    return {"train": train, "memory": memory, "latency": latency, "overhead": overhead, "markdown": text}
+    return {"train": train, "memory": memory, "latency": latency, "overhead": overhead, "phases": phases, "markdown": text}
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="bench", version_base="1.3")

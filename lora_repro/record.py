@@ -40,6 +40,7 @@ class RunRecord(TypedDict):
     peak_tensor_bytes: int | None   # peak of live tensor bytes (CPU: first training steps; CUDA: max allocated)
     peak_tensor_source: str | None
     throughput: dict[str, float] | None
+    timing: dict[str, float] | None   # seconds per phase (trainer.Phases): load, tokenize, train, evaluate, save
     wall_s: float | None
     checkpoint_bytes: int | None
     train_loss_curve: list[list[float]] | None

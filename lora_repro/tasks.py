@@ -53,6 +53,13 @@ def evaluations(log_history: list[dict], key: str | None, reported: str | None =
     return [e for _, e in sorted(by_step.items()) if key is None or key in e]
 
 
+def by_length(ds):
+    """An evaluation split ordered by token count, so each batch pads to similar lengths (metrics
+    do not depend on the order; padding to the longest row of a random batch wastes most of it)."""
+    lengths = [len(ids) for ids in ds["input_ids"]]
+    return ds.select(sorted(range(len(lengths)), key=lengths.__getitem__))
+
+
 class ClassificationTask:
     """GLUE-style classification and regression."""
 
@@ -80,7 +87,7 @@ class ClassificationTask:
         def run(ds):
             return ds.map(encode, batched=True, remove_columns=ds.column_names, desc=None)
 
-        return TaskData(train=run(data.train), evals={k: run(v) for k, v in data.evals.items()})
+        return TaskData(train=run(data.train), evals={k: by_length(run(v)) for k, v in data.evals.items()})
 
     def collator(self, tokenizer: Any):
         return DataCollatorWithPadding(tokenizer)

@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
@@ -398,6 +399,35 @@ def throughput(trainer: Trainer, train_out: Any) -> dict[str, float]:
             "train_runtime_s": runtime, "train_steps": trainer.state.global_step}
 
 
+class Phases:
+    """Where a run's time goes (record.json's `timing`): the process's start-up before the run
+    (imports, Hydra; shared by the jobs of a multirun), model load, tokenization, set-up, training,
+    evaluation during training (the Trainer's eval_runtime, taken out of training), the results
+    step (final evaluation, decoding), saving. For tuning where per-run overhead matters."""
+
+    def __init__(self, start: float):
+        self.last = start
+        self.seconds: dict[str, float] = {}
+        try:
+            self.seconds["process_start_to_run_s"] = max(0.0, time.time() - psutil.Process().create_time())
+        except psutil.Error:
+            pass
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = now - self.last
+        self.last = now
+
+    def breakdown(self, log_history: list[dict]) -> dict[str, float]:
+        evaluating = sum(float(e.get(k, 0.0)) for e in log_history for k in e if k.endswith("_runtime")
+                         and k.startswith("eval"))
+        out = dict(self.seconds)
+        if "train_s" in out:
+            out["eval_during_training_s"] = evaluating
+            out["train_s"] = max(0.0, out["train_s"] - evaluating)
+        return {k: round(v, 3) for k, v in out.items()}
+
+
 def run(cfg: DictConfig, method: Method, run_dir: str | Path, experiment: str | None = None,
         overrides: str = "") -> RunRecord:
     """Train and evaluate one config; write and return its record (rank 0 only writes). Resumes
@@ -408,6 +438,7 @@ def run(cfg: DictConfig, method: Method, run_dir: str | Path, experiment: str | 
     run_dir = Path(run_dir)
     main_process = is_main_process()
     start = time.perf_counter()
+    phases = Phases(start)
     record = start_record(cfg, method, experiment, overrides)
     memory = PeakMemory()
     clock = WallClock(start, 0.0)
@@ -418,7 +449,9 @@ def run(cfg: DictConfig, method: Method, run_dir: str | Path, experiment: str | 
             set_seed(int(cfg.seed))
             built = build(cfg, method)
             tokenizer = load_tokenizer(cfg.model)
+            phases.mark("model_load_s")
             data = built.task.encode(tokenizer)
+            phases.mark("tokenize_s")
             source = resolve_init_from(cfg)
             if source is not None:
                 record["init_from"] = str(source)
@@ -439,8 +472,11 @@ def run(cfg: DictConfig, method: Method, run_dir: str | Path, experiment: str | 
             trainer = make_trainer(cfg, built, data, tokenizer, optimizer, run_dir,
                                    wandb_run.report_to if wandb_run else [], [clock, tensors])
             built.task.before_training(built.model, tokenizer, record)
+            phases.mark("setup_s")
             train_out = trainer.train(resume_from_checkpoint=last)
+            phases.mark("train_s")
             built.task.results(trainer, built.model, tokenizer, run_dir, record)
+            phases.mark("results_s")
             record["throughput"] = throughput(trainer, train_out)
             record["train_loss_curve"] = [[e["step"], e["loss"]] for e in trainer.state.log_history if "loss" in e]
             record["world_size"] = int(trainer.args.world_size)
@@ -451,6 +487,8 @@ def run(cfg: DictConfig, method: Method, run_dir: str | Path, experiment: str | 
             record["checkpoint_bytes"] = save_trainable(state, run_dir, main_process and bool(cfg.save_checkpoint))
             if main_process:
                 shutil.rmtree(run_dir / TRAINER_DIR, ignore_errors=True)  # resumable state is no longer needed
+            phases.mark("save_s")
+            record["timing"] = phases.breakdown(trainer.state.log_history)
         record["status"] = "ok"
     except BaseException as exc:
         record["status"] = "failed"

@@ -31,14 +31,21 @@ def test_bench_writes_its_tables_and_chart_for_a_tiny_model(tmp_path):
     cfg.overhead.model = "tiny_bert"
     cfg.overhead.seq_len = 16
     cfg.overhead.steps = 2
+    cfg.throughput.model = "tiny_bert"
+    cfg.throughput.rows = 64
+    cfg.throughput.overrides = ["train.batch_size=16", "task.max_length=16", "task.max_eval_samples=64"]
     del cfg["hydra"]
     result = run_bench(cfg)
-    for name in ("train.csv", "memory_model.csv", "latency.csv", "overhead.csv", "bench.md", "bench.png"):
+    for name in ("train.csv", "memory_model.csv", "latency.csv", "overhead.csv", "phases.csv", "bench.md", "bench.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     train = result["train"].set_index("method")
     assert train.loc["full_ft", "step_time_vs_ft"] == 1.0
     assert train.loc["lora", "checkpoint_vs_full"] < 0.01
     assert set(result["latency"].variant) == {"base", "lora_unmerged", "lora_merged", "adapter_l", "adapter_h"}
+    phases = dict(zip(result["phases"].phase, result["phases"].seconds)) if "phases" in result else {}
+    assert {"model_load_s", "tokenize_s", "train_s", "eval_during_training_s", "results_s", "process_s"} <= set(phases)
+    assert sum(v for k, v in phases.items() if k not in ("process_s",)) == pytest.approx(phases["process_s"], rel=0.05)
+    assert "## Where a study's run spends its time (tiny_bert + lora, rotten_tomatoes, 64 rows)" in result["markdown"]
     assert "| merged LoRA latency / base" in result["markdown"] and "harness / bare loop" in result["markdown"]
     assert "FT/LoRA peak memory, live tensors" not in result["markdown"]  # only for gpt2_medium
     assert train.loc["lora", "ft_tensor_memory_over_this"] > 1.0
