@@ -129,18 +129,47 @@ def recipe_variant(cfg: DictConfig) -> str:
     return " ".join(f"{k}={ours.get(k)}" for k in changed)
 
 
+# Hydra's own command-line flags: those that take a value, and those after which Hydra only prints
+# (the config, help, info) and runs nothing, so our checks step aside and Hydra answers as documented.
+HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                     "--config-dir", "-cd", "--info", "-i", "--experimental-rerun", "--shell-completion", "-sc"}
+HYDRA_PRINT_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc"}
+
+
+def hydra_flags(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(Hydra's flags with their values, the overrides): `--cfg job` is a flag and its value, not an
+    override `job`."""
+    flags, overrides, take = [], [], False
+    for arg in argv:
+        name = arg.split("=", 1)[0]
+        if take:
+            flags.append(arg)
+            take = False
+        elif arg.startswith("-"):
+            flags.append(arg)
+            take = name in HYDRA_VALUE_FLAGS and "=" not in arg and name not in ("--info", "-i")
+        else:
+            overrides.append(arg)
+    return flags, overrides
+
+
 def job_overrides(argv: list[str]) -> tuple[bool, list[list[str]]]:
     """Whether this is a multirun, and each job's overrides (a sweep expanded as Hydra expands it).
     Hydra's own settings (hydra.*, hydra/...) are left out: they do not change a job's config."""
-    multirun = any(a in ("-m", "--multirun") for a in argv)
-    overrides = [a for a in argv if not a.startswith("-") and not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    flags, rest = hydra_flags(argv)
+    multirun = any(a in ("-m", "--multirun") for a in flags)
+    overrides = [a for a in rest if not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
     if not multirun:
         return False, [overrides]
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    import itertools
+
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    return True, [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    # The cartesian product of the sweeps, in the order Hydra's basic sweeper launches them; a plain
+    # override is kept as typed.
+    choices = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
+               else [o.input_line] for o in OverridesParser.create().parse_overrides(overrides)]
+    return True, [list(job) for job in itertools.product(*choices)]
 
 
 def precheck(argv: list[str]) -> bool:
@@ -178,8 +207,15 @@ def main() -> None:
 
     datasets.disable_progress_bars()
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    flags, overrides = hydra_flags(sys.argv[1:])
+    if any(f.split("=", 1)[0] in HYDRA_PRINT_FLAGS for f in flags):
+        if any(f in ("-m", "--multirun") for f in flags):
+            sys.exit("error: Hydra prints the config, help or info of one job: drop -m and give one value per key "
+                     "(e.g. --cfg job method=lora)")
+        _main()  # Hydra prints the config, help or info and runs nothing: no run folder is checked
+        return
     try:
-        check_group_overrides(sys.argv[1:])
+        check_group_overrides(overrides)
         if not precheck(sys.argv[1:]):
             return
     except ConfigError as exc:
