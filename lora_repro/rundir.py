@@ -90,11 +90,21 @@ def run_dir(cfg: Any) -> Path:
     return Path(str(cfg.output_root)) / run_subdir(cfg)
 
 
+def world_size() -> int | None:
+    """How many processes train this run (torchrun / accelerate set WORLD_SIZE), None for one: the
+    effective batch is per-device x processes x accumulation, so a run on 2 processes is another
+    recipe than the same config on 1, while every single-process folder keeps its name."""
+    size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return size if size > 1 else None
+
+
 def register_resolvers() -> None:
     """`${run_subdir:}` in conf/hydra/default.yaml names each run's folder (Hydra's run and sweep
-    dirs), from run_subdir above."""
+    dirs), from run_subdir above; `${world_size:}` is train.world_size."""
     if not OmegaConf.has_resolver("run_subdir"):
         OmegaConf.register_new_resolver("run_subdir", lambda *, _root_: run_subdir(_root_))
+    if not OmegaConf.has_resolver("world_size"):
+        OmegaConf.register_new_resolver("world_size", world_size)
 
 
 def readable_safetensors(path: Path) -> bool:

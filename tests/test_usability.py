@@ -73,3 +73,37 @@ def test_a_sweep_expands_without_hydra_internals():
         ["method=bitfit", "seed=1", "train.lr=1e-3"], ["method=bitfit", "seed=2", "train.lr=1e-3"]])
     assert job_overrides(["--cfg", "job", "method=lora"]) == (False, [["method=lora"]])
     assert "_internal" not in (PROJECT_ROOT / "lora_repro" / "train.py").read_text()
+
+
+def test_world_size_is_part_of_a_runs_identity_and_one_process_changes_no_folder(monkeypatch):
+    """Issue #21 item 8: after a 2-process torchrun, the 1-process run of the same config is another
+    recipe (its effective batch differs), not 'already done'."""
+    from lora_repro.config import compose_config
+    from lora_repro.rundir import run_subdir
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    one = run_subdir(compose_config(["experiment=mini", "seed=1"]))
+    assert one == "runs/rotten_tomatoes/minilm_l6/lora/599b9d29_seed1"  # the hash every earlier run has
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert run_subdir(compose_config(["experiment=mini", "seed=1"])) == one
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    two = compose_config(["experiment=mini", "seed=1"])
+    assert two.train.world_size == 2 and run_subdir(two) != one
+
+
+def test_make_runs_lists_each_folder_with_its_status_and_main_metric(tmp_path, capsys):
+    from analysis.runs import main as runs
+    from lora_repro.record import new_record, write_record
+
+    write_record(tmp_path / "runs" / "sst2" / "m" / "lora" / "aaaa_seed1", new_record(
+        status="ok", study="demo", task="sst2", model="m", method="lora", seed=1, overrides="train.lr=0.002",
+        metrics={"accuracy": 0.8125}, wall_s=12.3, config={"task": {"main_metric": "accuracy"}}))
+    write_record(tmp_path / "runs" / "sst2" / "m" / "bitfit" / "bbbb_seed1", new_record(
+        status="failed", error="training loss is nan at step 3", study="other", task="sst2", model="m",
+        method="bitfit", seed=1, overrides=""))
+    assert runs([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| runs/sst2/m/lora/aaaa_seed1 | demo | train.lr=0.002 | ok | accuracy 0.8125 | 12 |" in out
+    assert "failed: training loss is nan at step 3" in out and "2 runs under" in out
+    assert runs([str(tmp_path), "--study", "demo"]) == 0
+    assert "1 runs under" in capsys.readouterr().out
