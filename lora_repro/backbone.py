@@ -135,10 +135,15 @@ def build_classifier(model_cfg: Any, task_cfg: Any) -> nn.Module:
     """A sequence classifier/regressor with a fresh task head on top of the backbone."""
     kwargs = head_kwargs(task_cfg)
     if model_cfg.init == "random":
-        return AutoModelForSequenceClassification.from_config(arch_config(model_cfg, **kwargs))
-    return AutoModelForSequenceClassification.from_pretrained(
-        weights_source(model_cfg), dtype=torch.float32, **kwargs
-    )
+        model = AutoModelForSequenceClassification.from_config(arch_config(model_cfg, **kwargs))
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(weights_source(model_cfg), dtype=torch.float32,
+                                                                   **kwargs)
+    if model.config.pad_token_id is None:
+        # A decoder classifier (GPT-2, Llama) reads the last non-pad token of each row and needs to
+        # know the pad id, or any batch > 1 fails; the tokenizer pads with it (its eos for GPT-2).
+        model.config.pad_token_id = load_tokenizer(model_cfg).pad_token_id
+    return model
 
 
 def build_causal_lm(model_cfg: Any) -> nn.Module:
