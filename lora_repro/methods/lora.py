@@ -43,9 +43,14 @@ def model_type(model_cfg: Any) -> str:
     return str((model_cfg.get("arch") or {}).get("model_type", ""))
 
 
+# W_q and W_v of families peft's table does not list (MPNet's attention is attn.q/k/v/o).
+EXTRA_TARGETS = {"mpnet": ["q", "v"]}
+
+
 def default_targets(model_cfg: Any) -> list[str]:
     """W_q and W_v of the model's family, from peft's own table (the paper adapts W_q, W_v)."""
-    targets = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type(model_cfg))
+    targets = (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type(model_cfg))
+               or EXTRA_TARGETS.get(model_type(model_cfg)))
     if not targets:
         raise ConfigError(f"LoRA has no default target modules for model type {model_type(model_cfg)!r} "
                           f"({model_cfg.name}); set method.target_modules=[...]")
