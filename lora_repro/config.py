@@ -180,6 +180,19 @@ def number(section: str, node: Any, key: str, low: float | None = None, high: fl
         raise ConfigError(f"{section}.{key} must be {bounds}, got {value!r}")
 
 
+def check_early_stopping(spec: Any) -> None:
+    if not spec:
+        return
+    keys = set(spec) if isinstance(spec, (dict, DictConfig)) else set()
+    ok = (keys and not keys - {"metric", "patience", "min_evals", "mode"} and spec.get("metric")
+          and spec.get("mode", "max") in ("max", "min")
+          and all(isinstance(spec.get(k, 1), int) and spec.get(k, 1) >= 1 for k in ("patience", "min_evals")))
+    if not ok:
+        raise ConfigError("train.early_stopping must be {metric: <split>_<metric> as record.json names it (e.g. "
+                          "heldout_accuracy), patience: N >= 1, min_evals: N >= 1, mode: max|min}; got "
+                          f"{OmegaConf.to_container(spec) if isinstance(spec, DictConfig) else spec!r}")
+
+
 def check_train_config(train: Any) -> None:
     def positive(key: str, integer: bool = False) -> None:
         value = train[key]
@@ -204,6 +217,7 @@ def check_train_config(train: Any) -> None:
     every = train.checkpoint_every
     if every != "epoch" and not (isinstance(every, int) and not isinstance(every, bool) and every >= 0):
         raise ConfigError(f"train.checkpoint_every must be 'epoch', a positive number of steps, or 0 for none; got {every!r}")
+    check_early_stopping(train.get("early_stopping"))
     if train.optimizer != "adamw":
         raise ConfigError(f"train.optimizer={train.optimizer!r}; valid: adamw (methods may build their own groups)")
     if not train.max_steps > 0:

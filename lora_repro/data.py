@@ -368,8 +368,11 @@ def load_task(task_cfg: Any) -> TaskData:
     if task_cfg.get("heldout_rows"):
         carve_heldout(data, int(task_cfg.heldout_rows))
     if task_cfg.max_train_samples:
+        # Which rows: one fixed draw, or each run seed its own (task.train_sample_seed=${seed}), so an
+        # interval over seeds also covers the choice of training rows (Bouthillier et al. 2021).
         n = min(int(task_cfg.max_train_samples), len(data.train))
-        data.train = data.train.shuffle(seed=0).select(range(n))
+        draw = task_cfg.get("train_sample_seed")
+        data.train = data.train.shuffle(seed=0 if draw is None else int(draw)).select(range(n))
     if task_cfg.max_eval_samples:  # the dev splits only: the held-out slice has its own size
         data.evals = {
             k: ds if k == HELDOUT_SPLIT else ds.shuffle(seed=0).select(range(min(int(task_cfg.max_eval_samples), len(ds))))

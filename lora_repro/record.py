@@ -33,6 +33,7 @@ class RunRecord(TypedDict):
     metrics: dict[str, float] | None          # the final evaluation
     best_metrics: dict[str, Any] | None       # the evaluation with the best main metric, with step, epoch
     eval_curve: list[dict[str, Any]] | None   # every evaluation: {"step", "epoch", metric: value, ...}
+    selected: dict[str, Any] | None  # early stopping: the step whose weights `metrics` and the saved weights are
     params: dict[str, int] | None             # adapted (the papers' count), trainable, total
     optimizer_groups: list[dict[str, Any]] | None
     peak_memory_bytes: int | None

@@ -104,13 +104,19 @@ class ClassificationTask:
         dev = [s for s in splits if s != HELDOUT_SPLIT]
         reported = dev[0] if HELDOUT_SPLIT in splits and len(dev) == 1 else None
         history = evaluations(trainer.state.log_history, key, reported)
-        if not history or history[-1]["step"] != trainer.state.global_step:
+        selected = record.get("selected")
+        if not selected and (not history or history[-1]["step"] != trainer.state.global_step):
             trainer.evaluate()
             history = evaluations(trainer.state.log_history, key, reported)
         best = max(history, key=lambda e: e[key])
         record["eval_curve"] = [{"step": e["step"], "epoch": e["epoch"], **strip_eval_prefix(e)} for e in history]
         record["metrics"] = strip_eval_prefix(history[-1])
         record["best_metrics"] = {**strip_eval_prefix(best), "step": best["step"], "epoch": best["epoch"]}
+        if selected:
+            # Early stopping restored the selected step's weights: every split is evaluated once more,
+            # there, and that is the run's result (the curve keeps what each evaluation saw).
+            final = trainer.evaluate()
+            record["metrics"] = strip_eval_prefix(evaluations([{"step": selected["step"], **final}], key, reported)[0])
 
 
 class GenerationTask:

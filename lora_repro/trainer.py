@@ -26,6 +26,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from .backbone import head_parameter_names, load_tokenizer
 from .assembly import Built, build
+from .config import check_early_stopping
 from .errors import ConfigError, DataError, RecordNotWritten, TrainingDiverged, one_line
 from .methods import Method
 from .profiling import LiveTensorBytes, PeakMemory, tensor_bytes
@@ -171,6 +172,53 @@ class TensorMemory(TrainerCallback):
         elif self.mode is not None:
             self.mode.__exit__(None, None, None)
             self.peak, self.mode = self.mode.peak, None
+
+
+class BestState(TrainerCallback):
+    """Early stopping on one evaluation metric (train.early_stopping), keeping the best trainable
+    weights in memory: the Trainer's own load_best_model_at_end reloads a checkpoint folder in its
+    format, and ours hold only the trainable tensors. After training, `restore` puts the best
+    weights back, so the reported evaluation and the saved weights are those of the selected step."""
+
+    def __init__(self, model: torch.nn.Module, metric: str, patience: int, min_evals: int = 1, mode: str = "max"):
+        self.model, self.key, self.patience, self.min_evals = model, f"eval_{metric}", patience, min_evals
+        self.sign = 1.0 if mode == "max" else -1.0
+        self.best: float | None = None
+        self.best_step: int | None = None
+        self.state: dict[str, torch.Tensor] | None = None
+        self.evals = self.bad = 0
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        value = (metrics or {}).get(self.key)
+        if value is None:  # this call evaluated another split
+            return
+        self.evals += 1
+        if self.best is None or self.sign * value > self.sign * self.best:
+            self.best, self.best_step, self.bad = float(value), state.global_step, 0
+            self.state = {n: p.detach().to("cpu", copy=True) for n, p in self.model.named_parameters() if p.requires_grad}
+        else:
+            self.bad += 1
+        if self.evals >= self.min_evals and self.bad >= self.patience:
+            control.should_training_stop = True
+
+    def restore(self) -> dict[str, Any] | None:
+        if self.state is None:
+            return None
+        with torch.no_grad():
+            params = dict(self.model.named_parameters())
+            for name, tensor in self.state.items():
+                params[name].copy_(tensor.to(params[name].device))
+        return {"metric": self.key.removeprefix("eval_"), "value": self.best, "step": self.best_step,
+                "evaluations": self.evals}
+
+
+def early_stopping(cfg: DictConfig, model: torch.nn.Module) -> BestState | None:
+    spec = cfg.train.get("early_stopping")
+    if not spec:
+        return None
+    check_early_stopping(spec)
+    return BestState(model, str(spec.metric), int(spec.get("patience", 4)), int(spec.get("min_evals", 1)),
+                     str(spec.get("mode", "max")))
 
 
 class KillAtStep(TrainerCallback):
@@ -469,11 +517,16 @@ def run(cfg: DictConfig, method: Method, run_dir: str | Path, experiment: str | 
                 log.warning("resuming a run whose first %s steps ran at code %s; this process runs %s (both are "
                             "recorded)", record["resumed_from_step"], earlier, record["git_commit"])
             tensors = TensorMemory(built.model)
+            best = early_stopping(cfg, built.model)
             trainer = make_trainer(cfg, built, data, tokenizer, optimizer, run_dir,
-                                   wandb_run.report_to if wandb_run else [], [clock, tensors])
+                                   wandb_run.report_to if wandb_run else [], [clock, tensors, *([best] if best else [])])
             built.task.before_training(built.model, tokenizer, record)
             phases.mark("setup_s")
             train_out = trainer.train(resume_from_checkpoint=last)
+            if best is not None:
+                record["selected"] = best.restore()
+                if record["selected"] is not None:
+                    record["selected"]["stopped_at_step"] = trainer.state.global_step
             phases.mark("train_s")
             built.task.results(trainer, built.model, tokenizer, run_dir, record)
             phases.mark("results_s")

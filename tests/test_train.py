@@ -140,3 +140,32 @@ def test_progress_bars_show_in_a_terminal_and_stay_quiet_in_ci(tmp_path, sst2_di
     assert "decoding: 100%" in err and "4/4" in err and "MR/s" in err
     monkeypatch.setenv("LORA_REPRO_PROGRESS", "0")
     assert not show_progress()
+
+
+def test_early_stopping_restores_the_selected_step_and_reports_and_saves_its_weights(tmp_path, sst2_dir):
+    """A learning rate too small to change a prediction: the held-out score never beats its first
+    evaluation (step 2), so with patience 2 the run stops at step 6, restores step 2's weights,
+    reports every split there, and saves exactly the weights a 2-step run makes (constant schedule)."""
+    from lora_repro.config import validate
+    from lora_repro.trainer import run
+
+    common = [*TINY, f"task.data_dir={sst2_dir}", "task.heldout_rows=32", "train.lr=1e-9", "train.schedule=constant",
+              "train.eval_every=2", "train.checkpoint_every=0", "save_checkpoint=false", "seed=3"]
+    stopped_cfg = compose_cfg(*common, "train.max_steps=20",
+                              "train.early_stopping={metric: heldout_accuracy, patience: 2, min_evals: 1}")
+    stopped = run(stopped_cfg, validate(stopped_cfg), tmp_path / "stopped")
+    assert stopped["selected"] == {"metric": "heldout_accuracy", "value": stopped["eval_curve"][0]["heldout_accuracy"],
+                                   "step": 2, "evaluations": 3, "stopped_at_step": 6}
+    assert stopped["throughput"]["train_steps"] == 6 and [e["step"] for e in stopped["eval_curve"]] == [2, 4, 6]
+    short_cfg = compose_cfg(*common, "train.max_steps=2")
+    short = run(short_cfg, validate(short_cfg), tmp_path / "short")
+    assert stopped["trainable_sha256"] == short["trainable_sha256"]
+    assert stopped["metrics"]["accuracy"] == short["metrics"]["accuracy"]
+
+
+def test_a_malformed_early_stopping_spec_is_one_line_before_loading():
+    from lora_repro.config import validate
+    from lora_repro.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.early_stopping must be \{metric: <split>_<metric>"):
+        validate(compose_cfg(*TINY, "train.early_stopping={metric: heldout_accuracy, patience: 0}"))
