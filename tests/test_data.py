@@ -104,3 +104,19 @@ def test_subsampling_is_the_same_rows_for_every_run(tmp_path):
     a = load_task(task_cfg("sst2", d, "task.max_train_samples=10"))
     b = load_task(task_cfg("sst2", d, "task.max_train_samples=10", "seed=7"))
     assert len(a.train) == 10 and a.train["sentence"] == b.train["sentence"]
+
+
+def test_each_run_seed_can_draw_its_own_training_rows_while_the_heldout_slice_stays_fixed(tmp_path):
+    from lora_repro.data import HELDOUT_SPLIT, load_task
+
+    from .conftest import compose_cfg, write_sst2_dir
+
+    data_dir = write_sst2_dir(tmp_path / "SST-2", n_train=200, n_dev=16)
+    base = ["task=sst2", f"task.data_dir={data_dir}", "task.max_train_samples=40", "task.heldout_rows=50"]
+    fixed = load_task(compose_cfg(*base).task)
+    seed0 = load_task(compose_cfg(*base, "task.train_sample_seed=0").task)
+    seed1 = load_task(compose_cfg(*base, "task.train_sample_seed=1").task)
+    assert fixed.train["sentence"] == seed0.train["sentence"]  # null is the old fixed draw
+    assert seed1.train["sentence"] != seed0.train["sentence"] and len(seed1.train) == 40
+    assert seed1.evals[HELDOUT_SPLIT]["sentence"] == seed0.evals[HELDOUT_SPLIT]["sentence"]
+    assert not set(seed1.train["sentence"]) & set(seed1.evals[HELDOUT_SPLIT]["sentence"])
