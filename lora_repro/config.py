@@ -218,6 +218,11 @@ def check_train_config(train: Any) -> None:
     if every != "epoch" and not (isinstance(every, int) and not isinstance(every, bool) and every >= 0):
         raise ConfigError(f"train.checkpoint_every must be 'epoch', a positive number of steps, or 0 for none; got {every!r}")
     check_early_stopping(train.get("early_stopping"))
+    for key in ("tf32", "compile", "ddp_find_unused_parameters"):
+        if train.get(key) not in (None, True, False):
+            raise ConfigError(f"train.{key} must be true, false or null, got {train.get(key)!r}")
+    if train.get("pad_to_multiple_of") is not None:
+        number("train", train, "pad_to_multiple_of", 1, integer=True)
     if train.optimizer != "adamw":
         raise ConfigError(f"train.optimizer={train.optimizer!r}; valid: adamw (methods may build their own groups)")
     if not train.max_steps > 0:

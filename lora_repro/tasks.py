@@ -53,6 +53,13 @@ def evaluations(log_history: list[dict], key: str | None, reported: str | None =
     return [e for _, e in sorted(by_step.items()) if key is None or key in e]
 
 
+def pad_multiple(cfg: DictConfig) -> int | None:
+    """Batches padded to a multiple of train.pad_to_multiple_of on CUDA (tensor cores); exact
+    lengths on CPU, where it would only add work."""
+    multiple = cfg.train.get("pad_to_multiple_of")
+    return int(multiple) if multiple and torch.cuda.is_available() else None
+
+
 def by_length(ds):
     """An evaluation split ordered by token count, so each batch pads to similar lengths (metrics
     do not depend on the order; padding to the longest row of a random batch wastes most of it)."""
@@ -90,7 +97,7 @@ class ClassificationTask:
         return TaskData(train=run(data.train), evals={k: by_length(run(v)) for k, v in data.evals.items()})
 
     def collator(self, tokenizer: Any):
-        return DataCollatorWithPadding(tokenizer)
+        return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple(self.cfg))
 
     def before_training(self, model: torch.nn.Module, tokenizer: Any, record: dict) -> None:
         pass
@@ -152,7 +159,8 @@ class GenerationTask:
 
     def collator(self, tokenizer: Any):
         # Pads input_ids with the pad token and labels with -100, on the right (training batches).
-        return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+        return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100,
+                                      pad_to_multiple_of=pad_multiple(self.cfg))
 
     def compute_metrics(self):
         return None

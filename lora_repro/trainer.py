@@ -288,6 +288,9 @@ def training_arguments(cfg: DictConfig, run_dir: Path, report_to: list[str], eva
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=not show_progress(),  # a bar with ETA and loss in a terminal; quiet in CI and logs
         dataloader_pin_memory=torch.cuda.is_available(),
+        tf32=bool(train.tf32) if train.get("tf32") is not None and torch.cuda.is_available() else None,
+        torch_compile=bool(train.get("compile")),
+        ddp_find_unused_parameters=bool(train.get("ddp_find_unused_parameters")),
         # On CPU this makes torchrun / accelerate launch use DDP over gloo (accelerate's MULTI_CPU).
         use_cpu=not torch.cuda.is_available(),
     )

@@ -169,3 +169,21 @@ def test_a_malformed_early_stopping_spec_is_one_line_before_loading():
 
     with pytest.raises(ConfigError, match=r"train.early_stopping must be \{metric: <split>_<metric>"):
         validate(compose_cfg(*TINY, "train.early_stopping={metric: heldout_accuracy, patience: 0}"))
+
+
+def test_gpu_speed_switches_reach_the_trainer_and_only_numeric_ones_change_the_recipe(tmp_path):
+    """Issue #21 item 12, checked on CPU for what they change in the config: TF32 and compile can
+    change numerics (a new run folder); padding multiples and DDP's unused-parameter search cannot."""
+    from lora_repro.config import validate
+    from lora_repro.errors import ConfigError
+    from lora_repro.rundir import run_subdir
+    from lora_repro.trainer import training_arguments
+
+    base = compose_cfg(*TINY, "train.compile=true")
+    args = training_arguments(base, tmp_path, [])
+    assert args.torch_compile is True and args.ddp_find_unused_parameters is False
+    plain = run_subdir(compose_cfg(*TINY))
+    assert run_subdir(compose_cfg(*TINY, "train.pad_to_multiple_of=16", "train.ddp_find_unused_parameters=true")) == plain
+    assert run_subdir(compose_cfg(*TINY, "train.tf32=true")) != plain and run_subdir(base) != plain
+    with pytest.raises(ConfigError, match="train.tf32 must be true, false or null, got 'yes'"):
+        validate(compose_cfg(*TINY, "train.tf32=yes"))
