@@ -107,3 +107,14 @@ def test_make_runs_lists_each_folder_with_its_status_and_main_metric(tmp_path, c
     assert "failed: training loss is nan at step 3" in out and "2 runs under" in out
     assert runs([str(tmp_path), "--study", "demo"]) == 0
     assert "1 runs under" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("recipe, task, dropout", [
+    ("paper_roberta_base_lora", "sst2", 0.0), ("paper_roberta_large_lora", "sst2", 0.0),
+    ("paper_roberta_large_lora_houlsby", "sst2", 0.0), ("paper_deberta_xxl_lora", "sst2", 0.0),
+    ("paper_gpt2_lora", "e2e", 0.1),  # Table 11
+])
+def test_paper_lora_recipes_use_the_authors_dropout(recipe, task, dropout):
+    """Issue #21 item 9: the GLUE runs of the authors' code use loralib's default lora_dropout 0; the
+    E2E runs Table 11's 0.1. (conf/method/lora.yaml's 0.1 must not leak into the GLUE rows.)"""
+    assert compose_job([f"experiment={recipe}", f"task={task}"]).method.dropout == dropout
