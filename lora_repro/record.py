@@ -13,6 +13,8 @@ RECORD_NAME = "record.json"
 # The fine-tuned model's trainable tensors: inside a run folder, and inside a resumable checkpoint.
 TRAINABLE_FILE = "trainable.safetensors"
 CHECKPOINT_FILE = f"checkpoint/{TRAINABLE_FILE}"
+# With train.keep_best: the weights of the best evaluation, beside the final ones.
+BEST_FILE = "checkpoint/best.safetensors"
 
 
 class RunRecord(TypedDict):
@@ -34,6 +36,7 @@ class RunRecord(TypedDict):
     best_metrics: dict[str, Any] | None       # the evaluation with the best main metric, with step, epoch
     eval_curve: list[dict[str, Any]] | None   # every evaluation: {"step", "epoch", metric: value, ...}
     selected: dict[str, Any] | None  # early stopping: the step whose weights `metrics` and the saved weights are
+    kept_best: dict[str, Any] | None  # train.keep_best: the metric, value and step of checkpoint/best.safetensors
     params: dict[str, int] | None             # adapted (the papers' count), trainable, total
     optimizer_groups: list[dict[str, Any]] | None
     peak_memory_bytes: int | None

@@ -24,7 +24,7 @@ HASHED_KEYS = ("model", "method", "task", "train", "init_from")
 # Keys inside those parts that change how a run is carried out or logged, never its result.
 NOT_RECIPE = {("train", "num_workers"), ("train", "logging_steps"), ("train", "checkpoint_every"),
               ("train", "eval_batch_size"), ("train", "callbacks"),
-              ("train", "pad_to_multiple_of"), ("train", "ddp_find_unused_parameters"), ("task", "generation", "batch_size"),
+              ("train", "pad_to_multiple_of"), ("train", "ddp_find_unused_parameters"), ("train", "keep_best"), ("task", "generation", "batch_size"),
               ("task", "file_layouts")}  # where a data_dir's files may be found: data_dir itself is hashed
 # Bumped whenever the rules below change which folder a config maps to. Version 1 (before this
 # constant) hashed every key, nulls included; folders it made are still read by the analysis, but

@@ -31,7 +31,7 @@ from .errors import ConfigError, DataError, RecordNotWritten, TrainingDiverged, 
 from .methods import Method
 from .profiling import LiveTensorBytes, PeakMemory, tensor_bytes
 from .provenance import device, git_branch, git_commit
-from .record import CHECKPOINT_FILE, TRAINABLE_FILE, RunRecord, new_record, write_record
+from .record import BEST_FILE, CHECKPOINT_FILE, TRAINABLE_FILE, RunRecord, new_record, write_record
 from .ui import show_progress
 from .rundir import config_hash, readable_safetensors, resolve_init_from
 
@@ -521,8 +521,11 @@ def run(cfg: DictConfig, method: Method, run_dir: str | Path, experiment: str | 
                             "recorded)", record["resumed_from_step"], earlier, record["git_commit"])
             tensors = TensorMemory(built.model)
             best = early_stopping(cfg, built.model)
+            # train.keep_best watches one metric without stopping (patience past any schedule).
+            keeper = BestState(built.model, str(cfg.train.keep_best), 10**9) if cfg.train.get("keep_best") else None
+            watchers = [w for w in (best, keeper) if w is not None]
             trainer = make_trainer(cfg, built, data, tokenizer, optimizer, run_dir,
-                                   wandb_run.report_to if wandb_run else [], [clock, tensors, *([best] if best else [])])
+                                   wandb_run.report_to if wandb_run else [], [clock, tensors, *watchers])
             built.task.before_training(built.model, tokenizer, record)
             phases.mark("setup_s")
             train_out = trainer.train(resume_from_checkpoint=last)
@@ -541,6 +544,10 @@ def run(cfg: DictConfig, method: Method, run_dir: str | Path, experiment: str | 
             log.info("rank %s of %s: trainable_sha256=%s", trainer.args.process_index, trainer.args.world_size,
                      record["trainable_sha256"])
             record["checkpoint_bytes"] = save_trainable(state, run_dir, main_process and bool(cfg.save_checkpoint))
+            if keeper is not None and keeper.state is not None:
+                record["kept_best"] = {"metric": str(cfg.train.keep_best), "value": keeper.best, "step": keeper.best_step}
+                if main_process and cfg.save_checkpoint:
+                    save_file(keeper.state, str(run_dir / BEST_FILE))
             if main_process:
                 shutil.rmtree(run_dir / TRAINER_DIR, ignore_errors=True)  # resumable state is no longer needed
             phases.mark("save_s")

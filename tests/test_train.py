@@ -187,3 +187,24 @@ def test_gpu_speed_switches_reach_the_trainer_and_only_numeric_ones_change_the_r
     assert run_subdir(compose_cfg(*TINY, "train.tf32=true")) != plain and run_subdir(base) != plain
     with pytest.raises(ConfigError, match="train.tf32 must be true, false or null, got 'yes'"):
         validate(compose_cfg(*TINY, "train.tf32=yes"))
+
+
+def test_keep_best_saves_the_best_evaluations_weights_beside_the_final_ones(tmp_path, sst2_dir):
+    """Issue #21 item 10: Table 2 reports a run's best evaluation; train.keep_best saves exactly the
+    weights that scored it (checked against a run stopped at that step: constant schedule)."""
+    from safetensors.torch import load_file
+
+    from lora_repro.config import validate
+    from lora_repro.trainer import run, state_digest
+
+    common = [*TINY, f"task.data_dir={sst2_dir}", "train.lr=5e-3", "train.schedule=constant", "train.eval_every=2",
+              "train.checkpoint_every=0", "seed=5"]
+    cfg = compose_cfg(*common, "train.max_steps=8", "train.keep_best=accuracy")
+    record = run(cfg, validate(cfg), tmp_path / "full")
+    step = record["kept_best"]["step"]
+    assert record["kept_best"] == {"metric": "accuracy", "value": record["best_metrics"]["accuracy"],
+                                   "step": record["best_metrics"]["step"]}
+    best = load_file(tmp_path / "full" / "checkpoint" / "best.safetensors")
+    short_cfg = compose_cfg(*common, f"train.max_steps={step}")
+    short = run(short_cfg, validate(short_cfg), tmp_path / "short")
+    assert state_digest(best) == short["trainable_sha256"]
