@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from .errors import ConfigError
-from .record import CHECKPOINT_FILE, RECORD_NAME, TRAINABLE_FILE, read_run_record
+from .record import BEST_FILE, CHECKPOINT_FILE, RECORD_NAME, TRAINABLE_FILE, read_run_record
 
 # The parts of the config that decide a run's result (the seed is named separately in the folder).
 HASHED_KEYS = ("model", "method", "task", "train", "init_from")
@@ -134,15 +134,20 @@ def resolve_init_from(cfg: Any) -> Path | None:
 
 def _init_from_path(cfg: Any, value: Any) -> Path:
     path = Path(str(value)).expanduser()
+    if not path.exists() and not path.is_absolute() and str(value).startswith(f"{RUNS_DIR}/"):
+        path = Path(str(cfg.output_root)) / path  # a run folder as a study names it: under output_root
     if path.is_file():
         return path
     if path.is_dir():
-        for candidate in (path / CHECKPOINT_FILE, path / TRAINABLE_FILE):
+        # The paper starts from the best MNLI checkpoint: a run that kept it (train.keep_best) gives it.
+        for candidate in (path / BEST_FILE, path / CHECKPOINT_FILE, path / TRAINABLE_FILE):
             if candidate.is_file():
                 return candidate
-        raise ConfigError(f"init_from={value}: no {CHECKPOINT_FILE} in that folder")
+        raise ConfigError(f"init_from={value}: no {CHECKPOINT_FILE} in that folder (did that run finish?)")
     if "/" in str(value):
-        raise ConfigError(f"init_from={value} does not exist")
+        raise ConfigError(f"init_from={value} does not exist" + (
+            " (the run it starts from has not finished: a study runs that phase first)"
+            if str(value).startswith(f"{RUNS_DIR}/") else ""))
     runs = Path(str(cfg.output_root)) / RUNS_DIR / str(value) / cfg.model.name / cfg.method.name
     done = []
     for record_path in sorted(runs.glob(f"*_seed{cfg.seed}/{RECORD_NAME}")):

@@ -121,6 +121,10 @@ def plan(study: Study, extra: list[str]) -> list[PlannedRun]:
                 overrides = [*study.common(), *variant, *(f"{k}={v}" for k, v in zip(keys, values)), *extra]
                 try:  # a bad override, key or experiment/task pair: one line, before anything runs
                     cfg = compose_job([*overrides, f"study={study.name}", f"seed={study.seeds()[0]}"])
+                    source = planned_source(runs, cfg, variant_name, dict(zip(keys, values)))
+                    if source:  # e.g. MRPC starts from the MNLI run this study planned, seed for seed
+                        overrides.append(f"init_from={source}")
+                        cfg = compose_job([*overrides, f"study={study.name}", f"seed={study.seeds()[0]}"])
                 except ConfigError as exc:
                     raise ConfigError(f"study {study.name}: {exc}") from None
                 samples = _samples(cfg, sizes)
@@ -141,6 +145,21 @@ def plan(study: Study, extra: list[str]) -> list[PlannedRun]:
                     runs.append(PlannedRun([*overrides, f"seed={seed}"], folder, done=done, seed=seed, run=run,
                                            hash=digest, recipe=recipe, **common))
     return runs
+
+
+def planned_source(runs: list[PlannedRun], cfg: DictConfig, variant: str, values: dict[str, str]) -> str | None:
+    """When a recipe starts from another task's run (`init_from=mnli`, Table 2's MRPC/RTE/STS-B), the
+    exact run this study planned for it in an earlier phase: same variant, same grid values but the
+    task, same seed. A path under output_root with `${seed}` in it (each seed its own source), so it is
+    part of the run's hash and the same on every machine. None when the recipe names no such task."""
+    name = cfg.get("init_from")
+    if not name or "/" in str(name):
+        return None
+    for run in runs:
+        if (run.task == str(name) and run.group[1] == variant and run.run and
+                {k: v for k, v in run.values.items() if k != "task"} == {k: v for k, v in values.items() if k != "task"}):
+            return run.run.rsplit("_seed", 1)[0] + "_seed${seed}"
+    return None
 
 
 def tuned_runs(study: Study, tune: Tune, overrides: list[str], cfg: DictConfig, variant: str,
@@ -412,16 +431,19 @@ def launch(study: Study, runs: list[PlannedRun], extra: list[str], evidence: Evi
     for index, phase in enumerate(study.phases()):
         for variant_name, variant in study.variants().items():
             todo = [r for r in runs if r.group == (index, variant_name) and r.data_ok and not r.done]
-            if not todo:
-                continue
-            sweep = [f"{k}={','.join(v for v in values if any(r.values[k] == v for r in todo))}"
-                     for k, values in phase.items()]
-            seeds = sorted({r.seed for r in todo})
-            cmd = [sys.executable, "-m", "lora_repro.train", "-m", f"study={study.name}", *study.common(), *variant,
-                   *sweep, f"seed={','.join(str(s) for s in seeds)}", *extra]
-            print("$ python " + " ".join(cmd[1:]), flush=True)
-            status = run_child(cmd) or status
-            evidence.after_launch()
+            # Runs the planner wired to another run (init_from) launch apart, each with its source.
+            wired: dict[tuple[str, ...], list[PlannedRun]] = {}
+            for r in todo:
+                wired.setdefault(tuple(o for o in r.overrides if o.startswith("init_from=")), []).append(r)
+            for sources, members in wired.items():
+                sweep = [f"{k}={','.join(v for v in values if any(r.values[k] == v for r in members))}"
+                         for k, values in phase.items()]
+                seeds = sorted({r.seed for r in members})
+                cmd = [sys.executable, "-m", "lora_repro.train", "-m", f"study={study.name}", *study.common(), *variant,
+                       *sweep, *sources, f"seed={','.join(str(s) for s in seeds)}", *extra]
+                print("$ python " + " ".join(cmd[1:]), flush=True)
+                status = run_child(cmd) or status
+                evidence.after_launch()
     return status
 
 

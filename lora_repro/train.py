@@ -126,7 +126,9 @@ def recipe_variant(cfg: DictConfig) -> str:
     # Settings that never change a result (logging, checkpoint cadence, eval batch) are no part of it.
     ours, theirs = flat(without_not_recipe(recipe_part(cfg))), flat(without_not_recipe(recipe_part(base)))
     changed = [k for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k) and k != "task.data_dir"]
-    return " ".join(f"{k}={ours.get(k)}" for k in changed)
+    # A source run named per seed (a study's init_from=runs/..._seed${seed}) is one recipe for all seeds.
+    shown = {k: (str(v).replace(f"_seed{cfg.seed}", "_seed${seed}") if k == "init_from" else v) for k, v in ours.items()}
+    return " ".join(f"{k}={shown.get(k)}" for k in changed)
 
 
 # Hydra's own command-line flags: those that take a value, and those after which Hydra only prints

@@ -219,3 +219,28 @@ def test_the_readme_quotes_only_committed_study_results():
     assert any(p.startswith("experiments/demo/results/") for p in quoted)
     assert all(p.startswith("experiments/") and "/results/" in p for p in quoted)
     assert refill(text)[1] == [], "README blocks differ from the study results: run `make readme`"
+
+
+def test_table2_wires_each_seed_to_the_mnli_run_it_planned(tmp_path):
+    """Issue #21 item 7: MRPC/RTE/STS-B start from exactly the MNLI run of the same row and seed
+    (not any finished MNLI run of the model and method); an extra MNLI run changes nothing, and a
+    run folder that kept its best weights gives those (the paper starts from the best checkpoint)."""
+    from lora_repro.record import BEST_FILE, CHECKPOINT_FILE
+    from lora_repro.rundir import resolve_init_from
+
+    runs = plan(load_study("table2_glue", {"model": "roberta_base"}), [f"output_root={tmp_path}"])
+    mnli = {r.seed: r for r in runs if r.task == "mnli"}
+    for r in (r for r in runs if r.task in ("mrpc", "rte", "stsb")):
+        assert f"init_from={mnli[r.seed].run.rsplit('_seed', 1)[0]}_seed${{seed}}" in r.overrides
+    mrpc = next(r for r in runs if r.task == "mrpc" and r.seed == 2)
+    cfg = compose_config([*mrpc.overrides, f"output_root={tmp_path}"])
+    assert cfg.init_from == mnli[2].run
+    folder = tmp_path / mnli[2].run
+    (folder / "checkpoint").mkdir(parents=True)
+    (folder / CHECKPOINT_FILE).write_bytes(b"")
+    (tmp_path / "runs" / "mnli" / "roberta_base" / "lora" / "ffffffff_seed2" / "checkpoint").mkdir(parents=True)  # another MNLI run
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(folder / BEST_FILE))
+    assert resolve_init_from(cfg) == folder / BEST_FILE
+    assert all(o.startswith("init_from=") is False for o in next(r for r in runs if r.task == "sst2").overrides)
