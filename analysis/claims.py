@@ -24,9 +24,15 @@ import pandas as pd
 from lora_repro.record import read_run_record
 
 from .records import Records, task_metric
-from .stats import UNDECIDED, decide, median_ci, paired
+from .stats import UNDECIDED, beats_constant, decide, median_ci, paired
 
 MARGIN = 1.0          # points (x100) of the task metric
+# The validity gate (the claims critique, 1.3): an arm counts in a comparison only when it beats the
+# constant predictor (majority class; mean for regression, correlation 0) by this many points on at
+# least GATE_SHARE of its seeds; else the comparison is "not evaluable", never "supported".
+GATE_BY = {"accuracy": 5.0, "f1": 5.0, "matched_accuracy": 5.0, "mcc": 10.0, "pearson": 30.0, "spearman": 30.0}
+GATE_SHARE = 0.8
+NOT_EVALUABLE = "not evaluable"
 EFFICIENCY_DIR = Path(__file__).resolve().parents[1] / "experiments" / "efficiency" / "results"
 
 
@@ -35,13 +41,15 @@ class Claim:
     paper: str          # what the paper says, with its table or figure
     test: str           # "noninferior" | "equivalent" | "superior" | "identical" | "fewer_steps"
     pairs: list[tuple[str, str]]   # (arm, baseline arm) compared
+    min_evaluable: int = 1         # comparisons that must pass the validity gate for a claim-level verdict
 
 
 def claims_for(arms: set[str]) -> list[Claim]:
     """The claims the study's arms can decide (the quick grid has fewer arms)."""
     tasks = [a.split("_")[-1] for a in sorted(arms) if a.startswith("lora_") and f"full_ft_{a.split('_')[-1]}" in arms]
     out = [Claim("LoRA matches full fine-tuning on GLUE with <1% of the trainable parameters (LoRA Table 2)",
-                 "noninferior", [("lora", "full_ft")] + [(f"lora_{t}", f"full_ft_{t}") for t in tasks])]
+                 "noninferior", [("lora", "full_ft")] + [(f"lora_{t}", f"full_ft_{t}") for t in tasks],
+                 min_evaluable=3 if tasks else 1)]
     baselines = [b for b in ("bitfit", "adapter_h", "adapter_p", "prefix_layer") if b in arms]
     if baselines:
         out.append(Claim("LoRA is at least as good as BitFit, AdapterH, AdapterP and PreLayer at comparable "
@@ -82,7 +90,8 @@ def final_runs(records: Records, scale: str) -> pd.DataFrame:
         rows.append({"arm": r["arm"], "task": r["task"], "seed": int(r["seed"]), "metric": metric, "config": config,
                      "score": 100.0 * float(value) if value is not None and not pd.isna(value) else math.nan,
                      "curve": curve, "sha": (record or {}).get("trainable_sha256"),
-                     "adapted": int(r["params.adapted"]), "total": int(r["params.total"]), "lr": r.get("train.lr")})
+                     "adapted": int(r["params.adapted"]), "total": int(r["params.total"]), "lr": r.get("train.lr"),
+                     "constant": 100.0 * ((record or {}).get("constant_metrics") or {}).get(metric, math.nan)})
     return pd.DataFrame(rows)
 
 
@@ -142,12 +151,31 @@ def steps_to(curve: list[tuple[int, float]], target: float) -> float:
 
 
 # ---------------------------------------------------------------------------------------- verdicts
-def combine(verdicts: list[str]) -> str:
-    """A claim over several comparisons: supported if all are (intersection-union: no correction
-    needed), refuted if any is, else undecided."""
-    if verdicts and all(v == "supported" for v in verdicts):
+def combine(verdicts: list[str], min_evaluable: int = 1) -> str:
+    """A claim over several comparisons, counting only those that pass the validity gate:
+    supported if all are (intersection-union: no correction needed), refuted if any is, else
+    undecided; "not evaluable" when none passes, "undecided (k of n evaluable)" below min_evaluable."""
+    evaluable = [v for v in verdicts if v != NOT_EVALUABLE]
+    if not evaluable:
+        return NOT_EVALUABLE
+    if len(evaluable) < min_evaluable:
+        return f"{UNDECIDED} ({len(evaluable)} of {len(verdicts)} comparisons evaluable, {min_evaluable} needed)"
+    if all(v == "supported" for v in evaluable):
         return "supported"
-    return "refuted" if "refuted" in verdicts else UNDECIDED
+    return "refuted" if "refuted" in evaluable else UNDECIDED
+
+
+def gate(runs: pd.DataFrame) -> str:
+    """'' when the arm beats the constant predictor by GATE_BY on GATE_SHARE of its seeds, else why not."""
+    metric, constant = runs.metric.iloc[0], runs.constant.iloc[0] if "constant" in runs else math.nan
+    if constant is None or pd.isna(constant):
+        return ""  # a record from before constant_metrics: no gate can be applied
+    by = GATE_BY.get(metric, 5.0)
+    if beats_constant(list(runs.score), float(constant), by, GATE_SHARE):
+        return ""
+    above = int((runs.score > constant + by).sum())
+    return (f"{runs.arm.iloc[0]} did not learn: {above}/{len(runs)} seeds beat the constant predictor "
+            f"({constant:.1f}) by {by:g} points")
 
 
 def evaluate_claim(claim: Claim, runs: pd.DataFrame) -> tuple[list[dict], str]:
@@ -189,10 +217,13 @@ def evaluate_claim(claim: Claim, runs: pd.DataFrame) -> tuple[list[dict], str]:
             continue
         diff = paired(a.score.to_dict(), b.score.to_dict())
         status, why = decide(claim.test, diff, MARGIN)
+        failed_gate = "; ".join(w for w in (gate(a.reset_index()), gate(b.reset_index())) if w)
+        if failed_gate:
+            status, why = NOT_EVALUABLE, failed_gate
         rows.append({"arm": arm, "baseline": base, "task": task, "n_pairs": diff.n, "median": diff.mean.estimate,
                      "low": diff.mean.low, "high": diff.mean.high, "verdict": status,
                      "what": f"mean paired difference {arm} - {base}, points, 95% t-interval" + (f"; {why}" if why else "")})
-    return rows, combine([r["verdict"] for r in rows])
+    return rows, combine([r["verdict"] for r in rows], claim.min_evaluable)
 
 
 def efficiency_rows() -> list[dict]:
@@ -262,7 +293,8 @@ def build_report(records: Records, out: Path, scale: str, seeds: int) -> list[Pa
         rising = [a["arm"] for a in arms.to_dict("records") if a.get("n_ok") and a["last_epoch_gain"] > MARGIN
                   and a["arm"] in {x for p in claim.pairs for x in p}]
         verdict_rows.append({"claim": claim.paper, "run": claim.test,
-                             "verdict": verdict + (" at this budget" if rising and verdict != UNDECIDED and claim.test != "identical" else ""),
+                             "verdict": verdict + (" at this budget" if rising and verdict in ("supported", "refuted")
+                                                  and claim.test != "identical" else ""),
                              "measured": measured + (f" ({'; '.join(dict.fromkeys(shares))})" if shares else "")
                              + (f"; still rising in the last epoch: {', '.join(rising)}" if rising else "")})
     efficiency = efficiency_rows()

@@ -34,6 +34,7 @@ class RunRecord(TypedDict):
     hparams: dict[str, Any]         # the method's own settings
     metrics: dict[str, float] | None          # the final evaluation
     best_metrics: dict[str, Any] | None       # the evaluation with the best main metric, with step, epoch
+    constant_metrics: dict[str, float] | None  # what always predicting the majority class (the mean) scores there
     eval_curve: list[dict[str, Any]] | None   # every evaluation: {"step", "epoch", metric: value, ...}
     selected: dict[str, Any] | None  # early stopping: the step whose weights `metrics` and the saved weights are
     kept_best: dict[str, Any] | None  # train.keep_best: the metric, value and step of checkpoint/best.safetensors

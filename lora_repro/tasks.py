@@ -22,7 +22,7 @@ from .data import HELDOUT_SPLIT, TaskData, load_task
 from .errors import ConfigError
 from .generation import (decode, general_text, group_references, lm_loss, smoothed_causal_lm_loss, tokenize_lm,
                          write_decoded)
-from .metrics import make_compute_metrics
+from .metrics import constant_metrics, make_compute_metrics
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,17 @@ def pad_multiple(cfg: DictConfig) -> int | None:
     lengths on CPU, where it would only add work."""
     multiple = cfg.train.get("pad_to_multiple_of")
     return int(multiple) if multiple and torch.cuda.is_available() else None
+
+
+def constant_scores(eval_dataset: Any, task_cfg: Any, reported: str | None) -> dict[str, float]:
+    """The constant predictor's metrics on each evaluated split, named as the run's metrics are."""
+    splits = eval_dataset if isinstance(eval_dataset, dict) else {None: eval_dataset}
+    out = {}
+    for split, ds in splits.items():
+        prefix = "" if split is None or split == reported else f"{split}_"
+        for name, value in constant_metrics(list(task_cfg.metrics), ds["labels"], task_cfg.kind).items():
+            out[prefix + name] = value
+    return out
 
 
 def by_length(ds):
@@ -119,6 +130,7 @@ class ClassificationTask:
         record["eval_curve"] = [{"step": e["step"], "epoch": e["epoch"], **strip_eval_prefix(e)} for e in history]
         record["metrics"] = strip_eval_prefix(history[-1])
         record["best_metrics"] = {**strip_eval_prefix(best), "step": best["step"], "epoch": best["epoch"]}
+        record["constant_metrics"] = constant_scores(trainer.eval_dataset, self.cfg.task, reported)
         if selected:
             # Early stopping restored the selected step's weights: every split is evaluated once more,
             # there, and that is the run's result (the curve keeps what each evaluation saw).

@@ -196,3 +196,40 @@ def test_make_tables_writes_cis_and_paired_differences_against_full_finetuning(t
     assert pairs.loc["bitfit 0.00M"].n_pairs == 1 and pairs.loc["bitfit 0.00M"].mean_diff == pytest.approx(-10.0)
     assert "| m | sst2 | lora 0.00M − full_ft 1.0M | +1.00 [+1.00, +1.00] | +1.00 | 3 |" in text
     assert "| m | sst2 | full_ft 1.0M | 82.0 [80.0, 84.0] (75.0%) | 3 |" in text
+
+
+def test_two_arms_that_both_predict_the_majority_class_are_not_evaluable_not_supported():
+    """The claims critique's latent bug: both arms collapsed to the constant predictor give paired
+    differences of exactly 0, which a non-inferiority test would call supported."""
+    claim = Claim("LoRA matches FT", "noninferior", [("lora", "full_ft")])
+    collapsed = runs_frame([{"arm": arm, "seed": s, "score": 68.38, "constant": 68.38}
+                            for arm in ("lora", "full_ft") for s in range(1, 6)])
+    rows, verdict = evaluate_claim(claim, collapsed)
+    assert verdict == "not evaluable" and rows[0]["verdict"] == "not evaluable"
+    assert "lora did not learn: 0/5 seeds beat the constant predictor (68.4) by 5 points" in rows[0]["what"]
+    learned = runs_frame([{"arm": arm, "seed": s, "score": 80.0 + 0.1 * s, "constant": 50.9}
+                          for arm in ("lora", "full_ft") for s in range(1, 6)])
+    assert evaluate_claim(claim, learned)[1] == "supported"
+
+
+def test_a_glue_level_claim_needs_enough_evaluable_tasks():
+    from analysis.claims import combine
+
+    assert combine(["supported", "not evaluable", "not evaluable"], min_evaluable=3) == \
+        "undecided (1 of 3 comparisons evaluable, 3 needed)"
+    assert combine(["supported", "supported", "supported", "not evaluable"], min_evaluable=3) == "supported"
+    assert combine(["not evaluable", "not evaluable"]) == "not evaluable"
+    assert combine(["supported", "refuted", "not evaluable"]) == "refuted"
+
+
+def test_a_run_records_what_the_constant_predictor_scores(tmp_path, sst2_dir):
+    from lora_repro.config import validate
+    from lora_repro.trainer import run
+
+    cfg = compose_cfg(*TINY, f"task.data_dir={sst2_dir}", "task.heldout_rows=32", "train.max_steps=2",
+                      "save_checkpoint=false", "train.checkpoint_every=0")
+    record = run(cfg, validate(cfg), tmp_path / "r")
+    dev_labels = [int(line.rsplit("\t", 1)[1]) for line in (sst2_dir / "dev.tsv").read_text().splitlines()[1:]]
+    majority = max(dev_labels.count(0), dev_labels.count(1)) / len(dev_labels)
+    assert record["constant_metrics"]["accuracy"] == pytest.approx(majority)
+    assert set(record["constant_metrics"]) == {"accuracy", "heldout_accuracy"}

@@ -29,6 +29,25 @@ def compute_metrics(names: list[str], predictions: np.ndarray, labels: np.ndarra
     return {name: METRICS[name](predictions, labels) for name in names}
 
 
+def constant_metrics(names: list[str], labels: np.ndarray, kind: str) -> dict[str, float]:
+    """What a model that always predicts the same thing scores on these labels: the majority class
+    (the best constant) for classification, the mean for regression, whose correlations are
+    undefined and count as 0. A run that does not beat this has learned nothing."""
+    labels = np.asarray(labels)
+    if kind == "regression":
+        constant = np.full(labels.shape, float(labels.mean()))
+    else:
+        values, counts = np.unique(labels, return_counts=True)
+        constant = np.full(labels.shape, values[counts.argmax()])
+    out = {}
+    for name in names:
+        if name in ("pearson", "spearman"):
+            out[name] = 0.0
+        else:
+            out[name] = METRICS[name](constant, labels)
+    return out
+
+
 def make_compute_metrics(task_cfg: Any) -> Callable[[Any], dict[str, float]]:
     """A `compute_metrics` for transformers.Trainer (takes an EvalPrediction)."""
     names = list(task_cfg.metrics)
