@@ -60,10 +60,27 @@ def _parse_label(raw: str, tsv_cfg: Any, kind: str, where: str, num_labels: int 
     return label
 
 
+MAX_LINE_BYTES = 1 << 20  # 1 MiB: no sentence, passage or E2E reference comes near it
+
+
 def read_text(path: Path) -> str:
     """A data file as text: UTF-8, with a byte-order mark (the official MRPC files have one)
-    dropped. Bytes that are not UTF-8 are an error naming the file and line."""
+    dropped. Bytes that are not UTF-8 are an error naming the file and line, and so is a line longer
+    than MAX_LINE_BYTES (a missing newline in a concatenated dump: parsing it would need ~11x its size
+    in memory, and the job would die with no message)."""
     data = path.read_bytes()
+    start = 0
+    while start < len(data):
+        end = data.find(b"\n", start)
+        end = len(data) if end < 0 else end
+        if end - start > MAX_LINE_BYTES:
+            line = data[:start].count(b"\n") + 1
+            raise DataError(f"{path}:{line}: a line of {end - start:,} bytes (over {MAX_LINE_BYTES:,}); a newline is "
+                            f"probably missing there")
+        start = end + 1
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise DataError(f"{path}: UTF-16 (it starts with a UTF-16 byte-order mark); save it as UTF-8, e.g. "
+                        f"iconv -f utf-16 -t utf-8")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -327,3 +327,16 @@ def test_e2e_readers_name_the_physical_line(tmp_path):
     (tmp_path / "t.csv").write_text('mr,ref\n"a","x\ny"\n"c","z"\n"b",""\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"t.csv:5: empty ref field"):
         read_mr_ref_csv(tmp_path / "t.csv", OmegaConf.create({"csv_columns": {"mr": "mr", "ref": "ref"}}))
+
+
+def test_a_runaway_line_and_a_utf16_file_are_named_before_parsing(tmp_path):
+    """Probe B9: one line of many MB (a missing newline) OOM-killed the job silently; B7: UTF-16
+    was diagnosed with latin-1 advice."""
+    from lora_repro.data import MAX_LINE_BYTES, read_text
+
+    (tmp_path / "big.tsv").write_bytes(b"sentence\tlabel\nfine\t1\n" + b"x" * (MAX_LINE_BYTES + 10) + b"\t0\n")
+    with pytest.raises(DataError, match=r"big.tsv:3: a line of 1,048,588 bytes .*a newline is probably missing"):
+        read_text(tmp_path / "big.tsv")
+    (tmp_path / "u16.tsv").write_bytes("sentence\tlabel\n".encode("utf-16"))
+    with pytest.raises(DataError, match=r"u16.tsv: UTF-16 .*iconv -f utf-16 -t utf-8"):
+        read_text(tmp_path / "u16.tsv")
