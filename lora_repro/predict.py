@@ -1,0 +1,130 @@
+"""Use a finished run: `python -m lora_repro.predict RUN_DIR "a sentence" ["another" ...]` prints each
+text's predicted class and probabilities (or score, for regression); `--export DIR` writes the
+adapter in peft's format (adapter_config.json + adapter_model.safetensors, loadable with
+PeftModel.from_pretrained) plus the trained task head (head.safetensors), for peft-based methods.
+
+`load_run(run_dir)` rebuilds the run's model from its record's resolved config, through the same
+assembly step as training, and loads its trained tensors: the weights the record reports
+(checkpoint/trainable.safetensors; `best=True` takes checkpoint/best.safetensors, kept with
+train.keep_best)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_file
+from transformers import set_seed
+
+from .assembly import Built, build
+from .backbone import head_parameter_names, load_tokenizer
+from .config import validate
+from .errors import ConfigError
+from .record import BEST_FILE, CHECKPOINT_FILE, RECORD_NAME, read_run_record
+
+
+@dataclass
+class LoadedRun:
+    cfg: DictConfig
+    built: Built
+    tokenizer: Any
+    record: dict
+
+
+def load_run(run_dir: str | Path, best: bool = False) -> LoadedRun:
+    run_dir = Path(run_dir)
+    record, why = read_run_record(run_dir / RECORD_NAME)
+    if record is None:
+        raise ConfigError(f"{run_dir} holds no readable run record ({why or 'no record.json'})")
+    if record.get("status") != "ok":
+        raise ConfigError(f"{run_dir}: the run did not finish ok ({record.get('error') or record.get('status')})")
+    weights = run_dir / (BEST_FILE if best else CHECKPOINT_FILE)
+    if not weights.is_file():
+        raise ConfigError(f"{weights} does not exist (the run was made with save_checkpoint=false"
+                          + (", or without train.keep_best" if best else "") + ")")
+    cfg = OmegaConf.create(record["config"])
+    cfg.task.data_dir = None  # the data is not needed to predict
+    cfg.init_from = None      # what the run started from is inside its trained tensors already
+    method = validate(cfg)
+    set_seed(int(cfg.seed))   # as the trainer does before building: a random-init backbone is the run's own
+    built = build(cfg, method)
+    state = load_file(str(weights))
+    own = {n for n, p in built.model.named_parameters() if p.requires_grad}
+    if set(state) != own:
+        raise ConfigError(f"{weights} does not fit the model its record describes ({len(set(state) ^ own)} tensors differ)")
+    built.model.load_state_dict(state, strict=False)
+    built.model.eval()
+    return LoadedRun(cfg, built, load_tokenizer(cfg.model), record)
+
+
+def predict(run: LoadedRun, texts: list[str]) -> list[dict[str, Any]]:
+    """Classification: the class id, its name where the task has names, and the probabilities;
+    regression: the score. Pair tasks take "first [SEP] second" split on ' [SEP] '."""
+    task = run.cfg.task
+    if task.kind == "generation":
+        raise ConfigError("predict serves classification and regression runs; for E2E runs the decoded test "
+                          "outputs are in the run folder (decoding.* in record.json)")
+    pairs = [t.split(" [SEP] ", 1) if len(task.text_fields) == 2 else [t] for t in texts]
+    if any(len(p) != len(task.text_fields) for p in pairs):
+        raise ConfigError(f"task {task.name} takes {len(task.text_fields)} texts per example: write 'first [SEP] second'")
+    columns = list(zip(*pairs))
+    batch = run.tokenizer(*columns, truncation=True, max_length=int(task.max_length), padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = run.built.model(**batch).logits
+    names = list(((task.get("tsv") or {}).get("label_names")) or [])
+    out = []
+    for text, row in zip(texts, logits):
+        if task.kind == "regression":
+            out.append({"text": text, "score": float(row.reshape(-1)[0])})
+            continue
+        probs = torch.softmax(row, dim=-1)
+        label = int(probs.argmax())
+        out.append({"text": text, "label": label, "name": names[label] if label < len(names) else str(label),
+                    "probabilities": [round(float(p), 4) for p in probs]})
+    return out
+
+
+def export_peft(run: LoadedRun, out: str | Path) -> list[Path]:
+    """peft's own files (adapter_config.json, adapter_model.safetensors) for a peft-based method,
+    and the trained task head beside them (peft's save keeps only what it injected)."""
+    from peft import PeftModel
+
+    model = run.built.model
+    if not isinstance(model, PeftModel):
+        raise ConfigError(f"method {run.cfg.method.name} is not built with peft (its trained tensors are "
+                          f"checkpoint/trainable.safetensors); export serves peft-based methods")
+    out = Path(out)
+    model.save_pretrained(str(out))
+    head = head_parameter_names(model, run.built.head)
+    head_state = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if n in head}
+    save_file(head_state, str(out / "head.safetensors"))
+    return sorted(out.iterdir())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("texts", nargs="*")
+    parser.add_argument("--best", action="store_true", help="the best evaluation's weights (train.keep_best)")
+    parser.add_argument("--export", default=None, metavar="DIR", help="write the adapter in peft's format")
+    args = parser.parse_args(argv)
+    try:
+        run = load_run(args.run_dir, best=args.best)
+        if args.export:
+            for path in export_peft(run, args.export):
+                print(f"wrote {path}")
+        for row in predict(run, args.texts) if args.texts else []:
+            print(row)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
