@@ -139,22 +139,6 @@ def load_records(root: str | Path) -> Records:
     return collect(iter_records(check_runs_dir(root)))
 
 
-def load_run_dirs(run_dirs: list[Path], labels: list[dict] | None = None) -> Records:
-    """The records of the given run folders (a study's plan), each row labelled as `labels` say;
-    folders with no record yet are listed as missing."""
-    items, missing = [], []
-    for index, folder in enumerate(run_dirs):
-        path = Path(folder) / RECORD_NAME
-        if not path.is_file():
-            missing.append(str(folder))
-            continue
-        record, why = read_run_record(path)
-        items.append((path, record, why, labels[index] if labels else {}))
-    records = collect(items)
-    records.missing = missing
-    return records
-
-
 def load_study_records(name: str, assignments: dict[str, str] | None = None,
                        allow_unreleased: bool = False, scratch_root: Path | None = None) -> Records:
     """Exactly the runs the study's committed manifest (experiments/<name>/runs.csv) lists, read from
