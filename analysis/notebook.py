@@ -24,12 +24,11 @@ CELLS = [
              "from analysis.plots import make_plots\nfrom analysis.records import load_records, load_study_records\n"
              "from analysis.plots import scores\nfrom analysis.table3 import build_table3, table3_markdown\n"
              "from analysis.tables import build_table2, to_markdown\n\n"
-             "from lora_repro.study import results_dir\n\n"
              "ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / 'pyproject.toml').is_file())\n"
              "STUDY = os.environ.get('LORA_REPRO_STUDY')  # one study's runs (experiments/<study>), else a runs folder\n"
              "RUNS = Path(os.environ.get('LORA_REPRO_RUNS', ROOT / 'outputs'))\n"
              "records = load_study_records(STUDY) if STUDY else load_records(RUNS)\n"
-             "OUT = results_dir(STUDY) if STUDY else ROOT / 'results'\nprint(records.summary())"),
+             "OUT = ROOT / 'outputs' / 'notebooks' / (STUDY or 'runs')  # this machine's: never a study's committed results/\nprint(records.summary())"),
     ("markdown", "## Table 2 layout\n\nMedian over seeds at the best evaluation (x100), ±std, number of seeds, and "
                  "the published value with the difference where the paper has the same model, method and size."),
     ("code", "table = build_table2(records)\ndisplay(Markdown(to_markdown(table, records)))"),

@@ -192,7 +192,8 @@ def build(name: str, args: list[str], out: Path | None = None, allow_unreleased:
     # Every choice of the study's params is read: results/ holds them all (claims: results/<scale>/).
     records = load_study_records(name, None, allow_unreleased=allow_unreleased, scratch_root=scratch_root)
     planned = scratch_root is not None or manifest_path(experiments_dir() / name).is_file()
-    work = Path(tempfile.mkdtemp(prefix=f".{name}-results-", dir=final.parent if final.parent.is_dir() else None))
+    # Built in the system's temporary folder: a build that is killed leaves nothing in the repository.
+    work = Path(tempfile.mkdtemp(prefix=f"{name}-results-"))
     try:
         written = _build_into(name, study, records, work, planned)
         rebuilt_weights = (work / "weights").is_dir()
