@@ -257,8 +257,8 @@ def describe(study: Study, runs: list[PlannedRun], throughput: dict[tuple[str, s
         for r in done:
             record = recorded(study, output_root, r.run) or {}
             commit = str(record.get("git_commit") or "unknown")
-            commits[commit[:10] + ("-dirty" if commit.endswith("-dirty") else "")] = commits.get(
-                commit[:10] + ("-dirty" if commit.endswith("-dirty") else ""), 0) + 1
+            short = commit[:10] + ("-dirty" if commit.endswith("-dirty") else "")
+            commits[short] = commits.get(short, 0) + 1
         lines.append("Done runs come from code " + ", ".join(f"{c} ({n})" for c, n in sorted(commits.items())) + ".")
     tune = study.tune()
     if tune is not None:
