@@ -36,7 +36,7 @@ import pandas as pd
 
 from lora_repro.errors import ConfigError
 from lora_repro.evidence import manifest_path, read_manifest
-from lora_repro.record import read_run_record
+from lora_repro.record import CHECKPOINT_FILE, read_run_record
 from lora_repro.studyspec import (experiments_dir, PROJECT_ROOT, RESULT_KINDS, Study, load_study, results_dir,
                                   split_args, study_names)
 
@@ -172,11 +172,12 @@ def no_runs_note(name: str, records: Records, planned: bool) -> str:
 
 
 def build(name: str, args: list[str], out: Path | None = None, allow_unreleased: bool = False,
-          scratch_root: Path | None = None) -> list[Path]:
+          scratch_root: Path | None = None, skip: tuple[str, ...] = ()) -> list[Path]:
     """Write the study's results into `out` (default: its results/, or results/unreleased/ with
     allow_unreleased; a scratch run's: <root>/scratch/<name>/results/). The files are made in a
     fresh folder that then replaces the old one, so no file of an earlier build survives (weights/
-    is kept when there are no saved weights here to rebuild it from)."""
+    is kept when there are no saved weights here to rebuild it from). `skip` names results kinds not
+    to build (a check skips weights/, which it does not compare and which needs torch)."""
     assignments, extra = split_args(name, args)
     study = load_study(name, assignments)
     default = results_dir(name) / "unreleased" if allow_unreleased else results_dir(name)
@@ -195,7 +196,7 @@ def build(name: str, args: list[str], out: Path | None = None, allow_unreleased:
     # Built in the system's temporary folder: a build that is killed leaves nothing in the repository.
     work = Path(tempfile.mkdtemp(prefix=f"{name}-results-"))
     try:
-        written = _build_into(name, study, records, work, planned)
+        written = _build_into(name, study, records, work, planned, skip)
         rebuilt_weights = (work / "weights").is_dir()
         if final.is_dir():
             for item in final.iterdir():
@@ -213,9 +214,10 @@ def build(name: str, args: list[str], out: Path | None = None, allow_unreleased:
     return [final / p.relative_to(work) for p in written]
 
 
-def _build_into(name: str, study: Study, records: Records, out: Path, planned: bool) -> list[Path]:
+def _build_into(name: str, study: Study, records: Records, out: Path, planned: bool,
+                skip: tuple[str, ...] = ()) -> list[Path]:
     written: list[Path] = []
-    wanted = list(study.spec.get("results") or [])
+    wanted = [kind for kind in study.spec.get("results") or [] if kind not in skip]
     if records.ok.empty and not records.failed:
         (out / "NO_RUNS.md").write_text(no_runs_note(name, records, planned))
         written.append(out / "NO_RUNS.md")
@@ -258,7 +260,7 @@ def check(name: str) -> list[str]:
     committed = results_dir(name)
     with tempfile.TemporaryDirectory(prefix=f"check-{name}-") as tmp:
         fresh = Path(tmp) / "results"
-        build(name, [], out=fresh)
+        build(name, [], out=fresh, skip=("weights",))
         produced = {p.relative_to(fresh) for p in fresh.rglob("*") if p.is_file()}
         existing = {p.relative_to(committed) for p in committed.rglob("*") if p.is_file()} if committed.is_dir() else set()
         problems = []
@@ -305,6 +307,11 @@ def _e2e_vs_paper(records: Records, out: Path, study: Study) -> list[Path]:
 
 
 def _weights(records: Records, out: Path, study: Study) -> list[Path]:
+    # Saved weights are not committed: where none are here (a fresh clone) there is nothing to
+    # rebuild, and torch is not imported for nothing.
+    folders = [PROJECT_ROOT / p for p in records.ok.path] if not records.ok.empty else []
+    if not any((folder / CHECKPOINT_FILE).is_file() for folder in folders):
+        return []
     from .weights import analyse_records
 
     return analyse_records(records, out / "weights")
