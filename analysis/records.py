@@ -75,6 +75,8 @@ def flatten(record: dict, path: Path) -> dict:
     info = record.get("method_info") or {}
     row["family"] = info.get("family") or record.get("method")
     row["paper_setting"] = record.get("paper_setting") or info.get("paper_setting") or "paper"
+    row["paper_row"] = record.get("paper_row")
+    row["paper_fit"] = record.get("paper_fit")
     # What the method declares as its rank and its learning-rate ratio (Method.info()).
     row["rank"] = hparams.get(info["rank_key"]) if info.get("rank_key") else None
     row["lr_ratio"] = hparams.get(info["lr_ratio_key"]) if info.get("lr_ratio_key") else None

@@ -11,6 +11,7 @@ import math
 
 import pandas as pd
 
+from .published import by_paper_row
 from .records import Records
 
 PAPER_DIR = __import__("pathlib").Path(__file__).resolve().parent / "paper"
@@ -36,8 +37,9 @@ def run_scores(records: Records, task: str = "e2e") -> pd.DataFrame:
                     continue
                 rows.append({"model": r["model"], "method": r["method"], "adapted": int(r["params.adapted"]),
                              "experiment": r.get("experiment") or "-", "variant": r.get("variant") or "",
-                             "seed": r["seed"], "metric": metric, "score": SCALE[metric] * float(value)})
-    columns = [*ROW_KEY, "seed", "metric", "score"]
+                             "seed": r["seed"], "metric": metric, "score": SCALE[metric] * float(value),
+                             "paper_row": r.get("paper_row"), "paper_fit": r.get("paper_fit")})
+    columns = [*ROW_KEY, "seed", "metric", "score", "paper_row", "paper_fit"]
     return pd.DataFrame(rows, columns=columns).drop_duplicates(subset=[*ROW_KEY, "seed", "metric"], keep="last")
 
 
@@ -62,11 +64,14 @@ def build_table3(records: Records) -> pd.DataFrame:
     if scores.empty:
         return pd.DataFrame(columns=[*ROW_KEY, "published_row", "metric", "mean", "spread", "n_seeds", "published", "diff"])
     grouped = scores.groupby([*ROW_KEY, "metric"]).score
+    names = scores.groupby(ROW_KEY)[["paper_row", "paper_fit"]].first()
     agg = grouped.agg(mean="mean", n="count").reset_index()
     agg["spread"] = grouped.std(ddof=0).values
     for key, group in agg.groupby(ROW_KEY):
         model, method, adapted, experiment, variant = key
-        published = match_published(model, method, adapted, paper) if not variant else paper.iloc[0:0]
+        named = by_paper_row(paper, *names.loc[key], model)
+        published = (paper.iloc[0:0] if variant else named if named is not None
+                     else match_published(model, method, adapted, paper))
         pub = dict(zip(published.metric, published.value))
         ours = {r["metric"]: r for r in group.to_dict("records")}
         for metric in E2E_METRICS:

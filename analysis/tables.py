@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .published import by_paper_row
 from .records import Records, main_score
 from .stats import median_ci, paired
 from .table3 import build_table3, table3_markdown
@@ -43,20 +44,24 @@ def run_scores(records: Records) -> pd.DataFrame:
         rows.append({"model": r["model"], "method": r["method"], "adapted": int(r["params.adapted"]),
                      "experiment": r.get("experiment") or "-", "variant": r.get("variant") or "",
                      "task": r["task"], "seed": r["seed"], "paper_setting": r.get("paper_setting") or "paper",
+                     "paper_row": r.get("paper_row"), "paper_fit": r.get("paper_fit"),
                      "score": 100.0 * float(value)})
     # One recipe and seed counts once, even if it was run twice (e.g. in two output folders).
-    return pd.DataFrame(rows, columns=[*ROW_KEY, "task", "seed", "paper_setting", "score"]).drop_duplicates(
+    return pd.DataFrame(rows, columns=[*ROW_KEY, "task", "seed", "paper_setting", "paper_row", "paper_fit",
+                                       "score"]).drop_duplicates(
         subset=[*ROW_KEY, "task", "seed"], keep="last")
 
 
 def aggregate(scores: pd.DataFrame) -> pd.DataFrame:
     """Median, spread (std over seeds, 0 for one seed) and seed count per row key and task."""
     if scores.empty:
-        return pd.DataFrame(columns=[*ROW_KEY, "task", "median", "spread", "n", "paper_setting"])
+        return pd.DataFrame(columns=[*ROW_KEY, "task", "median", "spread", "n", "paper_setting", "paper_row", "paper_fit"])
     grouped = scores.groupby([*ROW_KEY, "task"])
     out = grouped.score.agg(median="median", n="count").reset_index()
     out["spread"] = grouped.score.std(ddof=0).values
     out["paper_setting"] = grouped.paper_setting.first().values
+    out["paper_row"] = grouped.paper_row.first().values
+    out["paper_fit"] = grouped.paper_fit.first().values
     return out
 
 
@@ -88,7 +93,9 @@ def build_table2(records: Records) -> pd.DataFrame:
     rows = []
     for (model, method, adapted, experiment, variant), group in agg.groupby(ROW_KEY):
         setting = group.paper_setting.iloc[0]
-        published = match_published(model, method, adapted, setting, paper) if not variant else paper.iloc[0:0]
+        named = by_paper_row(paper, group.paper_row.iloc[0], group.paper_fit.iloc[0], model)
+        published = (paper.iloc[0:0] if variant else named if named is not None
+                     else match_published(model, method, adapted, setting, paper))
         pub = dict(zip(published.task, published.value))
         key = {"model": model, "method": method, "adapted": adapted, "experiment": experiment, "variant": variant,
                "params": millions(adapted),

@@ -111,6 +111,11 @@ def compose_job(overrides: list[str]) -> DictConfig:
     except ConfigError:
         raise
     except Exception as exc:
+        cause = exc.__cause__ or exc.__context__
+        while cause is not None and not isinstance(cause, ConfigError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:  # a resolver's own message (${paper:...}) names the problem already
+            raise cause from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         try:
             hint = unknown_key_hint(overrides)
@@ -147,7 +152,15 @@ def check_group_overrides(overrides: list[str]) -> None:
                 raise ConfigError(f"unknown {key} {choice!r}; valid: {', '.join(options)}")
 
 
+# Keys of a method yaml that recipes read (never the method itself): `short_run_lr`, the learning
+# rate that trains the method in short runs on small encoders (conf/experiment/mini.yaml reads it).
+METHOD_FACTS = ("short_run_lr",)
+
+
 def instantiate_method(method_cfg: DictConfig) -> Method:
+    if any(key in method_cfg for key in METHOD_FACTS):
+        method_cfg = OmegaConf.create({k: v for k, v in OmegaConf.to_container(method_cfg, resolve=True).items()
+                                       if k not in METHOD_FACTS})
     try:
         method = hydra.utils.instantiate(method_cfg, _convert_="all")
     except InstantiationException as exc:

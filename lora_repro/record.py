@@ -28,6 +28,8 @@ class RunRecord(TypedDict):
     method: str
     method_info: dict[str, Any]     # Method.info(): family, rank_key, lr_ratio_key, paper_setting
     paper_setting: str              # "paper" or "houlsby": which published Table 2 rows it compares with
+    paper_row: str | None           # the row of analysis/paper/hparams.yaml its recipe reproduces (None: no paper recipe)
+    paper_fit: str | None           # "exact", or which task/model stood in for one the row does not list
     seed: int
     experiment: str | None          # the conf/experiment recipe it used
     overrides: str                  # how its recipe differs from the named defaults ("" when it does not)

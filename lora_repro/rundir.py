@@ -25,7 +25,10 @@ HASHED_KEYS = ("model", "method", "task", "train", "init_from")
 NOT_RECIPE = {("train", "num_workers"), ("train", "logging_steps"), ("train", "checkpoint_every"),
               ("train", "eval_batch_size"), ("train", "callbacks"),
               ("train", "pad_to_multiple_of"), ("train", "ddp_find_unused_parameters"), ("train", "keep_best"), ("task", "generation", "batch_size"),
-              ("task", "file_layouts")}  # where a data_dir's files may be found: data_dir itself is hashed
+              ("task", "file_layouts"),
+              # Facts that recipes read to set hashed values (task.data_dir, task.max_length,
+              # train.lr): the values they set are hashed, the facts themselves are not.
+              ("task", "shared_dir"), ("task", "fit_length"), ("method", "short_run_lr")}  # where a data_dir's files may be found: data_dir itself is hashed
 # Bumped whenever the rules below change which folder a config maps to. Version 1 (before this
 # constant) hashed every key, nulls included; folders it made are still read by the analysis, but
 # a re-run of their config makes a new folder (README: "Run folders").
@@ -99,9 +102,26 @@ def world_size() -> int | None:
     return size if size > 1 else None
 
 
+def shared_data_dir(*, _root_: Any) -> str | None:
+    """`${shared_data:}`: the task's folder in the offline data root ($LORA_REPRO_SHARED_DATA, else
+    ../shared/data), from the task's own `shared_dir`; None (the hub, or the task's packaged data)
+    for a task that has none or whose folder is not there: the data source is part of the recipe.
+    Recipes that run offline set task.data_dir to it, so no recipe keeps a table of task names."""
+    sub = _root_.task.get("shared_dir")
+    folder = f"{os.environ.get('LORA_REPRO_SHARED_DATA', '../shared/data')}/{sub}" if sub else None
+    return folder if folder and Path(folder).expanduser().is_dir() else None
+
+
 def register_resolvers() -> None:
     """`${run_subdir:}` in conf/hydra/default.yaml names each run's folder (Hydra's run and sweep
-    dirs), from run_subdir above; `${world_size:}` is train.world_size."""
+    dirs), from run_subdir above; `${world_size:}` is train.world_size; `${shared_data:}` the task's
+    offline folder; `${paper:<key>}` a value of the recipe's paper row (lora_repro/paper_rows.py)."""
+    from .paper_rows import paper_value
+
+    if not OmegaConf.has_resolver("paper"):
+        OmegaConf.register_new_resolver("paper", paper_value)
+    if not OmegaConf.has_resolver("shared_data"):
+        OmegaConf.register_new_resolver("shared_data", shared_data_dir)
     if not OmegaConf.has_resolver("run_subdir"):
         OmegaConf.register_new_resolver("run_subdir", lambda *, _root_: run_subdir(_root_))
     if not OmegaConf.has_resolver("world_size"):

@@ -23,6 +23,7 @@ from .config import check_group_overrides, compose_job, validate
 from .data import check_hub_reachable
 from .errors import ConfigError, RecordNotWritten, one_line
 from .record import RECORD_NAME
+from .paper_rows import paper_fit
 from .rundir import RunDirLock, check_writable, finished_record, register_resolvers
 
 log = logging.getLogger("lora_repro")
@@ -81,6 +82,9 @@ def _main(cfg: DictConfig) -> float | None:
         log.info("already done (status ok), skipping: %s  [overwrite=true re-runs it]", run_dir)
         return (done.get("metrics") or {}).get(cfg.task.main_metric)
     experiment = HydraConfig.get().runtime.choices.get("experiment")
+    fit = paper_fit(cfg)
+    if fit and fit != "exact":
+        log.warning("%s: not a published setting (the record's paper_fit says so)", fit)
     recipe = recipe_variant(cfg)
     try:
         if is_main_process():

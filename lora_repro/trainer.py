@@ -31,6 +31,7 @@ from .errors import ConfigError, DataError, RecordNotWritten, TrainingDiverged, 
 from .methods import Method
 from .profiling import LiveTensorBytes, PeakMemory, tensor_bytes
 from .provenance import device, git_branch, git_commit
+from .paper_rows import paper_fit
 from .record import BEST_FILE, CHECKPOINT_FILE, TRAINABLE_FILE, RunRecord, new_record, write_record
 from .ui import show_progress
 from .rundir import config_hash, readable_safetensors, resolve_init_from
@@ -358,6 +359,7 @@ def start_record(cfg: DictConfig, method: Method, experiment: str | None, overri
     return new_record(
         study=cfg.get("study"), task=cfg.task.name, model=cfg.model.name, method=cfg.method.name,
         method_info=method.info(), paper_setting=cfg.get("paper_setting") or method.paper_setting,
+        paper_row=cfg.get("paper_row"), paper_fit=paper_fit(cfg),
         seed=int(cfg.seed), experiment=experiment, overrides=overrides, hparams=method.hparams(),
         git_commit=git_commit(), git_branch=git_branch(), device=device(), config=OmegaConf.to_container(cfg, resolve=True),
     )

@@ -176,3 +176,23 @@ def test_a_bad_jsonl_line_is_named(tmp_path):
     (tmp_path / "b.jsonl").write_text('{"question": "q", "passage": "p", "answer": "yes"}\n')
     with pytest.raises(DataError, match=r"b.jsonl:1: label 'yes' is not one of \[False, True\]"):
         read_jsonl(tmp_path / "b.jsonl", task)
+
+
+LLAMA_TINY = ["model=llama32_1b", "model.init=random", "task=sst2", "model.arch.hidden_size=64",
+              "model.arch.num_hidden_layers=2", "model.arch.num_attention_heads=4", "model.arch.num_key_value_heads=2",
+              "model.arch.intermediate_size=128", "model.arch.vocab_size=1000", "model.arch.pad_token_id=0",
+              "~model.arch.rope_scaling"]
+
+
+@pytest.mark.parametrize("method, adapted", [
+    # 2 layers x (q: A 8x64 + B 64x8, v: A 8x64 + B 32x8; v_proj is 2 kv heads x head dim 16 = 32 wide)
+    ("lora", 2 * ((8 * 64 + 64 * 8) + (8 * 64 + 32 * 8))),
+    ("adapter_l", 2 * (2 * 64 * 8 + 8 + 64 + 2 * 64)),  # 2 layers x one adapter after the MLP (down, up, biases, its LayerNorm)
+])
+def test_a_llama_type_decoder_is_one_yaml(method, adapted):
+    """conf/model/llama32_1b.yaml names nothing the code knows by name: LoRA's q_proj/v_proj and the
+    adapter site come from model_type llama."""
+    cfg = compose_config([*LLAMA_TINY, f"method={method}", "method.r=8"])
+    built = build(cfg, validate(cfg))
+    assert built.params()["adapted"] == adapted
+    assert built.model(input_ids=torch.tensor([[1, 2, 3], [4, 5, 6]])).logits.shape == (2, 2)
