@@ -8,8 +8,9 @@ weights they started from.
   Table 7               ||U^T W V^T||_F with U, V the top-r singular directions of dW, of W itself, or
                         random; and the amplification ||dW||_F / ||U^T W V^T||_F (dW's own directions).
   spectrum              the singular values of dW per matrix and its effective rank (exp of the entropy
-                        of the normalised singular values; Roy & Vetterli 2007), for LoRA (dW = s B A)
-                        and full fine-tuning (dW = W_ft - W_0).
+                        of the normalised singular values; Roy & Vetterli 2007). dW is each method's
+                        own (Method.delta_weights): s B A for LoRA, peft's merge for DoRA, PiSSA,
+                        OLoRA and other peft tuners, W_ft - W_0 for full fine-tuning.
 
 Writes <results>/weights/{subspace.csv, table7.csv, table7.md, spectrum.csv} and PNGs (subspace
 heatmaps per matrix type and layer, spectra)."""
@@ -136,14 +137,28 @@ def lora_scale(record: dict) -> float:
 
 
 def pretrained_weights(record: dict) -> dict[str, torch.Tensor]:
-    """The backbone's pretrained weights, by module path, as the run started from them."""
+    """The backbone's pretrained weights, by module path, as the run started from them (a
+    random-init backbone is rebuilt from the run's seed, as the trainer built it)."""
     from omegaconf import OmegaConf
+    from transformers import set_seed
 
     from lora_repro.backbone import build_causal_lm, build_classifier
 
     cfg = OmegaConf.create(record["config"])
+    set_seed(int(cfg.seed))
     model = build_causal_lm(cfg.model) if cfg.task.kind == "generation" else build_classifier(cfg.model, cfg.task)
     return {k: v.detach() for k, v in model.state_dict().items()}
+
+
+def method_deltas(run: Run, pretrained: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """dW per adapted matrix as the run's own method defines it (Method.delta_weights: peft's merge
+    for peft tuners, so DoRA, PiSSA and OLoRA come out right; s B A per slice for GPT-2's fused
+    q|v; the difference for full fine-tuning), on the run's trained model rebuilt from its record
+    and saved weights; {} for methods that add modules instead of changing weights."""
+    from lora_repro.predict import load_run
+
+    loaded = load_run(run.path)
+    return {k: v.double() for k, v in loaded.built.method.delta_weights(loaded.built.model, pretrained).items()}
 
 
 def base_weight(pretrained: dict[str, torch.Tensor], key: str) -> torch.Tensor | None:
@@ -221,16 +236,9 @@ def analyse(runs: list[Run], out: Path) -> list[Path]:
     for run in runs:
         factors = lora_factors(run)
         pretrained = pretrained_weights(run.record)
-        deltas = {}
-        if factors:
-            scale = lora_scale(run.record)
-            deltas = {k: scale * (b.double() @ a.double()) for k, (a, b) in factors.items()}
-        elif (run.record.get("method_info") or {}).get("family") == "full_ft":
-            deltas = {k[:-len(".weight")]: run.weights[k].double() - pretrained[k].double()
-                      for k in run.weights if k in pretrained and run.weights[k].dim() == 2 and "embeddings" not in k
-                      and k.endswith(".weight")}
+        deltas = method_deltas(run, pretrained)
         for key, delta in deltas.items():
-            weight = base_weight(pretrained, key) if factors else pretrained.get(f"{key}.weight")
+            weight = base_weight(pretrained, key)
             s, erank, k90 = effective_rank(delta)
             spectra.append({"run": run.label, "method": run.record["method"], "matrix": key, "type": matrix_type(key),
                             "layer": layer_of(key), "effective_rank": erank, "rank_90pct_energy": k90,

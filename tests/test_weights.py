@@ -80,3 +80,90 @@ def test_weights_report_from_tiny_lora_runs(tmp_path, sst2_dir):
     assert (t7.delta_norm > 0).all() and (t7.amplification > 0).all()
     spectrum = pd.read_csv(tmp_path / "weights" / "spectrum.csv")
     assert (spectrum.effective_rank <= 4 + 1e-6).all()  # a rank-r update uses at most r directions
+
+
+def _perturbed(method_overrides: list[str], model: list[str]):
+    """A tiny model under the method with every trainable tensor moved (as training would), its
+    pretrained backbone, and the method."""
+    import torch
+
+    from lora_repro.assembly import build
+    from lora_repro.backbone import build_causal_lm, build_classifier
+    from lora_repro.config import validate
+    from transformers import set_seed
+
+    from .conftest import compose_cfg
+
+    cfg = compose_cfg(*model, *method_overrides)
+    set_seed(0)
+    base = (build_causal_lm(cfg.model) if cfg.task.kind == "generation" else build_classifier(cfg.model, cfg.task)).eval()
+    set_seed(0)
+    built = build(cfg, validate(cfg))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in built.model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    return built, base
+
+
+TINY_BERT = ["model=tiny_bert", "task=sst2"]
+TINY_GPT2_LM = ["model=gpt2_medium", "model.init=random", "model.arch.n_embd=32", "model.arch.n_layer=2",
+                "model.arch.n_head=2", "task=e2e", "model.tokenizer=null"]
+
+
+@pytest.mark.parametrize("method, model", [
+    (["method=dora", "method.dropout=0.0"], TINY_BERT),
+    (["method=pissa", "method.dropout=0.0"], TINY_BERT),
+    (["method=olora", "method.dropout=0.0"], TINY_BERT),
+    (["method=lora", "method.dropout=0.0"], TINY_GPT2_LM),   # GPT-2's fused q|v (FusedQKVLoRA)
+    (["method=full_ft"], TINY_BERT),
+])
+def test_a_methods_delta_w_added_to_the_pretrained_weights_gives_the_trained_models_outputs(method, model):
+    """What `make weights` analyses is each method's own dW (Method.delta_weights): W_0 + dW in a
+    plain backbone reproduces the adapted model's logits. For DoRA (magnitude), PiSSA and OLoRA
+    (residual base) that is not s B A, which the analysis used to assume."""
+    import copy
+
+    import torch
+
+    from lora_repro.methods.lora import merge_lora
+
+    built, base = _perturbed(method, model)
+    pretrained = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    deltas = built.method.delta_weights(built.model, pretrained)
+    assert deltas and all(d.abs().max() > 0 for d in deltas.values())
+    # The plain backbone with W_0 + dW; everything else (the trained head, biases) from the trained model.
+    rebuilt = copy.deepcopy(base)
+    trained = merge_lora(copy.deepcopy(built.model)).state_dict()
+    state = {k: v for k, v in trained.items() if k in pretrained}
+    updated: dict[str, torch.Tensor] = {}
+    for key, delta in deltas.items():
+        module, _, slot = key.partition(":")
+        weight = updated.setdefault(module, pretrained[f"{module}.weight"].double().clone())
+        if slot:  # GPT-2's Conv1D is stored in x out; q | k | v are column blocks
+            width = weight.shape[1] // 3
+            part = {"q": 0, "k": 1, "v": 2}[slot]
+            weight[:, part * width:(part + 1) * width] += delta.t()
+        else:
+            weight += delta
+    state.update({f"{module}.weight": weight.float() for module, weight in updated.items()})
+    rebuilt.load_state_dict(state)
+    ids = torch.tensor([[5, 6, 7, 8, 9], [10, 11, 12, 13, 14]])
+    with torch.no_grad():
+        expected = built.model.eval()(input_ids=ids).logits
+        got = rebuilt.eval()(input_ids=ids).logits
+    assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
+
+
+def test_dora_delta_w_is_not_s_b_a():
+    """The old analysis took s B A for every LoRA-family run; with DoRA's magnitude moved that is
+    another matrix than the update the model applies."""
+    built, base = _perturbed(["method=dora"], TINY_BERT)
+    pretrained = base.state_dict()
+    deltas = built.method.delta_weights(built.model, pretrained)
+    scale = built.method.alpha / built.method.r
+    layer = next(m for n, m in built.model.named_modules() if n.endswith("layer.0.attention.self.query") and hasattr(m, "lora_A"))
+    s_b_a = scale * (layer.lora_B["default"].weight.double() @ layer.lora_A["default"].weight.double())
+    delta = next(v for k, v in deltas.items() if k.endswith("layer.0.attention.self.query"))
+    assert (delta - s_b_a).norm() > 0.1 * s_b_a.norm()

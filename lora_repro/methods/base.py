@@ -77,6 +77,14 @@ class Method:
         d_model, n_layers, vocab and positions. The Section 5.1 formula unless a method knows better."""
         return self.formula_params(dims["d_model"], dims["n_layers"], model_cfg)
 
+    def delta_weights(self, model: nn.Module, pretrained: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What training added to each pretrained weight matrix: module path -> dW (out x in), the
+        trained model's effective weight minus `pretrained` (the backbone's state dict before the
+        method was applied). {} for a method that adds modules instead (adapters, prefixes).
+        `make weights` (analysis/weights.py) reads these, so each method's own maths decides:
+        DoRA's magnitude, PiSSA's and OLoRA's residual base are not s B A."""
+        return {}
+
     def info(self) -> dict[str, Any]:
         """What the method is, for the run record and the analysis (see the class docstring)."""
         return {"family": self.family, "rank_key": self.rank_key, "lr_ratio_key": self.lr_ratio_key,
@@ -85,6 +93,38 @@ class Method:
     def hparams(self) -> dict[str, Any]:
         """The method's own settings, for the run record."""
         return {k: v for k, v in asdict(self).items() if k != "name"}
+
+
+@torch.no_grad()
+def changed_matrices(model: nn.Module, pretrained: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """dW = W_trained - W_0 for every trainable 2-D weight of the backbone (embeddings and the task
+    head's fresh weights left out): full fine-tuning's update, by difference."""
+    return {name[:-len(".weight")]: p.detach().double() - pretrained[name].double()
+            for name, p in model.named_parameters()
+            if p.requires_grad and p.dim() == 2 and name.endswith(".weight") and "embed" not in name
+            and name in pretrained and pretrained[name].shape == p.shape}
+
+
+@torch.no_grad()
+def peft_merged_deltas(model: nn.Module, pretrained: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """dW of every module a peft tuner adapted, from peft's own merge (merge_and_unload on a copy):
+    the merged weight minus the pretrained one. Right for every tuner peft can merge: LoRA and
+    rsLoRA (s B A), DoRA (the magnitude-rescaled W + s B A), PiSSA/OLoRA (whose frozen base is a
+    residual, not W_0), IA3, VeRA, LoHa."""
+    import copy
+
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    prefix = "base_model.model."
+    adapted = [name[len(prefix):] if name.startswith(prefix) else name
+               for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)]
+    merged = copy.deepcopy(model).merge_and_unload().state_dict()
+    out = {}
+    for name in adapted:
+        key = f"{name}.weight"
+        if key in merged and key in pretrained and merged[key].dim() == 2:
+            out[name] = merged[key].double() - pretrained[key].double()
+    return out
 
 
 def adamw(param_groups: list[dict], train_cfg: Any) -> torch.optim.AdamW:

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..backbone import find_blocks
 from ..errors import ConfigError
-from .base import Method, freeze_all
+from .base import Method, changed_matrices, freeze_all
 
 
 @dataclass
@@ -21,6 +21,9 @@ class FineTuneTopBlocks(Method):
     def __post_init__(self) -> None:
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k <= 0:
             raise ConfigError(f"method.top_k must be a positive integer, got {self.top_k!r}")
+
+    def delta_weights(self, model: nn.Module, pretrained: dict) -> dict:
+        return changed_matrices(model, pretrained)
 
     def apply(self, model: nn.Module, model_cfg: Any) -> nn.Module:
         freeze_all(model)

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from .base import Method
+from .base import Method, changed_matrices
 
 
 @dataclass
@@ -20,6 +20,9 @@ class FullFineTuning(Method):
         embeddings, and the final LayerNorm."""
         d, L = dims["d_model"], dims["n_layers"]
         return 12 * L * d * d + 13 * L * d + (dims["vocab"] + dims["positions"]) * d + 2 * d
+
+    def delta_weights(self, model: nn.Module, pretrained: dict) -> dict:
+        return changed_matrices(model, pretrained)
 
     def apply(self, model: nn.Module, model_cfg: Any) -> nn.Module:
         for p in model.parameters():

@@ -17,7 +17,7 @@ from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 
 from ..errors import ConfigError
-from .base import Method, freeze_all, require_positive
+from .base import Method, freeze_all, peft_merged_deltas, require_positive
 
 INITS = ("a_random", "b_random")
 
@@ -129,6 +129,13 @@ class LoRA(Method):
             swap_init_to_b_random(model)
         return model
 
+    def delta_weights(self, model: nn.Module, pretrained: dict) -> dict:
+        fused = {name: module for name, module in model.named_modules() if isinstance(module, FusedQKVLoRA)}
+        if not fused:
+            return peft_merged_deltas(model, pretrained)
+        # GPT-2's fused c_attn: one dW per adapted slice ("<module>:q", "<module>:v"), out x in.
+        return {f"{name}:{slot}": update.t() for name, module in fused.items() for slot, update in module.updates().items()}
+
     def formula_params(self, d_model: int, n_layers: int, model_cfg: Any = None) -> int:
         """Section 5.1: 2 x L_LoRA x d_model x r, L_LoRA the number of adapted d x d matrices (a
         fused c_attn counts its q and v)."""
@@ -188,11 +195,15 @@ class FusedQKVLoRA(nn.Module):
         return out if self.merged else out + self.delta(x)
 
     @torch.no_grad()
+    def updates(self) -> dict[str, torch.Tensor]:
+        """Each adapted slice's update in the Conv1D's own layout (d_in, width): s (B A)^T."""
+        return {s: (self.lora_B[s].double() @ self.lora_A[s].double()).t() * self.scaling for s in self.SLICES}
+
+    @torch.no_grad()
     def merge(self) -> nn.Module:
         """Fold B A into the frozen weight (no inference latency); returns the plain Conv1D."""
-        for s, index in self.SLICES.items():
-            cols = slice(index * self.width, (index + 1) * self.width)
-            update = (self.lora_B[s] @ self.lora_A[s]).t() * self.scaling  # (d_in, width)
+        for s, update in self.updates().items():
+            cols = slice(self.SLICES[s] * self.width, (self.SLICES[s] + 1) * self.width)
             self.base_layer.weight[:, cols] += update.to(self.base_layer.weight.dtype)
         self.merged = True
         return self.base_layer

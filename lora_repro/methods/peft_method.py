@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from ..errors import ConfigError
-from .base import Method, freeze_all
+from .base import Method, freeze_all, peft_merged_deltas
 
 
 def peft_config_classes() -> dict[str, Any]:
@@ -41,6 +41,9 @@ class PeftMethod(Method):
         if unknown:
             raise ConfigError(f"method.peft_config: {unknown} {'is' if len(unknown) == 1 else 'are'} not an argument of "
                               f"peft's {classes[self.peft_type].__name__}; see its documentation")
+
+    def delta_weights(self, model: nn.Module, pretrained: dict) -> dict:
+        return peft_merged_deltas(model, pretrained)
 
     def apply(self, model: nn.Module, model_cfg: Any) -> nn.Module:
         from peft import get_peft_config, get_peft_model
