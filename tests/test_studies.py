@@ -26,12 +26,15 @@ from lora_repro.trainer import run
 from .conftest import TINY, write_sst2_dir
 from .test_methods import TINY_ROBERTA
 
-STUDIES = ["claims", "demo", "demo_e2e", "efficiency", "loraplus_ratio", "mini", "param_counts", "rank_sweep",
-           "table2_glue", "table3_e2e", "table5_targets"]
+# Discovered, not listed: a new study is one folder and this test takes it in. The ones the README
+# and the Makefile name must be among them.
+STUDIES = study_names()
+NAMED = {"claims", "demo", "demo_e2e", "efficiency", "loraplus_glue", "loraplus_ratio", "mini", "param_counts",
+         "rank_sweep", "table2_glue", "table3_e2e", "table5_targets"}
 
 
 def test_every_study_is_there_and_plans_for_every_choice_of_its_params():
-    assert study_names() == STUDIES
+    assert NAMED <= set(STUDIES)
     for name in STUDIES:
         for choice in param_choices(name):
             study = load_study(name, choice)
