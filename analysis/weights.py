@@ -130,12 +130,6 @@ def lora_factors(run: Run) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return {k: (v["A"], v["B"]) for k, v in pieces.items() if {"A", "B"} <= set(v)}
 
 
-def lora_scale(record: dict) -> float:
-    hp = record.get("hparams") or {}
-    r, alpha = float(hp.get("r", 1)), float(hp.get("alpha", 1))
-    return alpha / r ** 0.5 if (hp.get("peft_config") or {}).get("use_rslora") else alpha / r
-
-
 def pretrained_weights(record: dict) -> dict[str, torch.Tensor]:
     """The backbone's pretrained weights, by module path, as the run started from them (a
     random-init backbone is rebuilt from the run's seed, as the trainer built it)."""

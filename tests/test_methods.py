@@ -9,6 +9,7 @@ import torch
 from lora_repro.assembly import build
 from lora_repro.backbone import build_classifier, find_blocks
 from lora_repro.config import instantiate_method, validate
+from lora_repro.errors import ConfigError
 
 from .conftest import TINY, compose_cfg
 
@@ -345,3 +346,42 @@ def test_peft_lora_variants_are_one_yaml_each_and_train(variant, check):
     assert losses[-1] < losses[0]
     assert any("lora_" in n for n in changed)
     assert method.info()["family"] == "lora"
+
+
+def test_rslora_reaches_gpt2s_fused_projection_with_the_shared_scale():
+    """peft_config.use_rslora on GPT-2 (FusedQKVLoRA) scales B A by alpha / sqrt(r) as peft does on
+    separate projections; other peft options are still refused there in one line."""
+    from lora_repro.methods.lora import FusedQKVLoRA, lora_scaling
+
+    for overrides, scale in ((["method=lora"], 32 / 4), (["method=rslora"], 32 / 2)):
+        cfg = compose_cfg(*TINY_GPT2, *overrides, "method.r=4", "method.alpha=32")
+        built = build(cfg, instantiate_method(cfg.method))
+        layers = [m for m in built.model.modules() if isinstance(m, FusedQKVLoRA)]
+        assert layers and all(m.scaling == scale for m in layers)
+    assert lora_scaling(32, 4, rslora=True) == 16.0 and lora_scaling(32, 4) == 8.0
+    with pytest.raises(ConfigError, match=r"\['use_dora'\] cannot be applied to gpt2_medium"):
+        cfg = compose_cfg(*TINY_GPT2, "method=dora")
+        instantiate_method(cfg.method).check(cfg.model, cfg.task)
+
+
+def test_a_fused_projection_takes_enable_lora_and_explicit_widths():
+    """loralib's MergedLinear(enable_lora=...) with unequal q, k, v widths (a grouped-query fused
+    projection): only the enabled slices change, each by its own s B A."""
+    from transformers.pytorch_utils import Conv1D
+
+    from lora_repro.methods.lora import FusedQKVLoRA
+
+    torch.manual_seed(0)
+    base = Conv1D(16 + 4 + 4, 8)  # d_in 8 -> q 16 | k 4 | v 4
+    layer = FusedQKVLoRA(base, r=2, alpha=4, dropout=0.0, init="a_random", enable_lora=(False, True, True), widths=(16, 4, 4))
+    with torch.no_grad():
+        for s in layer.slices:
+            layer.lora_B[s].normal_()
+    x = torch.randn(3, 8)
+    out, frozen = layer(x), base(x)
+    assert torch.equal(out[:, :16], frozen[:, :16])                       # q not enabled: untouched
+    for s, cols in (("k", slice(16, 20)), ("v", slice(20, 24))):
+        expected = frozen[:, cols] + 2.0 * x @ layer.lora_A[s].t() @ layer.lora_B[s].t()
+        assert torch.allclose(out[:, cols], expected, atol=1e-5)
+    with pytest.raises(ConfigError, match=r"widths \(16, 4, 3\) do not add up to the projection's 24 outputs"):
+        FusedQKVLoRA(base, r=2, alpha=4, dropout=0.0, init="a_random", widths=(16, 4, 3))

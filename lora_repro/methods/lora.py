@@ -34,6 +34,14 @@ def linear_layer_names(model: nn.Module) -> list[str]:
 # The model families whose q, k, v come from one fused projection, and the slices the paper adapts
 # in it (GPT-2's c_attn = [q | k | v]; loralib's MergedLinear with enable_lora=[True, False, True]).
 FUSED_QKV_MODEL_TYPES = {"gpt2"}
+# What of peft's LoraConfig the paper's own fused layer also honours (the rest is refused there).
+FUSED_PEFT_OPTIONS = {"use_rslora"}
+
+
+def lora_scaling(alpha: float, r: int, rslora: bool = False) -> float:
+    """LoRA's scale on B A: alpha / r (Hu et al.), or alpha / sqrt(r) (rsLoRA, Kalajdzievski 2023),
+    as peft computes it; FusedQKVLoRA uses the same, so a LoRA variant yaml means one thing everywhere."""
+    return alpha / math.sqrt(r) if rslora else alpha / r
 # LoraConfig fields this class sets itself; the rest pass through from the yaml's `peft_config`.
 OWN_LORA_FIELDS = {"r", "lora_alpha", "lora_dropout", "target_modules", "bias"}
 
@@ -101,8 +109,9 @@ class LoRA(Method):
         return self.target_modules or default_targets(model_cfg)
 
     def check(self, model_cfg: Any, task_cfg: Any) -> None:
-        if model_type(model_cfg) in FUSED_QKV_MODEL_TYPES and self.peft_config:
-            raise ConfigError(f"{self.name}: {sorted(self.peft_config)} cannot be applied to {model_cfg.name}: its q, k, v "
+        foreign = sorted(set(self.peft_config) - FUSED_PEFT_OPTIONS)
+        if model_type(model_cfg) in FUSED_QKV_MODEL_TYPES and foreign:
+            raise ConfigError(f"{self.name}: {foreign} cannot be applied to {model_cfg.name}: its q, k, v "
                               f"share one fused projection, adapted here with separate q/v factors as the paper "
                               f"(FusedQKVLoRA), which peft's options do not reach; use a model with separate projections")
 
@@ -140,7 +149,7 @@ class LoRA(Method):
         """Section 5.1: 2 x L_LoRA x d_model x r, L_LoRA the number of adapted d x d matrices (a
         fused c_attn counts its q and v)."""
         if model_cfg is not None and model_type(model_cfg) in FUSED_QKV_MODEL_TYPES:
-            per_layer = len(FusedQKVLoRA.SLICES)
+            per_layer = sum(FusedQKVLoRA.PAPER_SLICES)
         else:
             per_layer = len(self.target_modules or (default_targets(model_cfg) if model_cfg is not None else ["q", "v"]))
         return 2 * n_layers * per_layer * d_model * self.r
@@ -158,26 +167,37 @@ def swap_init_to_b_random(model: nn.Module) -> None:
 
 
 class FusedQKVLoRA(nn.Module):
-    """GPT-2's c_attn (a Conv1D mapping d -> [q | k | v], 3d) with LoRA on the q and v slices only,
-    each with its own A (r x d) and B (d x r): loralib's MergedLinear(enable_lora=[True, False, True]).
-    The k slice of the output is exactly the frozen projection's."""
+    """GPT-2's c_attn (a Conv1D mapping d -> [q | k | v], 3d) with LoRA on the enabled slices, each
+    with its own A (r x d) and B (width x r): loralib's MergedLinear(enable_lora=[True, False, True])
+    by default (q and v; the paper). Written here because peft's LoRA on a fused projection shares
+    one A across q, k, v (peft issue #706). `widths` are the q, k, v output widths (equal thirds for
+    GPT-2; a grouped-query fused projection has narrower k and v); the scale is lora_scaling's, so
+    rsLoRA (use_rslora) reaches GPT-2 too. A disabled slice's output is exactly the frozen one's."""
 
-    SLICES = {"q": 0, "v": 2}
+    NAMES = ("q", "k", "v")
+    PAPER_SLICES = (True, False, True)   # loralib's enable_lora for the paper's W_q, W_v
 
-    def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float, init: str):
+    def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float, init: str,
+                 enable_lora: tuple[bool, bool, bool] = PAPER_SLICES,
+                 widths: tuple[int, int, int] | None = None, rslora: bool = False):
         super().__init__()
         self.base_layer = base_layer
         d_in, d_out = base_layer.weight.shape  # Conv1D stores (in, out)
-        self.width = d_out // 3
-        self.scaling = alpha / r
+        self.widths = tuple(widths) if widths is not None else (d_out // 3,) * 3
+        if sum(self.widths) != d_out or len(enable_lora) != 3:
+            raise ConfigError(f"fused q|k|v widths {self.widths} do not add up to the projection's {d_out} outputs")
+        self.offsets = {name: sum(self.widths[:i]) for i, name in enumerate(self.NAMES)}
+        self.slices = {name: i for i, name in enumerate(self.NAMES) if enable_lora[i]}
+        self.scaling = lora_scaling(alpha, r, rslora)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         device = base_layer.weight.device
-        self.lora_A = nn.ParameterDict({s: nn.Parameter(torch.empty(r, d_in, device=device)) for s in self.SLICES})
-        self.lora_B = nn.ParameterDict({s: nn.Parameter(torch.empty(self.width, r, device=device)) for s in self.SLICES})
-        for s in self.SLICES:
+        self.lora_A = nn.ParameterDict({s: nn.Parameter(torch.empty(r, d_in, device=device)) for s in self.slices})
+        self.lora_B = nn.ParameterDict({s: nn.Parameter(torch.empty(self.widths[i], r, device=device))
+                                        for s, i in self.slices.items()})
+        for s, i in self.slices.items():
             if init == "b_random":
                 nn.init.zeros_(self.lora_A[s])
-                nn.init.normal_(self.lora_B[s], std=1.0 / math.sqrt(self.width))
+                nn.init.normal_(self.lora_B[s], std=1.0 / math.sqrt(self.widths[i]))
             else:
                 nn.init.kaiming_uniform_(self.lora_A[s], a=math.sqrt(5))
                 nn.init.zeros_(self.lora_B[s])
@@ -185,8 +205,8 @@ class FusedQKVLoRA(nn.Module):
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         h = self.dropout(x)
-        parts = [torch.zeros(*x.shape[:-1], self.width, dtype=x.dtype, device=x.device) for _ in range(3)]
-        for s, index in self.SLICES.items():
+        parts = [torch.zeros(*x.shape[:-1], w, dtype=x.dtype, device=x.device) for w in self.widths]
+        for s, index in self.slices.items():
             parts[index] = (h @ self.lora_A[s].t().to(x.dtype)) @ self.lora_B[s].t().to(x.dtype) * self.scaling
         return torch.cat(parts, dim=-1)
 
@@ -197,13 +217,13 @@ class FusedQKVLoRA(nn.Module):
     @torch.no_grad()
     def updates(self) -> dict[str, torch.Tensor]:
         """Each adapted slice's update in the Conv1D's own layout (d_in, width): s (B A)^T."""
-        return {s: (self.lora_B[s].double() @ self.lora_A[s].double()).t() * self.scaling for s in self.SLICES}
+        return {s: (self.lora_B[s].double() @ self.lora_A[s].double()).t() * self.scaling for s in self.slices}
 
     @torch.no_grad()
     def merge(self) -> nn.Module:
         """Fold B A into the frozen weight (no inference latency); returns the plain Conv1D."""
         for s, update in self.updates().items():
-            cols = slice(self.SLICES[s] * self.width, (self.SLICES[s] + 1) * self.width)
+            cols = slice(self.offsets[s], self.offsets[s] + self.widths[self.slices[s]])
             self.base_layer.weight[:, cols] += update.to(self.base_layer.weight.dtype)
         self.merged = True
         return self.base_layer
@@ -217,7 +237,8 @@ def apply_fused_qkv_lora(model: nn.Module, method: "LoRA", target_modules: list[
         leaf = name.rsplit(".", 1)[-1]
         if leaf in targets and type(module).__name__ == "Conv1D":
             parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-            setattr(parent, leaf, FusedQKVLoRA(module, method.r, method.alpha, float(method.dropout), method.init))
+            setattr(parent, leaf, FusedQKVLoRA(module, method.r, method.alpha, float(method.dropout), method.init,
+                                               rslora=bool(method.peft_config.get("use_rslora"))))
             replaced += 1
     if not replaced:
         raise ConfigError(f"no fused qkv projection named {sorted(targets)} in {type(model).__name__}; "
