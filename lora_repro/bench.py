@@ -28,6 +28,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import CONF_DIR
+from .arch import arch_of
 from .bench_worker import build, compose_run_cfg, device, random_batch, sync
 from .intervals import median_ci
 
@@ -90,10 +91,8 @@ def memory_terms(total: int, trainable: int, weight_bytes: int, grad_bytes: int,
 def run_memory_model(cfg: DictConfig, train: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for r in train.itertuples(index=False):
-        arch = compose_run_cfg(r.model, r.method).model.arch
-        d = int(arch.get("hidden_size", arch.get("n_embd")))
-        layers = int(arch.get("num_hidden_layers", arch.get("n_layer")))
-        heads = int(arch.get("num_attention_heads", arch.get("n_head")))
+        arch = arch_of(compose_run_cfg(r.model, r.method).model)
+        d, layers, heads = int(arch.d_model), int(arch.n_layers), int(arch.n_heads)
         act = activation_bytes(cfg.train.batch_size, cfg.train.seq_len, d, layers, heads, 4)
         terms = memory_terms(r.params_total, r.params_trainable, 4, 4, 8, act)
         rows.append({"model": r.model, "method": r.method, **{f"predicted_{k}": v for k, v in terms.items()},

@@ -11,6 +11,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from . import CONF_DIR
+from .arch import arch_of
 from .backbone import check_model_config
 from .data import check_task_config
 from .errors import ConfigError
@@ -258,18 +259,10 @@ def check_train_config(train: Any) -> None:
         raise ConfigError(f"train.eval_every must be 'epoch' or a positive number of steps, got {every!r}")
 
 
-# Rows of the position table a family keeps for its padding offset (positions start at pad + 1).
-POSITION_OFFSET = {"roberta": 2, "mpnet": 2}
-
-
 def max_positions(model_cfg: Any) -> int | None:
     """How many tokens the model's position embeddings cover (RoBERTa keeps 2 of its rows for the
-    padding offset)."""
-    arch = model_cfg.get("arch") or {}
-    positions = arch.get("max_position_embeddings", arch.get("n_positions"))
-    if positions is None:
-        return None
-    return int(positions) - POSITION_OFFSET.get(str(arch.get("model_type")), 0)
+    padding offset): lora_repro.arch."""
+    return arch_of(model_cfg).positions
 
 
 def check_positions(model_cfg: Any, task_cfg: Any) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 import torch
 from . import CONF_DIR, PROJECT_ROOT
+from .arch import arch_of
 from .assembly import build
 from .config import compose_config, instantiate_method
 
@@ -26,8 +27,8 @@ TABLE_TASK = {2: "sst2", 3: "e2e", 4: "e2e"}
 
 
 def dims(model_cfg: Any) -> tuple[int, int]:
-    arch = model_cfg.arch
-    return int(arch.get("hidden_size", arch.get("n_embd"))), int(arch.get("num_hidden_layers", arch.get("n_layer")))
+    arch = arch_of(model_cfg)
+    return int(arch.d_model), int(arch.n_layers)
 
 
 def count_instantiated(cfg: Any) -> int:

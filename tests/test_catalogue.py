@@ -196,3 +196,16 @@ def test_a_llama_type_decoder_is_one_yaml(method, adapted):
     built = build(cfg, validate(cfg))
     assert built.params()["adapted"] == adapted
     assert built.model(input_ids=torch.tensor([[1, 2, 3], [4, 5, 6]])).logits.shape == (2, 2)
+
+
+def test_architecture_facts_come_from_one_helper_under_any_familys_names():
+    """GPT-2 says n_embd / n_layer / n_head / n_positions, others hidden_size / ...: transformers'
+    own config class maps them; RoBERTa and MPNet keep 2 position rows for the padding offset; a
+    fact the yaml does not give stays unknown rather than a transformers default."""
+    from lora_repro.arch import Arch, arch_of
+
+    assert arch_of(compose_config(["model=gpt2_medium"]).model) == Arch("gpt2", 1024, 24, 16, 1024, True)
+    assert arch_of(compose_config(["model=roberta_base"]).model) == Arch("roberta", 768, 12, 12, 512, False)
+    assert arch_of(compose_config(["model=mpnet_base"]).model).positions == 512
+    assert arch_of(compose_config(["model=llama32_1b"]).model) == Arch("llama", 2048, 16, 32, 131072, True)
+    assert arch_of({"arch": {"model_type": "bert", "hidden_size": 64}}) == Arch("bert", 64, None, None, None, False)

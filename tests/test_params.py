@@ -104,7 +104,8 @@ def test_params_table_counts_equal_the_section_5_1_formula_for_every_row(tmp_pat
 def test_lora_variants_are_counted_like_lora_and_dora_adds_one_magnitude_per_output():
     """rsLoRA, PiSSA and OLoRA change the scale or the initialisation, not the shapes; DoRA adds a
     magnitude vector per adapted matrix (768 outputs x 2 matrices x 12 blocks on RoBERTa-base). On
-    GPT-2's fused c_attn peft's options cannot apply, and the row says why instead of a count."""
+    GPT-2's fused c_attn rsLoRA's scale applies (FusedQKVLoRA shares lora_scaling) while DoRA's
+    magnitude cannot, and the row says why instead of a count."""
     from lora_repro.params import variant_rows
 
     rows = variant_rows().set_index(["model", "method"])
@@ -114,5 +115,6 @@ def test_lora_variants_are_counted_like_lora_and_dora_adds_one_magnitude_per_out
         assert rows.loc[("roberta_base", name), "counted"] == lora
     assert rows.loc[("roberta_base", "dora"), "counted"] == lora + 2 * 12 * 768
     assert rows.loc[("gpt2_medium", "lora"), "counted"] == 393_216
-    assert pd.isna(rows.loc[("gpt2_medium", "rslora"), "counted"])
-    assert "cannot be applied to gpt2_medium: its q, k, v share one fused projection" in rows.loc[("gpt2_medium", "rslora"), "note"]
+    assert rows.loc[("gpt2_medium", "rslora"), "counted"] == 393_216
+    assert pd.isna(rows.loc[("gpt2_medium", "dora"), "counted"])
+    assert "cannot be applied to gpt2_medium: its q, k, v share one fused projection" in rows.loc[("gpt2_medium", "dora"), "note"]

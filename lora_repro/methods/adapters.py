@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from ..arch import arch_of
 from ..backbone import find_blocks, hidden_size
 from ..errors import ConfigError
 from .base import Method, freeze_all, require_positive
@@ -214,5 +215,4 @@ def adapter_sites(model_cfg: Any) -> dict[str, str]:
 
 
 def n_layers(model_cfg: Any) -> int | None:
-    arch = model_cfg.get("arch") or {}
-    return arch.get("num_hidden_layers", arch.get("n_layer"))
+    return arch_of(model_cfg).n_layers

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..arch import arch_of
 from ..backbone import find_blocks, hidden_size
 from ..errors import ConfigError
 from .base import Method, freeze_all
@@ -182,8 +183,7 @@ class VirtualTokens(Method):
             # GPT2ForSequenceClassification finds the last real token from input_ids, which a
             # model fed inputs_embeds cannot give it.
             raise ConfigError(f"{self.name} on decoder {model_cfg.name} supports language-modelling tasks only, not {task_cfg.name}")
-        arch = model_cfg.get("arch") or {}
-        max_positions = arch.get("max_position_embeddings", arch.get("n_positions"))
+        max_positions = arch_of(model_cfg).positions
         total = int(task_cfg.max_length) + self.n_prefix + self.n_infix
         if max_positions and total > max_positions:
             raise ConfigError(
