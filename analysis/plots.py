@@ -169,7 +169,7 @@ def make_plots(records: Records, out: str | Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .study import source_arguments, source_records
+    from .sources import source_arguments, source_records
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     source_arguments(parser)

@@ -41,37 +41,12 @@ from lora_repro.studyspec import (experiments_dir, PROJECT_ROOT, RESULT_KINDS, S
                                   split_args, study_names)
 
 from .plots import make_plots, scores
-from .records import Records, load_records, load_study_records
+from .records import Records, load_study_records
 from .table3 import E2E_METRICS, SCALE, published_table3
 from .tables import millions, write_stats, write_table2, write_table3
 
 # The published row the offline E2E demo is set beside (Table 3, GPT-2 M + LoRA).
 E2E_REFERENCE_ROW = ("gpt2_medium", "lora")
-
-
-def source_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs_dir", nargs="?", default=None, help="a folder of run records (default outputs/)")
-    parser.add_argument("--study", default=None, help="read exactly this study's runs; write to its results/")
-    parser.add_argument("--out", default=None, help="results folder (default results/, or the study's)")
-
-
-def source_records(args: argparse.Namespace, rest: list[str]) -> tuple[Records, Path]:
-    """Records and output folder for `make tables` / `make plots`: STUDY= or RUNS=, not both."""
-    if args.study and args.runs_dir:
-        raise SystemExit("error: give a runs folder (RUNS=) or a study (STUDY=), not both")
-    if args.study:
-        try:
-            assignments, extra = split_args(args.study, rest)
-            load_study(args.study, assignments)
-        except ConfigError as exc:
-            raise SystemExit(f"error: {exc}") from None
-        if extra:
-            raise SystemExit(f"error: {extra}: a study's results come from its committed runs; overrides change "
-                             f"nothing here (give them to `python -m lora_repro.study {args.study}`)")
-        return load_study_records(args.study, assignments), Path(args.out or results_dir(args.study))
-    if rest:
-        raise SystemExit(f"error: unexpected arguments {rest} (overrides go with --study)")
-    return load_records(args.runs_dir or "outputs"), Path(args.out or "results")
 
 
 def mib(value: Any) -> str:

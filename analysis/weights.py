@@ -349,7 +349,7 @@ def analyse_records(records, out: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .study import source_arguments, source_records
+    from .sources import source_arguments, source_records
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     source_arguments(parser)
