@@ -23,7 +23,7 @@ import pandas as pd
 
 from lora_repro.record import read_run_record
 
-from .records import Records, task_metric
+from .records import Records, row_metric
 from .stats import UNDECIDED, beats_constant, decide, median_ci, paired
 
 MARGIN = 1.0          # points (x100) of the task metric
@@ -82,7 +82,7 @@ def final_runs(records: Records, scale: str) -> pd.DataFrame:
     df = df[(df["param.scale"] == scale) & (df["role"] == "final")]
     rows = []
     for r in df.to_dict("records"):
-        metric = task_metric(r["task"])
+        metric = row_metric(r)
         value = r.get(f"metric.{metric}")
         record, _ = read_run_record(r["record_file"])
         curve = [(e["step"], 100.0 * e[metric]) for e in (record or {}).get("eval_curve") or [] if metric in e]
@@ -103,7 +103,7 @@ def tuning_table(records: Records, scale: str) -> pd.DataFrame:
     df = df[(df["param.scale"] == scale) & (df["seed"] == df[df["param.scale"] == scale]["seed"].min())]
     rows = []
     for r in df.to_dict("records"):
-        metric = task_metric(r["task"])
+        metric = row_metric(r)
         held, dev = r.get(f"metric.heldout_{metric}"), r.get(f"metric.{metric}")
         rows.append({"arm": r["arm"], "task": r["task"], "lr": r.get("train.lr"), "chosen": r["role"] == "final",
                      "heldout": None if held is None or pd.isna(held) else round(100 * held, 2),

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .records import Records, main_score  # noqa: E402
-from .records import task_metric  # noqa: E402
+from .records import row_metric  # noqa: E402
 from .tables import PAPER_DIR  # noqa: E402
 
 
@@ -48,7 +48,7 @@ def scores(ok: pd.DataFrame) -> pd.DataFrame:
     df = ok.copy()
     values = [main_score(row) for row in df.to_dict("records")]
     df["score"] = [np.nan if v is None else 100.0 * v for v in values]
-    df["main_metric"] = [task_metric(t) for t in df.task]
+    df["main_metric"] = [row_metric(row) for row in df.to_dict("records")]
     return df.dropna(subset=["score"])
 
 
@@ -128,7 +128,7 @@ def plot_params(df: pd.DataFrame, out: Path) -> list[Path]:
                 ax.annotate(r.method, (r.adapted, r.value), fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters (the paper's count, head excluded)")
-        ax.set_ylabel(f"{task_metric(task)} (x100)")
+        ax.set_ylabel(f"{group.main_metric.iloc[0]} (x100)")
         ax.set_title(f"{model} on {task}{suffix(experiment, ' ')}")
         ax.legend(fontsize=7)
         paths.append(save(fig, out / f"params_{model}_{task}{suffix(experiment)}.png"))

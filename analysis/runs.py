@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lora_repro.record import iter_records
 
-from .records import check_runs_dir, task_metric
+from .records import check_runs_dir, record_metric
 
 
 def rows(root: Path, study: str | None = None) -> list[dict]:
@@ -21,7 +21,7 @@ def rows(root: Path, study: str | None = None) -> list[dict]:
             continue
         if study and record.get("study") != study:
             continue
-        metric = (record.get("config") or {}).get("task", {}).get("main_metric") or task_metric(str(record.get("task")))
+        metric = record_metric(record)
         value = (record.get("metrics") or {}).get(metric)
         out.append({"folder": str(path.parent.relative_to(root)), "study": record.get("study") or "-",
                     "recipe": " ".join(x for x in (record.get("experiment"), record.get("overrides")) if x) or "-",

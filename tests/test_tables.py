@@ -97,3 +97,13 @@ def test_the_same_recipe_and_seed_counts_once(tmp_path):
         write_record(tmp_path / folder, record("sst2", "lora", seed, {"accuracy": acc}, 294_912))
     sst2 = build_table2(load_records(tmp_path)).set_index("task").loc["sst2"]
     assert sst2["n_seeds"] == 2 and sst2["median"] == pytest.approx(85.0)
+
+
+def test_the_reported_metric_is_the_one_the_runs_task_config_names(tmp_path):
+    """Design review: the main metric was declared twice (the task yaml's, used for tuning and early
+    stopping, and a table in analysis). A run whose task says main_metric=f1 is reported on F1."""
+    for seed, (acc, f1) in enumerate(((0.80, 0.86), (0.82, 0.88)), start=1):
+        write_record(tmp_path / str(seed), {**record("mrpc", "lora", seed, {"accuracy": acc, "f1": f1}, 294_912),
+                                            "config": {"task": {"main_metric": "f1"}, "train": {"lr": 5e-4}}})
+    table = build_table2(load_records(tmp_path)).set_index("task")
+    assert table.loc["mrpc", "median"] == pytest.approx(87.0)
