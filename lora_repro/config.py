@@ -134,7 +134,7 @@ def compose_job(overrides: list[str]) -> DictConfig:
 
 
 def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))  # _x.yaml: a shared base
 
 
 def check_group_overrides(overrides: list[str]) -> None:

@@ -27,7 +27,7 @@ PAPER = Path(HPARAMS_FILE).parent
 
 
 def names(group: str) -> list[str]:
-    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def resolved(*overrides: str) -> dict:
