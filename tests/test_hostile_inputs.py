@@ -118,8 +118,9 @@ def test_a_config_error_leaves_no_folder(tmp_path):  # [65]
     proc = run_cli(f"output_root={tmp_path}", "method.r=0")
     assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1] == "error: method.r must be > 0, got 0"
     assert not any(tmp_path.iterdir())
-    proc = run_cli(f"output_root={tmp_path}", "experiment=mini", "task=cola")
+    proc = run_cli(f"output_root={tmp_path}", "experiment=paper_roberta_base_lora", "paper_row=nope")
     assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert "paper_row=nope is not a row of analysis/paper/hparams.yaml" in proc.stderr
     assert not any(tmp_path.iterdir())
 
 
@@ -136,7 +137,8 @@ def test_one_bad_value_in_a_sweep_is_recorded_and_the_sweep_goes_on(tmp_path):  
     assert by_r[0]["status"] == "failed" and by_r[0]["error"] == "config: method.r must be > 0, got 0"
     assert by_r[2]["status"] == by_r[4]["status"] == "ok"
     # A sweep with a job whose config cannot even be composed stops before anything runs.
-    proc = run_cli("-m", f"output_root={tmp_path / 'out2'}", "experiment=mini", "task=cola,rotten_tomatoes")
+    proc = run_cli("-m", f"output_root={tmp_path / 'out2'}", "experiment=paper_roberta_base_lora",
+                   "paper_row=roberta_base_lora,nope")
     assert proc.returncode != 0 and "sweep job [" in proc.stderr and "nothing was run" in proc.stderr
     assert not (tmp_path / "out2").exists()
 
