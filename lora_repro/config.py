@@ -4,6 +4,8 @@ not hours. Each failure is a ConfigError with one line naming the key and the va
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -26,9 +28,21 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 WANDB_MODES = ("online", "offline", "disabled")
 
 
+# Config folders of the user's own that extend conf/: $LORA_REPRO_CONF_DIRS (os.pathsep-separated;
+# studies pass it on to every run) and Hydra's `--config-dir DIR` flag (the entry point adds it
+# here). A task, model, method or experiment yaml there is an option like the project's own, in the
+# pre-flight checks as in the run.
+EXTRA_CONF_DIRS: list[str] = [d for d in os.environ.get("LORA_REPRO_CONF_DIRS", "").split(os.pathsep) if d]
+
+
+def searchpath_override() -> list[str]:
+    return [f"hydra.searchpath=[{','.join('file://' + str(Path(d).resolve()) for d in EXTRA_CONF_DIRS)}]"] if EXTRA_CONF_DIRS else []
+
+
 def compose_config(overrides: list[str], conf_dir: str | None = None) -> DictConfig:
     """The project's config composed outside a Hydra app (tools, tests): the same files and
-    override syntax as `python -m lora_repro.train` (`conf_dir`: another copy of conf/)."""
+    override syntax as `python -m lora_repro.train` (`conf_dir`: another copy of conf/; folders in
+    EXTRA_CONF_DIRS are searched too)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -37,7 +51,7 @@ def compose_config(overrides: list[str], conf_dir: str | None = None) -> DictCon
     register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir or CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+        return compose(config_name="config", overrides=list(overrides) + searchpath_override())
 
 
 # Mappings whose keys are passed on as they are (peft's LoraConfig, transformers' model config), so
@@ -134,7 +148,10 @@ def compose_job(overrides: list[str]) -> DictConfig:
 
 
 def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))  # _x.yaml: a shared base
+    """The options of a config group: its yaml files in conf/ and in EXTRA_CONF_DIRS (a file whose
+    name starts with _ is a shared base, not an option)."""
+    folders = [CONF_DIR / group, *(Path(d) / group for d in EXTRA_CONF_DIRS)]
+    return sorted({p.stem for folder in folders for p in folder.glob("*.yaml") if not p.stem.startswith("_")})
 
 
 def check_group_overrides(overrides: list[str]) -> None:

@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from . import CONF_DIR
-from .config import check_group_overrides, compose_job, validate
+from .config import EXTRA_CONF_DIRS, check_group_overrides, compose_job, searchpath_override, validate
 from .data import check_hub_reachable
 from .errors import ConfigError, RecordNotWritten, one_line
 from .record import RECORD_NAME
@@ -127,7 +127,7 @@ def recipe_variant(cfg: DictConfig) -> str:
                       if choices.get(group)] + [f"seed={cfg.seed}"]
     # Data location is not a recipe, and an experiment may only know where a task's data is when told.
     base_overrides += [o for o in HydraConfig.get().overrides.task if o.lstrip("+").startswith("task.data_dir=")]
-    base = compose(config_name="config", overrides=base_overrides)
+    base = compose(config_name="config", overrides=base_overrides + searchpath_override())
     # Settings that never change a result (logging, checkpoint cadence, eval batch) are no part of it.
     ours, theirs = flat(without_not_recipe(recipe_part(cfg))), flat(without_not_recipe(recipe_part(base)))
     changed = [k for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k) and k != "task.data_dir"]
@@ -158,6 +158,18 @@ def hydra_flags(argv: list[str]) -> tuple[list[str], list[str]]:
         else:
             overrides.append(arg)
     return flags, overrides
+
+
+def config_dirs(flags: list[str]) -> list[str]:
+    """The folders given with Hydra's --config-dir / -cd (as `-cd DIR` or `--config-dir=DIR`)."""
+    dirs = []
+    for i, flag in enumerate(flags):
+        name, _, value = flag.partition("=")
+        if name in ("--config-dir", "-cd"):
+            value = value or (flags[i + 1] if i + 1 < len(flags) else "")
+            if value:
+                dirs.append(value)
+    return dirs
 
 
 def job_overrides(argv: list[str]) -> tuple[bool, list[list[str]]]:
@@ -217,6 +229,10 @@ def main() -> None:
     datasets.disable_progress_bars()
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     flags, overrides = hydra_flags(sys.argv[1:])
+    given = config_dirs(flags)
+    if EXTRA_CONF_DIRS and not given:  # from $LORA_REPRO_CONF_DIRS: Hydra's own composition searches them too
+        sys.argv += searchpath_override()
+    EXTRA_CONF_DIRS[:] = list(dict.fromkeys([*EXTRA_CONF_DIRS, *given]))
     if any(f.split("=", 1)[0] in HYDRA_PRINT_FLAGS for f in flags):
         if any(f in ("-m", "--multirun") for f in flags):
             sys.exit("error: Hydra prints the config, help or info of one job: drop -m and give one value per key "
