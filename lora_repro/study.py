@@ -510,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
         command = command_line(study).split()
         print("$ python -m " + " ".join(command + extra), flush=True)
         status = run_child([sys.executable, "-m", *command, *extra])
+        if status != 0:  # the tool said why; results/ keeps what an earlier, successful run wrote
+            return status
     elif study.tune() is not None:
         status = launch_tuned(study, evidence, extra)
     else:
