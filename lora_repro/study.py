@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import signal
 import statistics
 import subprocess
@@ -279,8 +280,29 @@ def describe(study: Study, runs: list[PlannedRun], throughput: dict[tuple[str, s
                          f"the samples/s of earlier records; evaluation and decoding not included).")
         if unknown:
             lines.append(f"No measured throughput yet for {', '.join(sorted(unknown))}.")
+        work = work_by_model(pending)
+        if work:
+            lines.append("Work to run, per model: " + "; ".join(
+                f"{model}: {samples:,.0f} training samples, about {steps:,.0f} optimizer steps" for model, (samples, steps) in work.items())
+                + " (the same recipe costs more per step on a larger model).")
         lines.append(f"The study's own estimate: {study.spec.get('cost', 'not given')}.")
     return "\n".join(lines)
+
+
+def work_by_model(runs: list[PlannedRun]) -> dict[str, tuple[float, float]]:
+    """model -> (training samples, optimizer steps) of the runs: samples from the study's
+    train_sizes x epochs (or max_steps), steps over the effective batch (per device x accumulation
+    x processes). What a cost line can say before any throughput is measured."""
+    out: dict[str, list[float]] = {}
+    for r in runs:
+        train = (r.recipe or {}).get("train") or {}
+        batch = float(train.get("batch_size") or 1) * float(train.get("grad_accum") or 1) * float(train.get("world_size") or 1)
+        if not r.samples:
+            continue
+        total = out.setdefault(r.model, [0.0, 0.0])
+        total[0] += r.samples
+        total[1] += math.ceil(r.samples / batch)
+    return {model: (samples, steps) for model, (samples, steps) in sorted(out.items())}
 
 
 # Overrides given to a study that change how runs are carried out or where they land, never a recipe:

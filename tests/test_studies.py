@@ -5,6 +5,8 @@ from committed study outputs."""
 
 from __future__ import annotations
 
+import math
+
 import ast
 import json
 import os
@@ -247,3 +249,18 @@ def test_table2_wires_each_seed_to_the_mnli_run_it_planned(tmp_path):
     save_file({"x": torch.zeros(1)}, str(folder / BEST_FILE))
     assert resolve_init_from(cfg) == folder / BEST_FILE
     assert all(o.startswith("init_from=") is False for o in next(r for r in runs if r.task == "sst2").overrides)
+
+
+def test_a_cost_line_counts_samples_and_optimizer_steps_per_model_before_any_throughput():
+    """Issue: the table2_glue cost line was one sentence for base, large and XXL. RoBERTa-base's
+    Table 9 recipe: per seed MNLI 392,702 x 30 + SST-2 67,349 x 60 + MRPC 3,668 x 30 + CoLA 8,551 x 80
+    + QNLI 104,743 x 25 + QQP 363,846 x 25 + RTE 2,490 x 80 + STS-B 5,749 x 40 = 28,760,005 samples."""
+    from lora_repro.study import work_by_model
+
+    runs = plan(load_study("table2_glue", {"model": "roberta_base"}), [])
+    samples, steps = work_by_model(runs)["roberta_base"]
+    assert samples == 5 * 28_760_005
+    per_seed_steps = sum(math.ceil(n * e / b) for n, e, b in (
+        (392_702, 30, 16), (67_349, 60, 16), (3_668, 30, 16), (8_551, 80, 32), (104_743, 25, 32), (363_846, 25, 16),
+        (2_490, 80, 32), (5_749, 40, 16)))
+    assert steps == 5 * per_seed_steps
