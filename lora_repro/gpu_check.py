@@ -118,7 +118,7 @@ def markdown(env: str, prec: pd.DataFrame, mini: pd.DataFrame, bench_dir: Path |
              "## MiniLM-L6 on SST-2: LoRA against full fine-tuning, one epoch", "",
              table(mini), ""]
     if bench_dir is not None:
-        lines += ["## lora_repro.bench", "", f"`{bench_dir.name}/` (its own summary.md: step time and memory per "
+        lines += ["## lora_repro.bench", "", f"`{bench_dir.name}/` (its bench.md: step time and memory per "
                   "method, Table 1 latency)" + (" FAILED: see FAILED.txt" if (bench_dir / "FAILED.txt").exists() else ""), ""]
     return "\n".join(lines)
 
