@@ -116,14 +116,30 @@ def peft_merged_deltas(model: nn.Module, pretrained: dict[str, torch.Tensor]) ->
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     prefix = "base_model.model."
-    adapted = [name[len(prefix):] if name.startswith(prefix) else name
-               for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)]
-    merged = copy.deepcopy(model).merge_and_unload().state_dict()
-    out = {}
-    for name in adapted:
+    out, rest = {}, []
+    for name, module in model.named_modules():
+        if not isinstance(module, BaseTunerLayer):
+            continue
+        name = name[len(prefix):] if name.startswith(prefix) else name
         key = f"{name}.weight"
-        if key in merged and key in pretrained and merged[key].dim() == 2:
-            out[name] = merged[key].double() - pretrained[key].double()
+        adapters = list(getattr(module, "lora_A", {}) or {})
+        plain_lora = (len(adapters) == 1 and not (getattr(module, "use_dora", {}) or {}).get(adapters[0])
+                      and not getattr(module, "fan_in_fan_out", False) and key in pretrained)
+        if plain_lora:
+            # LoRA, rsLoRA, PiSSA, OLoRA: (W_base - W_0) + s B A in float64, exact where a float32
+            # merge would leave rounding noise in the trailing singular values (PiSSA's and OLoRA's
+            # W_base is their residual; plain LoRA's equals W_0).
+            a, b = module.lora_A[adapters[0]].weight.double(), module.lora_B[adapters[0]].weight.double()
+            base = module.get_base_layer().weight.double()
+            out[name] = (base - pretrained[key].double()) + module.scaling[adapters[0]] * (b @ a)
+        else:
+            rest.append(name)
+    if rest:  # DoRA's magnitude and the other tuners: peft's own merge on a copy
+        merged = copy.deepcopy(model).merge_and_unload().state_dict()
+        for name in rest:
+            key = f"{name}.weight"
+            if key in merged and key in pretrained and merged[key].dim() == 2:
+                out[name] = merged[key].double() - pretrained[key].double()
     return out
 
 
