@@ -290,15 +290,15 @@ def describe(study: Study, runs: list[PlannedRun], throughput: dict[tuple[str, s
 
 
 def work_by_model(runs: list[PlannedRun]) -> dict[str, tuple[float, float]]:
-    """model -> (training samples, optimizer steps) of the runs: samples from the study's
-    train_sizes x epochs (or max_steps), steps over the effective batch (per device x accumulation
-    x processes). What a cost line can say before any throughput is measured."""
+    """model -> (training samples, optimizer steps) of the runs whose recipe is decided: samples
+    from the study's train_sizes x epochs (or max_steps), steps over the effective batch (per device
+    x accumulation x processes). What a cost line can say before any throughput is measured."""
     out: dict[str, list[float]] = {}
     for r in runs:
         train = (r.recipe or {}).get("train") or {}
-        batch = float(train.get("batch_size") or 1) * float(train.get("grad_accum") or 1) * float(train.get("world_size") or 1)
-        if not r.samples:
-            continue
+        if not r.samples or not train.get("batch_size"):
+            continue  # a final run whose tuned setting is not chosen yet has no recipe to count
+        batch = float(train["batch_size"]) * float(train.get("grad_accum") or 1) * float(train.get("world_size") or 1)
         total = out.setdefault(r.model, [0.0, 0.0])
         total[0] += r.samples
         total[1] += math.ceil(r.samples / batch)
