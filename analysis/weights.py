@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import re
 import sys
 from dataclasses import dataclass
@@ -227,9 +228,17 @@ def analyse(runs: list[Run], out: Path) -> list[Path]:
         written.append(out / "subspace.csv")
         written += subspace_plots(df, out)
     table7, spectra = [], []
+    backbones: dict[str, dict[str, torch.Tensor]] = {}
     for run in runs:
         factors = lora_factors(run)
-        pretrained = pretrained_weights(run.record)
+        # One backbone build per model, task head shape and seed (the fresh head is seeded), not
+        # one per run: a rank sweep's 42 runs share 3.
+        config = run.record.get("config") or {}
+        key = json.dumps([config.get("model"), (config.get("task") or {}).get("kind"),
+                          (config.get("task") or {}).get("num_labels"), run.record["seed"]], sort_keys=True, default=str)
+        if key not in backbones:
+            backbones[key] = pretrained_weights(run.record)
+        pretrained = backbones[key]
         deltas = method_deltas(run, pretrained)
         for key, delta in deltas.items():
             weight = base_weight(pretrained, key)
