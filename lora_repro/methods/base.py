@@ -97,8 +97,8 @@ class Method:
 
 @torch.no_grad()
 def changed_matrices(model: nn.Module, pretrained: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """dW = W_trained - W_0 for every trainable 2-D weight of the backbone (embeddings and the task
-    head's fresh weights left out): full fine-tuning's update, by difference."""
+    """dW = W_trained - W_0 for every trainable 2-D weight (embeddings left out; the task head's
+    matrices are in, against the head the run started from): full fine-tuning's update, by difference."""
     return {name[:-len(".weight")]: p.detach().double() - pretrained[name].double()
             for name, p in model.named_parameters()
             if p.requires_grad and p.dim() == 2 and name.endswith(".weight") and "embed" not in name
