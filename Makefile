@@ -102,29 +102,33 @@ gpu-check:
 params:
 	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.study param_counts $(ARGS)
 
-# The papers' claims decided at small scale (experiments/claims): results/full/claims.md, with the
-# verdict table the README shows. Full: the five offline GLUE tasks (../shared/data/glue), ~75 min on
-# 2 cores, resumable (re-run the same command). Quick: Rotten Tomatoes, a reduced grid, ~5 min.
-## the claims study (committed evidence)
+
+# The claims decided at small scale (experiments/claims): results/<scale>/claims.md. scale=core (the
+# default: SST-2, CoLA, STS-B, ~10 CPU hours, resumable: re-run the same command) or scale=full.
+## the claims study (committed evidence; ARGS=scale=full for the full tier)
 claims:
 	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.study claims $(ARGS)
 
-## the claims pipeline on a reduced grid (~5 min; its verdicts mean nothing)
+## the claims pipeline on a reduced grid (~3 min; its verdicts mean nothing)
 claims-quick:
 	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.study claims scale=quick --scratch $(ARGS)
 	@grep -q "^| claim |" outputs/scratch/claims/results/quick/claims.md && echo "claims-quick: report written to outputs/scratch/claims/results/quick/claims.md"
 
+# The suite runs on TEST_WORKERS pytest-xdist processes, one thread each (tests/conftest.py):
+# 2 on the 2-core CI machine takes it from ~13 to ~7 minutes. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal)
 ## the test suite
 test:
-	$(PY) -m pytest -q -m "not shared"
+	$(PY) -m pytest -q $(XDIST) -m "not shared"
 
 ## the tests without the slow ones
 test-fast:
-	$(PY) -m pytest -q -m "not shared and not slow"
+	$(PY) -m pytest -q $(XDIST) -m "not shared and not slow"
 
 ## real-data checks on ../shared/data
 check-shared:
-	$(PY) -m pytest -q -s -m shared
+	$(PY) -m pytest -q -rA $(XDIST) -m shared
 
 # Tables and plots of one study (STUDY=mini: into experiments/mini/results/) or of every record
 # under a runs folder (RUNS=outputs, the default: into results/).

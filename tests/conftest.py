@@ -3,10 +3,19 @@ whose labels a tiny model can learn in a few steps."""
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
 import pytest
+
+# `make test` runs the suite on two pytest-xdist workers (one per core of the CI machine): each
+# worker, and every process a test starts, then uses one thread, so the two never fight over cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 from lora_repro.config import compose_config
 
 POSITIVE = ["good", "great", "fine", "superb", "lovely", "wonderful"]
