@@ -34,7 +34,7 @@ from .conftest import compose_cfg
         (["method=prefix_embed", "method.n_prefix=-1"], "method.n_prefix must be an integer >= 0, got -1"),
         (["method=adapter_p", "method.r=0"], "method.r must be > 0, got 0"),
         (["method=adapter_d", "method.drop_lowest=6"], "method.drop_lowest=6 removes every adapter (minilm_l6 has 6 blocks)"),
-        (["method=ft_top2", "method.top_k=0"], "method.top_k must be a positive integer, got 0"),
+        (["method=ft_top2", "method.top_k=-1"], "method.top_k must be an integer >= 0 (0: the task head alone), got -1"),
         (["+method.rank=8"], "unexpected keyword argument 'rank'"),
     ],
 )

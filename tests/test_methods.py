@@ -98,6 +98,16 @@ def test_encoder_classifier_trains_only_the_methods_parameters(method_name):
     assert any(OWN[method_name](n) and not is_head(n) for n in changed)
 
 
+def test_head_only_trains_the_task_head_alone_and_learns():
+    cfg, method, model = method_setup("head_only", "train.lr=1e-2")
+    losses, changed, trainable = train_steps(model, method, cfg, classification_batch())
+    head = {n for n, _ in model.named_parameters() if is_head(n)}
+    assert losses[-1] < losses[0], losses
+    assert trainable == head and changed == head
+    # the tiny BERT's head: pooler dense 32x32 + 32, classifier 32x2 + 2
+    assert sum(p.numel() for n, p in model.named_parameters() if p.requires_grad) == 32 * 32 + 32 + 32 * 2 + 2
+
+
 # GPT-2 is pre-LN: AdapterHub's post-LN placement of AdapterP/D does not exist there (a config error).
 GPT2_SMALL = {"adapter_p": ["method.placement=projection"], "adapter_d": ["method.placement=projection"]}
 

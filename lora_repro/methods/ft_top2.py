@@ -1,4 +1,5 @@
-"""FT^Top2 (Li & Liang 2021): only the last `top_k` transformer blocks are trained."""
+"""FT^Top2 (Li & Liang 2021): only the last `top_k` transformer blocks are trained (+ the task head;
+top_k = 0 trains the head alone: conf/method/head_only.yaml)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ class FineTuneTopBlocks(Method):
     top_k: int = 2
 
     def __post_init__(self) -> None:
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k <= 0:
-            raise ConfigError(f"method.top_k must be a positive integer, got {self.top_k!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ConfigError(f"method.top_k must be an integer >= 0 (0: the task head alone), got {self.top_k!r}")
 
     def delta_weights(self, model: nn.Module, pretrained: dict) -> dict:
         return changed_matrices(model, pretrained)
@@ -30,6 +31,6 @@ class FineTuneTopBlocks(Method):
         blocks = find_blocks(model)
         if self.top_k > len(blocks):
             raise ConfigError(f"method.top_k={self.top_k} but {model_cfg.name} has {len(blocks)} blocks")
-        for block in list(blocks)[-self.top_k:]:
+        for block in list(blocks)[len(blocks) - self.top_k:]:
             block.requires_grad_(True)
         return model
