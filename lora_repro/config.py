@@ -10,7 +10,7 @@ from typing import Any
 
 import hydra
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from . import CONF_DIR
 from .arch import arch_of
@@ -224,6 +224,18 @@ def check_early_stopping(spec: Any) -> None:
                           f"{OmegaConf.to_container(spec) if isinstance(spec, DictConfig) else spec!r}")
 
 
+def check_watch(train: Any, task: Any) -> None:
+    """train.watch: a list of split names; `heldout` exists only with task.heldout_rows."""
+    watch = train.get("watch")
+    if watch is None:
+        return
+    if not isinstance(watch, (list, ListConfig)) or not watch or not all(isinstance(w, str) for w in watch):
+        raise ConfigError(f"train.watch must be a non-empty list of split names (e.g. [heldout]) or null, got {watch!r}")
+    if "heldout" in watch and not task.get("heldout_rows"):
+        raise ConfigError("train.watch names the heldout split but task.heldout_rows is not set: set "
+                          "task.heldout_rows=N (training rows held out for choosing), or watch another split")
+
+
 def check_train_config(train: Any) -> None:
     def positive(key: str, integer: bool = False) -> None:
         value = train[key]
@@ -295,6 +307,7 @@ def validate(cfg: DictConfig) -> Method:
         raise ConfigError(f"seed must be an integer in [0, 2**32), got {cfg.seed!r}")
     check_train_config(cfg.train)
     check_task_config(cfg.task)
+    check_watch(cfg.train, cfg.task)
     if cfg.task.kind not in KINDS:
         raise ConfigError(f"task.kind={cfg.task.kind!r}; valid: {', '.join(KINDS)}")
     if cfg.task.kind == "generation":

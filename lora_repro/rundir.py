@@ -24,7 +24,7 @@ HASHED_KEYS = ("model", "method", "task", "train", "init_from")
 # Keys inside those parts that change how a run is carried out or logged, never its result.
 NOT_RECIPE = {("train", "num_workers"), ("train", "logging_steps"), ("train", "checkpoint_every"),
               ("train", "eval_batch_size"), ("train", "callbacks"),
-              ("train", "pad_to_multiple_of"), ("train", "ddp_find_unused_parameters"), ("train", "keep_best"), ("task", "generation", "batch_size"),
+              ("train", "pad_to_multiple_of"), ("train", "ddp_find_unused_parameters"), ("train", "keep_best"), ("train", "keep_predictions"), ("task", "generation", "batch_size"),
               ("task", "file_layouts"),
               # Facts that recipes read to set hashed values (task.data_dir, task.max_length,
               # train.lr): the values they set are hashed, the facts themselves are not.

@@ -22,7 +22,7 @@ from .data import HELDOUT_SPLIT, TaskData, load_task
 from .errors import ConfigError
 from .generation import (decode, general_text, group_references, lm_loss, smoothed_causal_lm_loss, tokenize_lm,
                          write_decoded)
-from .metrics import constant_metrics, make_compute_metrics
+from .metrics import constant_metrics, make_compute_metrics, predictions_from_logits
 
 log = logging.getLogger(__name__)
 
@@ -126,16 +126,38 @@ class ClassificationTask:
         if not selected and (not history or history[-1]["step"] != trainer.state.global_step):
             trainer.evaluate()
             history = evaluations(trainer.state.log_history, key, reported)
-        best = max(history, key=lambda e: e[key])
-        record["eval_curve"] = [{"step": e["step"], "epoch": e["epoch"], **strip_eval_prefix(e)} for e in history]
-        record["metrics"] = strip_eval_prefix(history[-1])
-        record["best_metrics"] = {**strip_eval_prefix(best), "step": best["step"], "epoch": best["epoch"]}
-        record["constant_metrics"] = constant_scores(trainer.eval_dataset, self.cfg.task, reported)
+        # The curve keeps every evaluation, also those of only the watched splits (train.watch).
+        curve = evaluations(trainer.state.log_history, None, reported)
         if selected:
             # Early stopping restored the selected step's weights: every split is evaluated once more,
             # there, and that is the run's result (the curve keeps what each evaluation saw).
-            final = trainer.evaluate()
-            record["metrics"] = strip_eval_prefix(evaluations([{"step": selected["step"], **final}], key, reported)[0])
+            final = evaluations([{"step": selected["step"], **trainer.evaluate()}], key, reported)[0]
+        else:
+            final = history[-1]
+        best = max(history, key=lambda e: e[key]) if history else final
+        record["eval_curve"] = [{"step": e["step"], "epoch": e["epoch"], **strip_eval_prefix(e)} for e in curve]
+        record["metrics"] = strip_eval_prefix(final)
+        record["best_metrics"] = {**strip_eval_prefix(best), "step": best["step"], "epoch": best["epoch"]}
+        record["constant_metrics"] = constant_scores(trainer.eval_dataset, self.cfg.task, reported)
+        if self.cfg.train.get("keep_predictions"):
+            record["predictions"] = self.predictions(trainer, reported)
+
+    def predictions(self, trainer: Any, reported: str | None) -> dict[str, Any]:
+        """The reported split's per-example predictions (class ids, or scores rounded to 1e-4) and
+        labels, in the evaluation order (by length, the same for every run of the task and tokenizer),
+        at the weights the metrics came from: what a bootstrap over dev examples resamples."""
+        splits = trainer.eval_dataset
+        name = reported or (next(iter(splits)) if isinstance(splits, dict) else "validation")
+        if isinstance(splits, dict) and reported is None and len(splits) > 1:
+            raise ConfigError(f"train.keep_predictions: this run reports {len(splits)} splits ({', '.join(splits)}); "
+                              f"predictions are kept for a run with one reported split")
+        ds = splits[name] if isinstance(splits, dict) else splits
+        out = trainer.predict(ds)
+        logits = out.predictions[0] if isinstance(out.predictions, tuple) else out.predictions
+        predicted = predictions_from_logits(logits, self.cfg.task.kind)
+        as_value = (lambda v: round(float(v), 4)) if predicted.dtype.kind == "f" else int  # scores or class ids
+        predicted, labels = [as_value(v) for v in predicted], [as_value(v) for v in out.label_ids]
+        return {"split": name, "labels": labels, "predictions": predicted}
 
 
 class GenerationTask:

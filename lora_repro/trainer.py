@@ -367,7 +367,7 @@ def start_record(cfg: DictConfig, method: Method, experiment: str | None, overri
 
 def make_trainer(cfg: DictConfig, built: Built, data: Any, tokenizer: Any, optimizer: torch.optim.Optimizer,
                  run_dir: Path, report_to: list[str], callbacks: list[TrainerCallback]) -> RunTrainer:
-    evals = (data.evals if len(data.evals) > 1 else next(iter(data.evals.values()))) if data.evals else None
+    evals = watched_splits(cfg, data.evals)
     return RunTrainer(
         model=built.model,
         args=training_arguments(cfg, run_dir, report_to, evaluate=evals is not None,
@@ -380,6 +380,26 @@ def make_trainer(cfg: DictConfig, built: Built, data: Any, tokenizer: Any, optim
         optimizers=(optimizer, None),
         callbacks=[*callbacks, *configured_callbacks(cfg)],
     )
+
+
+def eval_dataset(splits: dict[str, Any]) -> Any:
+    """The Trainer's eval_dataset: one split as itself (metrics `eval_<metric>`), several as a dict
+    (`eval_<split>_<metric>`), none as None (no evaluation)."""
+    return (splits if len(splits) > 1 else next(iter(splits.values()))) if splits else None
+
+
+def watched_splits(cfg: DictConfig, splits: dict[str, Any]) -> Any:
+    """What is evaluated during training: every split, or those train.watch names (kept as a dict,
+    so their metrics keep the split's name, e.g. `heldout_accuracy`); the run evaluates every split
+    once more at the end (`all_splits`)."""
+    watch = cfg.train.get("watch")
+    if not watch:
+        return eval_dataset(splits)
+    unknown = sorted(set(watch) - set(splits))
+    if unknown:
+        raise ConfigError(f"train.watch={list(watch)}: no split named {', '.join(unknown)} (this run evaluates "
+                          f"{', '.join(splits) or 'nothing'}; `heldout` needs task.heldout_rows)")
+    return {name: splits[name] for name in watch}
 
 
 def configured_callbacks(cfg: DictConfig) -> list[TrainerCallback]:
@@ -536,6 +556,7 @@ def run(cfg: DictConfig, method: Method, run_dir: str | Path, experiment: str | 
                 if record["selected"] is not None:
                     record["selected"]["stopped_at_step"] = trainer.state.global_step
             phases.mark("train_s")
+            trainer.eval_dataset = eval_dataset(data.evals)  # the end of the run evaluates every split
             built.task.results(trainer, built.model, tokenizer, run_dir, record)
             phases.mark("results_s")
             record["throughput"] = throughput(trainer, train_out)
