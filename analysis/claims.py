@@ -1,15 +1,24 @@
-"""The claims report of experiments/claims (`make claims`, `make claims-quick`): one row per claim of
-the LoRA and LoRA+ papers, decided from the study's runs with the protocol of its study.yaml.
+"""The claims report of experiments/claims (`make claims`, `make claims-quick`): one row per claim
+that the study's study.yaml lists under `claims:`, decided from the study's runs by stated rules.
 
-Each arm's score is its FINAL evaluation on the dev split (the learning rate was chosen on the
-held-out training rows; picking the best epoch on dev would choose on the reported set). Paired
-differences are taken over the seeds both arms finished. A claim is decided against a margin of
-MARGIN points (x100): "matches" / "at least as good" is non-inferiority (the CI's lower end above
--MARGIN: supported; its upper end below -MARGIN: refuted), "within noise" is equivalence (every
-CI inside +-MARGIN: supported; one wholly outside: refuted), "beats" is superiority (CI above 0:
-supported; below 0: refuted). Anything else is inconclusive at this scale.
+* Scores: each final run's dev evaluation (x100), at its selected checkpoint where the run early-
+  stopped on its held-out training rows. The learning rate was chosen on those rows (on a tuning
+  seed that reports nothing, where the study names one). Paired differences over the seeds both
+  arms finished: the same seed draws the same training rows in the same order for every arm.
+* Per task, against that task's margin (`margins:` in study.yaml): non-inferiority, superiority or
+  equivalence from the t-interval of the mean paired difference, checked against the signed-rank
+  (Hodges-Lehmann) interval (analysis/stats.decide). Where the runs kept per-example predictions,
+  a verdict that the two-way bootstrap (seeds x dev examples) does not also show is undecided, and a
+  dev set whose own sampling noise exceeds the margin is named as too small to resolve it.
+* Validity: a comparison counts only when both arms beat the constant predictor by GATE_BY points on
+  GATE_SHARE of their seeds, else it is "not evaluable". An arm whose chosen learning rate is the
+  largest or smallest it tried (after the grid extended itself) was not tuned as the protocol
+  specifies: its comparisons are "not tested as specified".
+* A claim over several tasks: supported when every evaluable task supports it and at least
+  `min_tasks` are evaluable; refuted when a task's refutation survives Holm's correction over the
+  claim's tasks; else undecided.
 
-Writes results/<scale>/: claims.md (the report), verdicts.md (the table the README shows),
+Writes results/<scale>/: claims.md (the report), verdicts.md (the table the README quotes),
 arms.csv, paired.csv, tuning.csv and curves.png."""
 
 from __future__ import annotations
@@ -19,150 +28,137 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from lora_repro.record import read_run_record
+from lora_repro.studyspec import Claim, claims_of
 
 from .records import Records, row_metric
-from .stats import UNDECIDED, beats_constant, decide, median_ci, paired
+from .stats import (NOT_AS_SPECIFIED, NOT_EVALUABLE, REFUTED, SUPPORTED, UNDECIDED, beats_constant, decide,
+                    dev_sampled, holm, mean_ci, median_ci, paired, refutation_pvalue)
 
-MARGIN = 1.0          # points (x100) of the task metric
+DEFAULT_MARGIN = 1.0  # points (x100) of the task's main metric, for a task study.yaml gives no margin
 # The validity gate (the claims critique, 1.3): an arm counts in a comparison only when it beats the
 # constant predictor (majority class; mean for regression, correlation 0) by this many points on at
 # least GATE_SHARE of its seeds; else the comparison is "not evaluable", never "supported".
 GATE_BY = {"accuracy": 5.0, "f1": 5.0, "matched_accuracy": 5.0, "mcc": 10.0, "pearson": 30.0, "spearman": 30.0}
 GATE_SHARE = 0.8
-NOT_EVALUABLE = "not evaluable"
 EFFICIENCY_DIR = Path(__file__).resolve().parents[1] / "experiments" / "efficiency" / "results"
-
-
-@dataclass
-class Claim:
-    paper: str          # what the paper says, with its table or figure
-    test: str           # "noninferior" | "equivalent" | "superior" | "identical" | "fewer_steps"
-    pairs: list[tuple[str, str]]   # (arm, baseline arm) compared
-    min_evaluable: int = 1         # comparisons that must pass the validity gate for a claim-level verdict
-
-
-def claims_for(arms: set[str]) -> list[Claim]:
-    """The claims the study's arms can decide (the quick grid has fewer arms)."""
-    tasks = [a.split("_")[-1] for a in sorted(arms) if a.startswith("lora_") and f"full_ft_{a.split('_')[-1]}" in arms]
-    out = [Claim("LoRA matches full fine-tuning on GLUE with <1% of the trainable parameters (LoRA Table 2)",
-                 "noninferior", [("lora", "full_ft")] + [(f"lora_{t}", f"full_ft_{t}") for t in tasks],
-                 min_evaluable=3 if tasks else 1)]
-    baselines = [b for b in ("bitfit", "adapter_h", "adapter_p", "prefix_layer") if b in arms]
-    if baselines:
-        out.append(Claim("LoRA is at least as good as BitFit, AdapterH, AdapterP and PreLayer at comparable "
-                         "budgets (LoRA Tables 2-3)", "noninferior", [("lora", b) for b in baselines]))
-    ranks = [a for a in ("lora_r1", "lora_r2", "lora_r4", "lora_r64") if a in arms]
-    if ranks:
-        out.append(Claim("A very low rank suffices: r = 1, 2, 4, 64 score like r = 8 (LoRA Table 6 / 18)",
-                         "equivalent", [(r, "lora") for r in ranks]))
-    if {"lora_wq_wv_r4", "lora_wq_r8"} <= arms:
-        out.append(Claim("Adapting W_q and W_v (r=4) beats W_q alone (r=8) at the same budget (LoRA Table 5)",
-                         "superior", [("lora_wq_wv_r4", "lora_wq_r8")]))
-    if "lora_plus_16" in arms:
-        out.append(Claim("LoRA+ (lr(B)/lr(A) = 16) beats LoRA at the same lr(A) (LoRA+ Fig. 1, Table 2)",
-                         "superior", [("lora_plus_16", "lora")]))
-        out.append(Claim("LoRA+ reaches LoRA's final dev score in fewer steps (LoRA+: up to 2x faster)",
-                         "fewer_steps", [("lora_plus_16", "lora")]))
-    if "lora_plus_1" in arms:
-        out.append(Claim("LoRA+ with ratio 1 is LoRA exactly (same weights, seed for seed)", "identical",
-                         [("lora_plus_1", "lora")]))
-    return out
-
 
 # ------------------------------------------------------------------------------------------ data
 def final_runs(records: Records, scale: str) -> pd.DataFrame:
-    """One row per finished final run of this scale: arm, task, seed, score (x100, final dev
-    evaluation), the eval curve, trainable digest, adapted parameters, lr."""
+    """One row per finished final run of this scale: arm, task, seed, score (x100), the held-out or
+    dev curve, trainable digest, adapted parameters, lr, the constant predictor's score and the
+    kept per-example predictions."""
     df = records.ok
+    columns = ["arm", "task", "seed", "score", "curve", "sha", "adapted", "total", "lr", "metric", "config",
+               "constant", "labels", "predictions"]
     if df.empty or "arm" not in df:
-        return pd.DataFrame(columns=["arm", "task", "seed", "score", "curve", "sha", "adapted", "total", "lr"])
+        return pd.DataFrame(columns=columns)
     df = df[(df["param.scale"] == scale) & (df["role"] == "final")]
     rows = []
     for r in df.to_dict("records"):
         metric = row_metric(r)
         value = r.get(f"metric.{metric}")
         record, _ = read_run_record(r["record_file"])
-        curve = [(e["step"], 100.0 * e[metric]) for e in (record or {}).get("eval_curve") or [] if metric in e]
-        config = (record or {}).get("config") or {}
-        rows.append({"arm": r["arm"], "task": r["task"], "seed": int(r["seed"]), "metric": metric, "config": config,
+        record = record or {}
+        curve_points = record.get("eval_curve") or []
+        # Steps-to-target reads the held-out curve where the run watched it (train.watch), else dev.
+        key = f"heldout_{metric}" if any(f"heldout_{metric}" in e for e in curve_points) else metric
+        kept = record.get("predictions") or {}
+        rows.append({"arm": r["arm"], "task": r["task"], "seed": int(r["seed"]), "metric": metric,
+                     "config": record.get("config") or {},
                      "score": 100.0 * float(value) if value is not None and not pd.isna(value) else math.nan,
-                     "curve": curve, "sha": (record or {}).get("trainable_sha256"),
-                     "adapted": int(r["params.adapted"]), "total": int(r["params.total"]), "lr": r.get("train.lr"),
-                     "constant": 100.0 * ((record or {}).get("constant_metrics") or {}).get(metric, math.nan)})
-    return pd.DataFrame(rows)
+                     "curve": [(e["step"], 100.0 * e[key]) for e in curve_points if key in e], "curve_key": key,
+                     "sha": record.get("trainable_sha256"), "adapted": int(r["params.adapted"]),
+                     "total": int(r["params.total"]), "lr": r.get("train.lr"),
+                     "constant": 100.0 * (record.get("constant_metrics") or {}).get(metric, math.nan),
+                     "labels": kept.get("labels"), "predictions": kept.get("predictions")})
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
 
 
 def tuning_table(records: Records, scale: str) -> pd.DataFrame:
-    """Every candidate run (first seed): its held-out and dev scores, and whether it was chosen."""
+    """Every candidate run (tuning seed): its held-out and dev scores, whether it was chosen, and
+    whether the choice is at an end of what was tried."""
     df = records.ok
-    if df.empty or "arm" not in df:
-        return pd.DataFrame()
-    df = df[(df["param.scale"] == scale) & (df["seed"] == df[df["param.scale"] == scale]["seed"].min())]
+    if df.empty or "arm" not in df or "tuned" not in df:
+        return pd.DataFrame(columns=["arm", "task", "lr", "chosen", "heldout", "dev", "edge"])
+    df = df[(df["param.scale"] == scale)]
+    finals = df[df["role"] == "final"]
+    chosen = {(r["arm"], r["task"]): str(r.get("tuned")) for r in finals.to_dict("records")}
+    # The candidates of an arm that tuned: its runs at the tuning seed (the seed of its "tune" rows;
+    # without tune.seed the chosen candidate is also that seed's final run).
+    tuning_seed = {(r["arm"], r["task"]): r["seed"] for r in df[df["role"] == "tune"].to_dict("records")}
+    candidates = df[[tuning_seed.get((a, t)) == s for a, t, s in zip(df.arm, df.task, df.seed)]]
     rows = []
-    for r in df.to_dict("records"):
+    for r in candidates.to_dict("records"):
         metric = row_metric(r)
         held, dev = r.get(f"metric.heldout_{metric}"), r.get(f"metric.{metric}")
-        rows.append({"arm": r["arm"], "task": r["task"], "lr": r.get("train.lr"), "chosen": r["role"] == "final",
+        rows.append({"arm": r["arm"], "task": r["task"], "lr": float(r.get("train.lr")),
+                     "chosen": chosen.get((r["arm"], r["task"])) == str(r.get("tuned")),
                      "heldout": None if held is None or pd.isna(held) else round(100 * held, 2),
-                     "dev": None if dev is None or pd.isna(dev) else round(100 * dev, 2)})
-    table = pd.DataFrame(rows)
-    # Only arms that tuned (more than one candidate, or a candidate that was not chosen).
-    tuned = table.groupby("arm").chosen.apply(lambda c: len(c) > 1 or not c.all())
-    table = table[table.arm.isin(tuned[tuned].index)].sort_values(["arm", "lr"]).reset_index(drop=True)
-    # A choice at the end of the candidates may be short of the best: said beside it.
-    lows, highs = table.groupby("arm").lr.transform("min"), table.groupby("arm").lr.transform("max")
-    table["edge"] = [("largest tried" if lr == hi else "smallest tried" if lr == lo else "") if chosen else ""
-                     for lr, lo, hi, chosen in zip(table.lr, lows, highs, table.chosen)]
+                     "dev": None if dev is None or pd.isna(dev) else round(100 * dev, 2),
+                     "seed": tuning_seed.get((r["arm"], r["task"]))})
+    table = pd.DataFrame(rows, columns=["arm", "task", "lr", "chosen", "heldout", "dev", "seed"])
+    if table.empty:
+        return table.assign(edge=[])
+    table = table.drop_duplicates(["arm", "task", "lr"]).sort_values(["task", "arm", "lr"]).reset_index(drop=True)
+    group = table.groupby(["arm", "task"]).lr
+    lows, highs, tried = group.transform("min"), group.transform("max"), group.transform("size")
+    table["edge"] = [("only value tried" if n == 1 else "largest tried" if lr == hi else "smallest tried" if lr == lo
+                      else "") if ok else "" for lr, lo, hi, n, ok in zip(table.lr, lows, highs, tried, table.chosen)]
     return table
 
 
-def failed_by_arm(records: Records, scale: str) -> dict[str, int]:
-    counts: dict[str, int] = {}
+def failed_by_arm(records: Records, scale: str) -> dict[tuple[str, str], int]:
+    counts: dict[tuple[str, str], int] = {}
     for label in records.failed_labels:
         if label.get("param.scale") == scale and label.get("role") == "final":
-            counts[label["arm"]] = counts.get(label["arm"], 0) + 1
+            key = (label.get("arm"), label.get("task"))
+            counts[key] = counts.get(key, 0) + 1
     return counts
 
 
-def arm_table(runs: pd.DataFrame, failed: dict[str, int], planned_seeds: int) -> pd.DataFrame:
+def arm_table(runs: pd.DataFrame, failed: dict[tuple[str, str], int], planned_seeds: int) -> pd.DataFrame:
     rows = []
-    for arm, group in runs.groupby("arm", sort=False):
-        ci = median_ci(group.score)
-        median, low, high = ci.estimate, ci.low, ci.high
-        gains = [c[-1][1] - c[-2][1] for c in group.curve if len(c) >= 2]
-        rows.append({"arm": arm, "task": group.task.iloc[0], "metric": group.metric.iloc[0],
-                     "lr": group.lr.iloc[0], "adapted": int(group.adapted.iloc[0]),
+    for (task, arm), group in runs.groupby(["task", "arm"], sort=False):
+        med, mean = median_ci(group.score), mean_ci(group.score)
+        rows.append({"arm": arm, "task": task, "metric": group.metric.iloc[0], "lr": group.lr.iloc[0],
+                     "adapted": int(group.adapted.iloc[0]),
                      "adapted_pct": 100.0 * group.adapted.iloc[0] / group.total.iloc[0],
-                     "median": median, "ci_low": low, "ci_high": high, "ci_level": ci.level, "n_ok": len(group),
-                     "n_failed": failed.get(arm, 0), "n_planned": planned_seeds,
-                     "last_epoch_gain": float(pd.Series(gains).median()) if gains else math.nan})
-    for arm, n in failed.items():
-        if arm not in set(runs.arm):
-            rows.append({"arm": arm, "n_ok": 0, "n_failed": n, "n_planned": planned_seeds})
+                     "median": med.estimate, "ci_low": med.low, "ci_high": med.high, "ci_level": med.level,
+                     "mean": mean.estimate, "mean_low": mean.low, "mean_high": mean.high,
+                     "constant": float(group.constant.iloc[0]) if "constant" in group else math.nan,
+                     "n_ok": len(group), "n_failed": failed.get((arm, task), 0), "n_planned": planned_seeds})
+    seen = {(r["arm"], r["task"]) for r in rows}
+    for (arm, task), n in failed.items():
+        if (arm, task) not in seen:
+            rows.append({"arm": arm, "task": task, "n_ok": 0, "n_failed": n, "n_planned": planned_seeds})
     return pd.DataFrame(rows)
 
 
 def steps_to(curve: list[tuple[int, float]], target: float) -> float:
-    """The first evaluated step whose dev score reaches `target` (inf: never)."""
+    """The first evaluated step whose score reaches `target` (inf: never)."""
     return next((float(step) for step, score in curve if score >= target), math.inf)
 
 
 # ---------------------------------------------------------------------------------------- verdicts
-def combine(verdicts: list[str], min_evaluable: int = 1) -> str:
+def combine(verdicts: list[str], min_evaluable: int = 1, refuted_after_holm: bool | None = None) -> str:
     """A claim over several comparisons, counting only those that pass the validity gate:
-    supported if all are (intersection-union: no correction needed), refuted if any is, else
-    undecided; "not evaluable" when none passes, "undecided (k of n evaluable)" below min_evaluable."""
-    evaluable = [v for v in verdicts if v != NOT_EVALUABLE]
+    supported if all are (intersection-union: no correction needed), refuted if one is (and, when
+    given, survives Holm's correction), else undecided; "not evaluable" when none passes (or "not
+    tested as specified" when that is why), "undecided (k of n evaluable)" below min_evaluable."""
+    evaluable = [v for v in verdicts if v not in (NOT_EVALUABLE, NOT_AS_SPECIFIED)]
     if not evaluable:
-        return NOT_EVALUABLE
+        return NOT_AS_SPECIFIED if NOT_AS_SPECIFIED in verdicts else NOT_EVALUABLE
     if len(evaluable) < min_evaluable:
         return f"{UNDECIDED} ({len(evaluable)} of {len(verdicts)} comparisons evaluable, {min_evaluable} needed)"
-    if all(v == "supported" for v in evaluable):
-        return "supported"
-    return "refuted" if "refuted" in evaluable else UNDECIDED
+    if all(v == SUPPORTED for v in evaluable):
+        return SUPPORTED
+    if REFUTED in evaluable and refuted_after_holm is not False:
+        return REFUTED
+    return UNDECIDED
 
 
 def gate(runs: pd.DataFrame) -> str:
@@ -178,52 +174,126 @@ def gate(runs: pd.DataFrame) -> str:
             f"({constant:.1f}) by {by:g} points")
 
 
-def evaluate_claim(claim: Claim, runs: pd.DataFrame) -> tuple[list[dict], str]:
-    """(one row per compared pair, the claim's verdict)."""
+def kept_predictions(side: pd.DataFrame) -> tuple[dict[int, list], list | None]:
+    preds = {int(s): p for s, p in zip(side.index, side.predictions) if isinstance(p, list)} if "predictions" in side else {}
+    labels = next((lab for lab in side.labels if isinstance(lab, list)), None) if "labels" in side else None
+    return preds, labels
+
+
+def dev_check(status: str, test: str, a: pd.DataFrame, b: pd.DataFrame, metric: str, margin: float) -> tuple[str, str, dict]:
+    """The dev set is a sample too: the two-way bootstrap (seeds x dev examples, 90%) must show the
+    verdict as well, and the dev set alone must resolve the margin. Skipped (as said) when the runs
+    kept no per-example predictions."""
+    pa, la = kept_predictions(a)
+    pb, lb = kept_predictions(b)
+    if not pa or not pb or la is None or la != lb:
+        return status, "", {}
+    sampled = dev_sampled(pa, pb, la, metric)
+    low, high, half = sampled.two_way.low, sampled.two_way.high, sampled.dev_half_width
+    info = {"two_way_low": low, "two_way_high": high, "dev_half_width": half, "dev_rows": len(la)}
+    notes = []
+    if np.isfinite(half) and half > margin:
+        notes.append(f"the dev set ({len(la)} rows) alone moves the difference by ±{half:.2f} (90%): too small "
+                     f"to resolve a {margin:g}-point margin")
+    shown = {"noninferior": (low > -margin) if status == SUPPORTED else (high < -margin),
+             "superior": (low > 0) if status == SUPPORTED else (high < 0 or (low > -margin and high < margin)),
+             "equivalent": (low > -margin and high < margin) if status == SUPPORTED else (low > margin or high < -margin)}
+    if status in (SUPPORTED, REFUTED) and test in shown and not shown[test]:
+        notes.append(f"the t-interval says {status} but the two-way bootstrap over seeds and dev examples "
+                     f"[{low:+.2f}, {high:+.2f}] does not")
+        status = UNDECIDED
+    return status, "; ".join(notes), info
+
+
+def compare(claim: Claim, a: pd.DataFrame, b: pd.DataFrame, margin: float, edges: dict) -> dict:
+    """One task's comparison of claim.arm (a) against claim.baseline (b), both indexed by seed."""
+    task = a.task.iloc[0]
+    row: dict[str, Any] = {"arm": claim.arm, "baseline": claim.baseline, "task": task, "margin": margin, "p_refute": 1.0}
+    if claim.test == "identical":
+        common = sorted(set(a.index) & set(b.index))
+        same = [s for s in common if a.sha[s] == b.sha[s]]
+        diff = max((abs(a.score[s] - b.score[s]) for s in common), default=math.nan)
+        status = SUPPORTED if common and len(same) == len(common) else REFUTED if common else UNDECIDED
+        return {**row, "n_pairs": len(common), "median": diff, "low": diff, "high": diff, "verdict": status,
+                "p_refute": 0.0 if status == REFUTED else 1.0,
+                "what": f"bit-identical trained weights on {len(same)} of {len(common)} seeds; largest dev difference "
+                        f"{diff:.2f}"}
+    if claim.test == "lr_ratio":
+        lra, lrb = float(a.lr.iloc[0]), float(b.lr.iloc[0])
+        ratio = lra / lrb
+        low, high = claim.ratio or (0.0, math.inf)
+        status = SUPPORTED if low <= ratio <= high else REFUTED
+        edge = [x for x in (claim.arm, claim.baseline) if edges.get((x, task))]
+        why = ""
+        if edge:
+            status, why = NOT_AS_SPECIFIED, f"{', '.join(edge)}: chosen lr at an end of the grid tried"
+        return {**row, "n_pairs": 0, "median": ratio, "low": ratio, "high": ratio, "verdict": status,
+                "p_refute": 0.0 if status == REFUTED else 1.0,
+                "what": f"chosen lr {lra:.2g} / {lrb:.2g} = {ratio:.2g} (claim: {low:g} to {high:g}; the grid's step "
+                        f"bounds the resolution)" + (f"; {why}" if why else "")}
+    if claim.test == "fewer_steps":
+        # Steps to the baseline's median best score on the watched curve; a run that never gets there
+        # counts as one evaluation interval past the last step (slower than any that did).
+        target = float(np.median([max(s for _, s in c) for c in b.curve if c])) if any(len(c) for c in b.curve) else math.nan
+        curves = [c for c in [*a.curve, *b.curve] if c]
+        last = max((c[-1][0] for c in curves), default=0)
+        beyond = last + max((c[-1][0] - c[-2][0] for c in curves if len(c) >= 2), default=1)
+        sa = {s: min(steps_to(c, target), beyond) for s, c in a.curve.items()}
+        sb = {s: min(steps_to(c, target), beyond) for s, c in b.curve.items()}
+        saved = paired(sb, sa)  # baseline's steps minus the arm's: > 0 when the arm is faster
+        status, why = decide("superior", saved, 0.0)
+        reached = sum(v < beyond for v in sa.values())
+        ratio = (np.median(list(sa.values())) / np.median(list(sb.values()))) if sa and sb else math.nan
+        return {**row, "n_pairs": saved.n, "median": saved.mean.estimate, "low": saved.mean.low,
+                "high": saved.mean.high, "verdict": status,
+                "p_refute": refutation_pvalue("superior", saved, 0.0) if status == REFUTED else 1.0,
+                "what": f"steps saved to {claim.baseline}'s median best {a.curve_key.iloc[0]} {target:.1f} ({reached} of "
+                        f"{len(sa)} {claim.arm} seeds reach it by step {last}; never = {beyond}; median steps "
+                        f"{claim.arm}/{claim.baseline} = {ratio:.2f}); mean paired difference (baseline − arm), 95% "
+                        f"t-interval" + (f"; {why}" if why else "")}
+    diff = paired(a.score.to_dict(), b.score.to_dict())
+    status, why = decide(claim.test, diff, margin)
+    p_refute = refutation_pvalue(claim.test, diff, margin) if status == REFUTED else 1.0
+    status, dev_note, dev_info = dev_check(status, claim.test, a, b, str(a.metric.iloc[0]), margin)
+    failed_gate = "; ".join(w for w in (gate(a.reset_index()), gate(b.reset_index())) if w)
+    edge = [x for x in (claim.arm, claim.baseline) if edges.get((x, task))]
+    if failed_gate:
+        status, why = NOT_EVALUABLE, failed_gate
+    elif edge:
+        status, why = NOT_AS_SPECIFIED, (f"{', '.join(edge)}: the chosen lr is the {edges[(edge[0], task)]} after the "
+                                         f"grid extended itself, so the arm's best lr may lie beyond")
+    notes = "; ".join(n for n in (why, dev_note) if n)
+    return {**row, "n_pairs": diff.n, "median": diff.mean.estimate, "low": diff.mean.low, "high": diff.mean.high,
+            "verdict": status, "p_refute": p_refute if status == REFUTED else 1.0, **dev_info,
+            "what": f"mean paired difference {claim.arm} − {claim.baseline}, points, 95% t-interval, margin {margin:g}"
+                    + (f"; {notes}" if notes else "")}
+
+
+def evaluate_claim(claim: Claim, runs: pd.DataFrame, margins: dict[str, float] | None = None,
+                   edges: dict | None = None) -> tuple[list[dict], str]:
+    """(one row per task where both arms ran, the claim's verdict). `edges`: (arm, task) -> "largest
+    tried" / "smallest tried" for arms whose choice sits at an end of their grid."""
+    margins, edges = margins or {}, edges or {}
     rows = []
-    for arm, base in claim.pairs:
-        a = runs[runs.arm == arm].set_index("seed")
-        b = runs[runs.arm == base].set_index("seed")
+    tasks = list(dict.fromkeys(runs.task)) if not runs.empty else []
+    for task in tasks:
+        a = runs[(runs.arm == claim.arm) & (runs.task == task)].set_index("seed")
+        b = runs[(runs.arm == claim.baseline) & (runs.task == task)].set_index("seed")
+        if a.empty and b.empty:
+            continue
         if a.empty or b.empty:
-            rows.append({"arm": arm, "baseline": base, "verdict": UNDECIDED, "n_pairs": 0,
-                         "what": "no finished runs for one side"})
+            rows.append({"arm": claim.arm, "baseline": claim.baseline, "task": task, "verdict": UNDECIDED, "n_pairs": 0,
+                         "p_refute": 1.0, "what": f"no finished runs of {claim.arm if a.empty else claim.baseline}"})
             continue
-        task = a.task.iloc[0]
-        if claim.test == "identical":
-            same = [s for s in set(a.index) & set(b.index) if a.sha[s] == b.sha[s]]
-            n = len(set(a.index) & set(b.index))
-            diff = max((abs(a.score[s] - b.score[s]) for s in set(a.index) & set(b.index)), default=math.nan)
-            rows.append({"arm": arm, "baseline": base, "task": task, "n_pairs": n, "median": diff, "low": diff,
-                         "high": diff, "verdict": "supported" if n and len(same) == n else "refuted" if n else UNDECIDED,
-                         "what": f"bit-identical trained weights on {len(same)} of {n} seeds; largest dev difference "
-                                 f"{diff:.2f}"})
-            continue
-        if claim.test == "fewer_steps":
-            # Steps to the baseline's median final dev score; a run that never gets there within the
-            # budget counts as one evaluation interval past the last step (slower than any that did).
-            target = float(b.score.median())
-            last = max((c[-1][0] for c in [*a.curve, *b.curve] if c), default=0)
-            beyond = last + max((c[-1][0] - c[-2][0] for c in [*a.curve, *b.curve] if len(c) >= 2), default=1)
-            sa = {s: min(steps_to(c, target), beyond) for s, c in a.curve.items()}
-            sb = {s: min(steps_to(c, target), beyond) for s, c in b.curve.items()}
-            saved = paired(sb, sa)  # baseline's steps minus the arm's: > 0 when the arm is faster
-            reached = sum(v < beyond for v in sa.values())
-            status, why = decide("superior", saved, 0.0)
-            rows.append({"arm": arm, "baseline": base, "task": task, "n_pairs": saved.n, "median": saved.mean.estimate,
-                         "low": saved.mean.low, "high": saved.mean.high, "verdict": status,
-                         "what": f"steps saved to {base}'s median final dev score {target:.1f} ({reached} of {len(sa)} "
-                                 f"{arm} seeds reach it by step {last}; never = {beyond}); mean paired difference "
-                                 f"(baseline - arm), 95% t-interval" + (f"; {why}" if why else "")})
-            continue
-        diff = paired(a.score.to_dict(), b.score.to_dict())
-        status, why = decide(claim.test, diff, MARGIN)
-        failed_gate = "; ".join(w for w in (gate(a.reset_index()), gate(b.reset_index())) if w)
-        if failed_gate:
-            status, why = NOT_EVALUABLE, failed_gate
-        rows.append({"arm": arm, "baseline": base, "task": task, "n_pairs": diff.n, "median": diff.mean.estimate,
-                     "low": diff.mean.low, "high": diff.mean.high, "verdict": status,
-                     "what": f"mean paired difference {arm} - {base}, points, 95% t-interval" + (f"; {why}" if why else "")})
-    return rows, combine([r["verdict"] for r in rows], claim.min_evaluable)
+        rows.append(compare(claim, a, b, float(margins.get(task, DEFAULT_MARGIN)), edges))
+    if not rows:
+        return rows, UNDECIDED
+    refuted = [i for i, r in enumerate(rows) if r["verdict"] == REFUTED]
+    survives = holm([r["p_refute"] for r in rows]) if refuted else []
+    for i in refuted:
+        rows[i]["holm"] = "survives" if survives[i] else "does not survive"
+    return rows, combine([r["verdict"] for r in rows], claim.min_tasks,
+                         refuted_after_holm=any(survives[i] for i in refuted) if refuted else None)
 
 
 def efficiency_rows() -> list[dict]:
@@ -236,7 +306,7 @@ def efficiency_rows() -> list[dict]:
     for line in path.read_text().splitlines()[2:]:
         cells = [c.strip() for c in line.strip("|").split("|")]
         if len(cells) == 5 and cells[1] != "-" and cells[4] != "-":
-            verdict = ("supported" if cells[4] == "met" else "refuted" if cells[4].startswith("missed")
+            verdict = (SUPPORTED if cells[4] == "met" else REFUTED if cells[4].startswith("missed")
                        else UNDECIDED)  # "interval spans the target"
             rows.append({"claim": cells[0], "paper": cells[1], "measured": cells[2], "target": cells[3],
                          "verdict": verdict})
@@ -264,8 +334,8 @@ def plot_curves(runs: pd.DataFrame, out: Path) -> Path | None:
         for arm, group in runs[runs.task == task].groupby("arm", sort=False):
             steps = sorted({s for c in group.curve for s, _ in c})
             medians = [pd.Series([dict(c).get(s) for c in group.curve]).median() for s in steps]
-            ax.plot(steps, medians, marker="o", ms=3, label=arm)
-        ax.set_title(f"{task}: dev {runs[runs.task == task].metric.iloc[0]} (median of seeds)", fontsize=9)
+            ax.plot(steps, medians, marker="o", ms=2, label=arm)
+        ax.set_title(f"{task}: {runs[runs.task == task].curve_key.iloc[0]} (median of seeds)", fontsize=9)
         ax.set_xlabel("optimizer step")
         ax.legend(fontsize=6)
     fig.tight_layout()
@@ -275,93 +345,118 @@ def plot_curves(runs: pd.DataFrame, out: Path) -> Path | None:
     return path
 
 
-def build_report(records: Records, out: Path, scale: str, seeds: int) -> list[Path]:
+def protocol_lines(runs: pd.DataFrame, tuning: pd.DataFrame) -> list[str]:
+    """What the runs did, read from their own configs (one line per task)."""
+    out = []
+    for task, group in runs.groupby("task", sort=False):
+        c = group.config.iloc[0]
+        t, tr = c.get("task") or {}, c.get("train") or {}
+        stop = tr.get("early_stopping") or {}
+        model = (c.get("model") or {}).get("name")
+        seeds = sorted(set(group.seed))
+        tuning_seeds = sorted(set(tuning[tuning.task == task].seed.dropna())) if not tuning.empty else []
+        out.append(f"{task} ({model}): {t.get('max_train_samples')} training rows drawn per seed, "
+                   f"{t.get('heldout_rows')} held-out training rows, up to {tr.get('epochs')} epochs of batch "
+                   f"{tr.get('batch_size')}, max length {t.get('max_length')}; "
+                   + (f"early stopping on {stop.get('metric')} (patience {stop.get('patience')} evaluations, at least "
+                      f"{stop.get('min_evals')}), evaluated every {tr.get('eval_every')} steps, dev scored at the "
+                      f"selected step" if stop else f"dev scored after the last epoch (evaluated every {tr.get('eval_every')})")
+                   + f"; reporting seeds {', '.join(map(str, seeds))}"
+                   + (f"; lr tuned on seed {', '.join(str(int(s)) for s in tuning_seeds)}" if tuning_seeds else ""))
+    return out
+
+
+def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict[str, Any] | None = None) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
+    spec = spec or {}
     runs = final_runs(records, scale)
     arms = arm_table(runs, failed_by_arm(records, scale), seeds)
     tuning = tuning_table(records, scale)
-    claims = claims_for(set(arms.arm) if not arms.empty else set())
+    edges = {(t["arm"], t["task"]): t["edge"] for t in tuning.to_dict("records") if t["edge"]}
+    margins = {str(k): float(v) for k, v in (spec.get("margins") or {}).items()}
+    # The claims this tier can decide: those whose two arms are among its variants (study.yaml
+    # checked every claim against every tier when the study was read).
+    variants = set(spec.get("variants") or {})
+    claims = [c for c in claims_of(spec, known_arms={x for c in spec.get("claims") or [] for x in (c.get("arm"), c.get("baseline"))})
+              if not variants or {c.arm, c.baseline} <= variants]
     pair_rows, verdict_rows = [], []
     for claim in claims:
-        rows, verdict = evaluate_claim(claim, runs)
-        pair_rows += [{"claim": claim.paper, **r} for r in rows]
-        measured = "; ".join(f"{r.get('task', '?')} {r['arm']}−{r['baseline']}: {fmt(r.get('median'), 1, True)} "
-                             f"[{fmt(r.get('low'), 1, True)}, {fmt(r.get('high'), 1, True)}] (n={r['n_pairs']})" for r in rows)
-        shares = [f"{a['arm']} adapts {a['adapted_pct']:.2f}% of the weights" for a in arms.to_dict("records")
-                  if claim.test == "noninferior" and a.get("n_ok") and a["arm"] in {p[0] for p in claim.pairs}]
-        # A verdict reached before an arm's dev curve flattened holds for this budget only: said in the row.
-        rising = [a["arm"] for a in arms.to_dict("records") if a.get("n_ok") and a["last_epoch_gain"] > MARGIN
-                  and a["arm"] in {x for p in claim.pairs for x in p}]
-        verdict_rows.append({"claim": claim.paper, "run": claim.test,
-                             "verdict": verdict + (" at this budget" if rising and verdict in ("supported", "refuted")
-                                                  and claim.test != "identical" else ""),
-                             "measured": measured + (f" ({'; '.join(dict.fromkeys(shares))})" if shares else "")
-                             + (f"; still rising in the last epoch: {', '.join(rising)}" if rising else "")})
+        rows, verdict = evaluate_claim(claim, runs, margins, edges)
+        pair_rows += [{"claim": claim.id, **r} for r in rows]
+        unit = "x" if claim.test == "lr_ratio" else ""
+        measured = "; ".join(
+            f"{r['task']}: {fmt(r.get('median'), 2 if unit else 1, not unit)}{unit}"
+            + (f" [{fmt(r.get('low'), 1, True)}, {fmt(r.get('high'), 1, True)}] (n={r['n_pairs']})" if r.get("n_pairs") else "")
+            + ("" if r["verdict"] == verdict else f" {r['verdict']}") for r in rows) or "no runs yet"
+        verdict_rows.append({"claim": f"{claim.claim} ({claim.source})" if claim.source else claim.claim,
+                             "test": claim.test, "verdict": verdict, "measured": measured})
     efficiency = efficiency_rows()
-    commits = sorted(set(records.ok[records.ok["param.scale"] == scale].git_commit.dropna())) \
-        if not records.ok.empty and "param.scale" in records.ok else []
+    ok_scale = records.ok[records.ok["param.scale"] == scale] if not records.ok.empty and "param.scale" in records.ok \
+        else pd.DataFrame()
+    commits = sorted(set(ok_scale.git_commit.dropna())) if "git_commit" in ok_scale else []
+    devices = sorted(set(ok_scale.device.dropna())) if "device" in ok_scale else []
+    protocol = protocol_lines(runs, tuning)
 
-    verdicts = ["| claim | measured: mean paired difference [95% t-interval] (pairs) | verdict |", "|---|---|---|"]
-    verdicts += [f"| {v['claim']} | {v['measured']} | **{v['verdict']}** |" for v in verdict_rows]
-    verdicts += [f"| {e['claim']} (bench; paper: {e['paper']}) | {e['measured']} (target {e['target']}) | "
-                 f"**{e['verdict']}** |" for e in efficiency]
-    verdict_md = "\n".join(verdicts) + "\n"
+    box = ["> **Protocol** (" + scale + "): " + (" · ".join(protocol) if protocol else "no finished runs yet") + ".",
+           f"> Devices: {', '.join(devices) or '—'}. Margins (points of each task's metric): "
+           + (", ".join(f"{k} {v:g}" for k, v in margins.items()) or f"{DEFAULT_MARGIN:g}") + ".", ""]
+    verdicts = ["| claim | test | measured: per task, mean paired difference [95% t-interval] (pairs) | verdict |",
+                "|---|---|---|---|"]
+    verdicts += [f"| {v['claim']} | {v['test']} | {v['measured']} | **{v['verdict']}** |" for v in verdict_rows]
+    efficiency_md = ["", "| efficiency (bench) | paper | measured | target | verdict |", "|---|---|---|---|---|"]
+    efficiency_md += [f"| {e['claim']} | {e['paper']} | {e['measured']} | {e['target']} | **{e['verdict']}** |"
+                      for e in efficiency]
+    verdict_md = "\n".join(box + verdicts + (efficiency_md if efficiency else [])) + "\n"
 
-    n_ok = int((records.ok["param.scale"] == scale).sum()) if not records.ok.empty and "param.scale" in records.ok else 0
+    n_ok = len(ok_scale)
     n_failed = sum(label.get("param.scale") == scale for label in records.failed_labels)
-    protocol = []
-    if not runs.empty:
-        for task, group in runs.groupby("task", sort=False):
-            c = group.config.iloc[0]
-            t, tr = c.get("task") or {}, c.get("train") or {}
-            protocol.append(f"{task}: {c.get('model', {}).get('name')}, {t.get('max_train_samples')} training rows x "
-                            f"{tr.get('epochs')} epochs, batch {tr.get('batch_size')}, max length {t.get('max_length')}, "
-                            f"{t.get('heldout_rows')} held-out training rows, dev rows kept: {t.get('max_eval_samples')}")
     lines = [f"# Claims report ({scale})", "",
-             f"Runs: {len(runs)} final runs of {len(arms)} arms ({n_ok} ok runs in all, candidates included; "
-             f"{n_failed} failed); code "
-             f"version(s) of the runs: {', '.join(commits) or '—'}.",
-             "Scores: final dev evaluation x100. Per arm: the median with its exact order-statistic interval (its "
-             "true coverage in brackets: with 5 seeds [min, max] is 93.75%). Per comparison: the mean paired "
-             "difference over seeds with its 95% t-interval; non-inferiority and superiority read the one-sided "
-             "95% / 97.5% bounds, equivalence the 90% interval (TOST), each checked against the signed-rank "
-             "(Hodges-Lehmann) interval. The intervals cover seed noise only: the dev set is held fixed. "
-             f"Margin for 'matches' / 'within noise': {MARGIN} point.",
-             "Protocol: " + "; ".join(protocol) + ". The dev split is evaluated at every epoch (the curves below; "
-             "steps-to-target is resolved to an epoch).", "", "## Verdicts", "", verdict_md,
+             f"Runs: {len(runs)} final runs of {len(arms)} arm x task cells ({n_ok} ok runs in all, tuning "
+             f"candidates included; {n_failed} failed); code version(s): {', '.join(commits) or '—'}.", "",
+             "Rules: per arm, the median with its exact order-statistic interval (true coverage in brackets) and "
+             "the mean with its t-interval. Per task, the mean paired difference over seeds with its 95% "
+             "t-interval; non-inferiority and superiority read the one-sided 95% / 97.5% bounds, equivalence the "
+             "90% interval (TOST), each against the task's margin and checked against the signed-rank "
+             "(Hodges-Lehmann) interval and, where predictions were kept, the two-way bootstrap over seeds and "
+             "dev examples. Both arms must beat the constant predictor (validity gate); an arm tuned to an end of "
+             "its grid is 'not tested as specified'. A claim is supported when every evaluable task supports it "
+             "(at least min_tasks), refuted when a task's refutation survives Holm's correction over the claim's "
+             "tasks, else undecided.", "", "## Verdicts", "", verdict_md,
              "## Arms", "",
-             "| arm | task | lr (chosen on held-out rows) | adapted params (% of model) | median [interval] (coverage) | seeds ok / "
-             "failed / planned | gain over the last epoch |", "|---|---|---|---|---|---|---|"]
+             "| arm | task | lr (chosen on held-out rows) | adapted params (% of model) | median [interval] (coverage) | "
+             "mean [95% t] | constant predictor | seeds ok / failed / planned |", "|---|---|---|---|---|---|---|---|"]
     for a in arms.to_dict("records"):
         if not a.get("n_ok"):
-            lines.append(f"| {a['arm']} | — | — | — | — | 0 / {a['n_failed']} / {a['n_planned']} | — |")
+            lines.append(f"| {a['arm']} | {a.get('task', '—')} | — | — | — | — | — | 0 / {a['n_failed']} / {a['n_planned']} |")
             continue
-        lines.append(f"| {a['arm']} | {a['task']} ({a['metric']}) | {a['lr']:.1e} | {a['adapted']:,} "
+        lines.append(f"| {a['arm']} | {a['task']} ({a['metric']}) | {float(a['lr']):.1e} | {a['adapted']:,} "
                      f"({a['adapted_pct']:.2f}%) | {a['median']:.1f} [{a['ci_low']:.1f}, {a['ci_high']:.1f}] "
-                     f"({100 * a['ci_level']:.1f}%) | "
-                     f"{a['n_ok']} / {a['n_failed']} / {a['n_planned']} | {fmt(a['last_epoch_gain'], 1, True)} |")
-    not_flat = [a["arm"] for a in arms.to_dict("records") if a.get("n_ok") and a["last_epoch_gain"] > MARGIN]
-    lines += ["", "Gain over the last epoch: median over seeds of (final − previous) dev score; above the margin "
-              "means the curve had not flattened" + (f": {', '.join(not_flat)}." if not_flat else " (none did)."),
-              "", "![dev curves](curves.png)", "", "## Paired differences", "",
-              "| claim | arm − baseline | task | mean [95% t-interval] | pairs | verdict |", "|---|---|---|---|---|---|"]
+                     f"({100 * a['ci_level']:.1f}%) | {fmt(a['mean'])} [{fmt(a['mean_low'])}, {fmt(a['mean_high'])}] | "
+                     f"{fmt(a['constant'])} | {a['n_ok']} / {a['n_failed']} / {a['n_planned']} |")
+    lines += ["", "![curves](curves.png)", "", "## Comparisons", "",
+              "| claim | arm − baseline | task | mean [95% t-interval] | two-way 90% (seeds x dev rows) | pairs | "
+              "verdict |", "|---|---|---|---|---|---|---|"]
     for r in pair_rows:
-        lines.append(f"| {r['claim'][:60]} | {r['arm']} − {r['baseline']} | {r.get('task', '—')} | "
+        two_way = (f"[{fmt(r.get('two_way_low'), 2, True)}, {fmt(r.get('two_way_high'), 2, True)}]"
+                   if r.get("two_way_low") is not None and not pd.isna(r.get("two_way_low")) else "—")
+        lines.append(f"| {r['claim']} | {r['arm']} − {r['baseline']} | {r.get('task', '—')} | "
                      f"{fmt(r.get('median'), 2, True)} [{fmt(r.get('low'), 2, True)}, {fmt(r.get('high'), 2, True)}] | "
-                     f"{r['n_pairs']} | {r['verdict']} ({r['what']}) |")
-    lines += ["", "## Learning-rate choice (first seed; held-out training rows decide, dev shown only)", "",
+                     f"{two_way} | {r.get('n_pairs', 0)} | {r['verdict']}"
+                     + (f", Holm: {r['holm']}" if r.get("holm") else "") + f" ({r['what']}) |")
+    lines += ["", "## Learning-rate choice (tuning seed; held-out training rows decide, dev shown only)", "",
               "| arm | task | lr | held-out | dev | chosen |", "|---|---|---|---|---|---|"]
     lines += [f"| {t['arm']} | {t['task']} | {t['lr']:.1e} | {fmt(t['heldout'], 1)} | {fmt(t['dev'], 1)} | "
               f"{'yes' + (' (' + t['edge'] + ': the best may lie beyond)' if t['edge'] else '') if t['chosen'] else ''} |"
               for t in tuning.to_dict("records")]
-    lines += ["", "Arms without candidates take another arm's choice (experiments/claims/study.yaml `tune.share`): "
-              "the other GLUE tasks take SST-2's learning rate per method; ranks, target sets and LoRA+ take LoRA's "
-              "(for LoRA+, lr(A))."]
+    shared = spec.get("tune", {}).get("share") if isinstance(spec.get("tune"), dict) else None
+    if shared:
+        lines += ["", "Arms that take another arm's learning rate (study.yaml `tune.share`): "
+                  + ", ".join(f"{k} ← {v}" for k, v in shared.items()) + "."]
     written = [out / "claims.md", out / "verdicts.md", out / "arms.csv", out / "paired.csv", out / "tuning.csv"]
     (out / "claims.md").write_text("\n".join(lines) + "\n")
     (out / "verdicts.md").write_text(verdict_md)
     arms.to_csv(out / "arms.csv", index=False)
-    pd.DataFrame(pair_rows).to_csv(out / "paired.csv", index=False)
+    pd.DataFrame(pair_rows).to_csv(out / "paired.csv", index=False, float_format="%.6g")
     tuning.to_csv(out / "tuning.csv", index=False)
     curves = plot_curves(runs, out)
     return written + ([curves] if curves else [])

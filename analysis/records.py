@@ -189,7 +189,7 @@ def load_study_records(name: str, assignments: dict[str, str] | None = None,
         params = dict(p.split("=", 1) for p in row.params.split())
         labels = {"path": str(path.parent) if scratch_root is not None else f"outputs/{row.run}",  # where its weights and decoded files are, on a machine that ran it
                   "experiment": row.recipe or "-", "paper_setting": row.paper_setting, "arm": row.arm,
-                  "role": row.role, **{f"param.{k}": v for k, v in params.items()}}
+                  "role": row.role, "tuned": row.tuned, **{f"param.{k}": v for k, v in params.items()}}
         items.append((path, record, why, labels))
     records = collect(items)
     records.missing, records.unreleased = sorted(set(missing)), unreleased

@@ -177,30 +177,105 @@ def t_pvalue_below(comparison: Paired, bound: float) -> float:
     return float(sps.t.cdf(t, d.size - 1))
 
 
+def refutation_pvalue(test: str, comparison: Paired, margin: float) -> float:
+    """One-sided t p-value of the refutation `decide` reports for `test` (what Holm corrects over a
+    claim's comparisons): noninferior, the mean difference is below -margin; superior, it is below 0
+    or (a tie) inside +-margin by TOST; equivalent, it is outside +-margin on the nearer side."""
+    d = np.asarray(comparison.diffs)
+    if test == "noninferior":
+        return t_pvalue_below(comparison, -margin)
+    above = (lambda bound: 1.0 - t_pvalue_below(comparison, bound)) if d.size >= 2 and d.std(ddof=1) > 0 else \
+        (lambda bound: 0.0 if d.size and d.mean() > bound else 1.0)
+    if test == "superior":
+        return min(t_pvalue_below(comparison, 0.0), max(above(-margin), t_pvalue_below(comparison, margin)))
+    if test == "equivalent":
+        return min(above(margin), t_pvalue_below(comparison, -margin))
+    raise ValueError(f"unknown test {test!r}")
+
+
 # ------------------------------------------------------------------------------ the dev set is a sample
-def two_way_bootstrap(pred_a: dict, pred_b: dict, labels: Sequence, metric: Callable[[np.ndarray, np.ndarray], float],
-                      resamples: int = 2000, level: float = LEVEL, seed: int = 0) -> Interval:
-    """Interval of the mean paired difference metric(A) - metric(B) that covers seed noise AND the
-    sampling of dev examples: each resample draws seeds with replacement and, independently, dev
-    examples with replacement (the same examples for both arms: paired). `pred_*` map seed ->
-    per-example predictions; `labels` the dev labels. Percentile interval; the estimate is the
-    observed mean difference."""
-    seeds = sorted(set(pred_a) & set(pred_b))
-    y = np.asarray(labels)
-    if not seeds:
-        return Interval(math.nan, math.nan, math.nan, level, 0)
-    a = {s: np.asarray(pred_a[s]) for s in seeds}
-    b = {s: np.asarray(pred_b[s]) for s in seeds}
-    observed = float(np.mean([metric(a[s], y) - metric(b[s], y) for s in seeds]))
-    rng = np.random.default_rng(seed)
-    stats = np.empty(resamples)
-    for i in range(resamples):
-        chosen = rng.choice(seeds, size=len(seeds), replace=True)
-        rows = rng.integers(0, y.size, size=y.size)
-        stats[i] = np.mean([metric(a[s][rows], y[rows]) - metric(b[s][rows], y[rows]) for s in chosen])
-    tail = (1 - level) / 2
-    return Interval(observed, float(np.quantile(stats, tail)), float(np.quantile(stats, 1 - tail)), level, len(seeds))
+def _batched_accuracy(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return 100.0 * (p == y).mean(axis=-1)
+
+
+def _batched_pearson(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    p = p - p.mean(axis=-1, keepdims=True)
+    y = y - y.mean(axis=-1, keepdims=True)
+    den = np.sqrt((p * p).sum(axis=-1) * (y * y).sum(axis=-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, 100.0 * (p * y).sum(axis=-1) / np.where(den > 0, den, 1.0), 0.0)
+
+
+def _counts(p: np.ndarray, y: np.ndarray):
+    tp = ((p == 1) & (y == 1)).sum(axis=-1).astype(float)
+    tn = ((p == 0) & (y == 0)).sum(axis=-1).astype(float)
+    fp = ((p == 1) & (y == 0)).sum(axis=-1).astype(float)
+    fn = ((p == 0) & (y == 1)).sum(axis=-1).astype(float)
+    return tp, tn, fp, fn
+
+
+def _batched_mcc(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Binary Matthews correlation (0 when a margin is empty, as scikit-learn returns)."""
+    tp, tn, fp, fn = _counts(p, y)
+    den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return np.where(den > 0, 100.0 * (tp * tn - fp * fn) / np.where(den > 0, den, 1.0), 0.0)
+
+
+def _batched_f1(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    tp, _, fp, fn = _counts(p, y)
+    den = 2 * tp + fp + fn
+    return np.where(den > 0, 100.0 * 2 * tp / np.where(den > 0, den, 1.0), 0.0)
+
+
+# Metrics x100 over the last axis, for many resamples at once (the bootstrap below); each equals
+# lora_repro.metrics' (scikit-learn's / scipy's) value on one sample (tests/test_stats.py).
+BATCHED_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "accuracy": _batched_accuracy, "pearson": _batched_pearson, "mcc": _batched_mcc, "f1": _batched_f1}
 
 
 def accuracy(pred: np.ndarray, y: np.ndarray) -> float:
-    return 100.0 * float(np.mean(pred == y))
+    return float(_batched_accuracy(np.asarray(pred), np.asarray(y)))
+
+
+@dataclass(frozen=True)
+class DevSampled:
+    """A paired difference's uncertainty from seeds AND dev examples (`two_way`), and the half-width
+    of its interval from dev examples alone (`dev_half_width`: the smallest difference this dev set
+    can resolve at that level, whatever the number of seeds)."""
+
+    two_way: Interval
+    dev_half_width: float
+
+
+def dev_sampled(pred_a: dict, pred_b: dict, labels: Sequence, metric: str, resamples: int = 1000,
+                level: float = 0.90, seed: int = 0) -> DevSampled:
+    """Bootstrap of the mean paired difference metric(A) - metric(B): each resample draws dev
+    examples with replacement (the same for both arms: paired) and, for the two-way interval, seeds
+    with replacement. `pred_*` map seed -> per-example predictions; percentile intervals at `level`
+    (90%: the one-sided 5% decisions read its ends). Vectorised over resamples."""
+    seeds = sorted(set(pred_a) & set(pred_b))
+    y = np.asarray(labels)
+    if not seeds or metric not in BATCHED_METRICS:
+        return DevSampled(Interval(math.nan, math.nan, math.nan, level, 0), math.nan)
+    fn = BATCHED_METRICS[metric]
+    a = np.stack([np.asarray(pred_a[s]) for s in seeds])          # seeds x n
+    b = np.stack([np.asarray(pred_b[s]) for s in seeds])
+    observed = float(np.mean(fn(a, y[None, :]) - fn(b, y[None, :])))
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, y.size, size=(resamples, y.size))       # resamples x n
+    diff = np.stack([fn(a[i][rows], y[rows]) - fn(b[i][rows], y[rows]) for i in range(len(seeds))], axis=1)  # B x S
+    chosen = rng.integers(0, len(seeds), size=(resamples, len(seeds)))
+    two_way = np.take_along_axis(diff, chosen, axis=1).mean(axis=1)
+    dev_only = diff.mean(axis=1)
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(two_way, [tail, 1 - tail])
+    dlo, dhi = np.quantile(dev_only, [tail, 1 - tail])
+    return DevSampled(Interval(observed, float(lo), float(hi), level, len(seeds)), float((dhi - dlo) / 2))
+
+
+def two_way_bootstrap(pred_a: dict, pred_b: dict, labels: Sequence, metric: str | Callable = "accuracy",
+                      resamples: int = 2000, level: float = LEVEL, seed: int = 0) -> Interval:
+    """Interval of the mean paired difference that covers seed noise AND the sampling of dev
+    examples (dev_sampled's two-way interval, at `level`)."""
+    name = metric if isinstance(metric, str) else getattr(metric, "__name__", "")
+    return dev_sampled(pred_a, pred_b, labels, name, resamples, level, seed).two_way

@@ -306,8 +306,8 @@ def _claims(records: Records, out: Path, study: Study) -> list[Path]:
     written = []
     scales = sorted(set(records.ok["param.scale"])) if not records.ok.empty and "param.scale" in records.ok else []
     for scale in scales:
-        seeds = len(load_study(study.name, {"scale": scale}).seeds())
-        written += build_report(records, out / scale, scale, seeds)
+        at_scale = load_study(study.name, {"scale": scale})
+        written += build_report(records, out / scale, scale, len(at_scale.seeds()), at_scale.spec)
         print((out / scale / "verdicts.md").read_text())
     return written
 

@@ -22,14 +22,19 @@ A study.yaml (every key optional but `description`):
     command: "lora_repro.bench out_dir={results}"   # instead of runs: a tool that writes results/
     tune:                                           # choose one setting per variant on held-out TRAINING rows
       key: train.lr                                 #   the override chosen
-      values: {lora: [5.0e-4, 1.0e-3], ...}         #   candidates per method, each run with the first seed
+      values: {lora: [5.0e-4, 1.0e-3], ...}         #   candidates per variant or method name
       share: {lora_r1: lora}                        #   variants that take another variant's choice
       split: heldout                                #   the split whose main metric decides (task.heldout_rows)
+      seed: 0                                       #   the tuning seed, not a reporting one (default: the first)
+      extend: {factor: 3, times: 2}                 #   a best candidate at an end adds one beyond it, twice at most
+    only: {lora_r1: {task: [sst2]}}                 # a variant that runs at some grid values only
+    claims: [...]                                   # what analysis/claims.py decides (experiments/claims)
+    margins: {sst2: 1.0}                            # per task: the margin of "matches" (analysis/claims.py)
 
-With `tune`, the candidates run first (first seed); the best by the held-out split's final main
-metric (ties: the earlier candidate; failed runs lose) is the variant's choice, and the other seeds
-run with it. The chosen candidate's run is also that seed's final run: the reported dev split never
-enters the choice.
+With `tune`, the candidates run first (on the tuning seed); the best by the held-out split's final
+main metric (ties: the earlier candidate; failed runs lose) is the variant's choice, and the
+reporting seeds run with it. Without `tune.seed` the first seed tunes, and its chosen candidate is
+also that seed's final run. The reported dev split never enters the choice.
 
 Every run lands in its canonical run folder (lora_repro.rundir.run_dir), so a finished run is
 skipped, an interrupted one resumes, and runs are shared by every study that plans them. The
@@ -119,6 +124,8 @@ def plan(study: Study, extra: list[str]) -> list[PlannedRun]:
         keys = list(phase)
         for variant_name, variant in variants.items():
             for values in itertools.product(*phase.values()):
+                if not study.runs_with(variant_name, dict(zip(keys, values))):
+                    continue  # `only`: this variant runs at other grid values
                 overrides = [*study.common(), *variant, *(f"{k}={v}" for k, v in zip(keys, values)), *extra]
                 try:  # a bad override, key or experiment/task pair: one line, before anything runs
                     cfg = compose_job([*overrides, f"study={study.name}", f"seed={study.seeds()[0]}"])
@@ -191,13 +198,27 @@ def tuned_runs(study: Study, tune: Tune, overrides: list[str], cfg: DictConfig, 
     if source is not None:
         chosen = choices.get((source, *grid_key))
         return [run(chosen, seed, "final") for seed in seeds]
-    candidates = tune.values.get(cfg.method.name)
+    candidates = tune.values.get(variant) or tune.values.get(cfg.method.name)
     if not candidates:
         raise ConfigError(f"experiments/{study.name}/{STUDY_FILE}: tune.values has no candidates for method "
                           f"{cfg.method.name} (variant {variant}); add them, or share another variant's choice")
-    trials = [run(value, seeds[0], "tune", candidate=True) for value in candidates]
-    chosen = choose(study, trials, f"{tune.split}_{cfg.task.main_metric}", Path(str(cfg.output_root)))
+    # The tuning seed: tune.seed (never a reporting seed), else the first seed, whose chosen
+    # candidate then doubles as that seed's final run.
+    tuning_seed = seeds[0] if tune.seed is None else tune.seed
+    metric = f"{tune.split}_{cfg.task.main_metric}"
+    trials = [run(value, tuning_seed, "tune", candidate=True) for value in candidates]
+    chosen = choose(study, trials, metric, Path(str(cfg.output_root)))
+    # A best candidate at an end of those tried adds one beyond it (tune.extend), until the optimum
+    # is bracketed or the extensions are spent; the choice waits for the added runs.
+    for _ in range(tune.extend_times):
+        more = tune.beyond([t.tuned for t in trials], chosen) if chosen is not None else None
+        if more is None or more in {t.tuned for t in trials}:
+            break
+        trials.append(run(more, tuning_seed, "tune", candidate=True))
+        chosen = choose(study, trials, metric, Path(str(cfg.output_root)))
     choices[(variant, *grid_key)] = chosen
+    if tune.seed is not None:
+        return trials + [run(chosen, seed, "final") for seed in seeds]
     for trial in trials:
         trial.role = "final" if trial.tuned == chosen else "tune"
     return trials + [run(chosen, seed, "final") for seed in seeds[1:]]

@@ -19,8 +19,8 @@ EXPERIMENTS_DIR = Path(os.environ.get("LORA_REPRO_EXPERIMENTS", PROJECT_ROOT / "
 STUDY_FILE = "study.yaml"
 RESULTS_DIR = "results"
 KNOWN_KEYS = {"description", "cost", "params", "paper_rows", "lookup", "common", "variants", "grid", "seeds", "first",
-              "train_sizes", "results", "command", "tune"}
-TUNE_KEYS = {"key", "values", "share", "split"}
+              "train_sizes", "results", "command", "tune", "only", "claims", "margins"}
+TUNE_KEYS = {"key", "values", "share", "split", "seed", "extend"}
 # What `results:` may ask for: analysis.study builds each (a test checks the two lists agree), so a
 # typo is refused when the study is read, before any run trains.
 RESULT_KINDS = ("claims", "table2", "table5", "table3", "weights", "plots", "method_table", "e2e_vs_paper")
@@ -66,9 +66,17 @@ class Study:
         spec = self.spec.get("tune")
         if not spec:
             return None
+        extend = spec.get("extend") or {}
         return Tune(key=str(spec["key"]), split=str(spec.get("split") or "heldout"),
                     values={m: [str(v) for v in vs] for m, vs in (spec.get("values") or {}).items()},
-                    share={str(k): str(v) for k, v in (spec.get("share") or {}).items()})
+                    share={str(k): str(v) for k, v in (spec.get("share") or {}).items()},
+                    seed=None if spec.get("seed") is None else int(spec["seed"]),
+                    extend_factor=float(extend.get("factor", 0) or 0), extend_times=int(extend.get("times", 0) or 0))
+
+    def runs_with(self, variant: str, values: dict[str, str]) -> bool:
+        """Whether a variant runs at these grid values (`only: {variant: {key: [values]}}`)."""
+        only = (self.spec.get("only") or {}).get(variant) or {}
+        return all(str(values[k]) in [str(v) for v in allowed] for k, allowed in only.items() if k in values)
 
     def phases(self) -> list[dict[str, list[str]]]:
         """The grid split into phases: the `first` values, then the rest."""
@@ -118,8 +126,21 @@ def load_study(name: str, assignments: dict[str, str] | None = None) -> Study:
         given = ", ".join(f"{k}={v}" for k, v in params.items())
         valid = "; ".join(f"{k}: " + ", ".join(v) for k, v in options.items())
         raise ConfigError(f"study {name} with {given}: {' '.join(str(exc).split())} (its params: {valid})") from None
-    check_shape(name, resolved)
+    check_shape(name, resolved, all_variants(spec, options) if resolved.get("claims") else None)
     return Study(name, resolved, params)
+
+
+def all_variants(spec: DictConfig, options: dict[str, list[str]]) -> set[str]:
+    """The variant names of every choice of the study's params (claims may name any of them)."""
+    names: set[str] = set()
+    for combo in itertools.product(*options.values()):
+        trial = spec.copy()
+        trial.params = dict(zip(options, combo))
+        try:
+            names |= set(OmegaConf.to_container(trial.get("variants") or {}, resolve=True) or {})
+        except Exception:
+            continue  # a choice that does not resolve is reported when it is the one asked for
+    return names
 
 
 @dataclass
@@ -128,9 +149,71 @@ class Tune:
     split: str                      # the evaluation split whose main metric decides
     values: dict[str, list[str]]    # method name -> candidates
     share: dict[str, str]           # variant -> the variant whose choice it takes
+    seed: int | None = None         # the tuning seed (not a reporting seed); None: the first of `seeds`
+    extend_factor: float = 0.0      # a best candidate at an end of those tried adds one beyond it (x or / factor),
+    extend_times: int = 0           # at most this many added candidates: the grid follows the optimum outwards
+
+    def beyond(self, candidates: list[str], best: str) -> str | None:
+        """The candidate to add when `best` is the largest or smallest of the candidates tried, else
+        None (the optimum is bracketed)."""
+        values = sorted(float(c) for c in candidates)
+        if not self.extend_factor or len(values) < 2 or float(best) not in (values[0], values[-1]):
+            return None
+        return f"{values[-1] * self.extend_factor:.3g}" if float(best) == values[-1] else f"{values[0] / self.extend_factor:.3g}"
 
 
-def check_shape(name: str, spec: dict[str, Any]) -> None:
+# ------------------------------------------------------------------------------ claims
+PAIRED_TESTS = ("noninferior", "superior", "equivalent")
+TESTS = PAIRED_TESTS + ("identical", "fewer_steps", "lr_ratio")
+CLAIM_KEYS = {"id", "claim", "source", "test", "arm", "baseline", "min_tasks", "ratio"}
+CLAIM_TESTS = TESTS
+
+
+@dataclass
+class Claim:
+    claim: str                 # what the paper says
+    test: str                  # one of TESTS
+    arm: str
+    baseline: str
+    source: str = ""           # paper, table or figure
+    id: str = ""
+    min_tasks: int = 1         # tasks that must pass the validity gate for a claim-level verdict
+    ratio: tuple[float, float] | None = None   # lr_ratio: the range of lr(arm) / lr(baseline) the claim states
+
+
+def claims_of(spec: dict[str, Any], where: str = STUDY_FILE, known_arms: set[str] | None = None) -> list[Claim]:
+    """The study's `claims:` (what analysis/claims.py decides) as Claims, each checked: its keys,
+    its test, its arms among the study's variants (at any choice of its params: a tier may leave a
+    claim's arms out, and the claim is then not decided there), a ratio range for lr_ratio.
+    check_shape calls it, so a typo stops the study before anything trains."""
+    variants = set(spec.get("variants") or {}) | (known_arms or set())
+    out = []
+    for i, entry in enumerate(spec.get("claims") or []):
+        name = f"{where}: claims[{i}]"
+        if not isinstance(entry, dict) or not {"claim", "test", "arm", "baseline"} <= set(entry):
+            raise ConfigError(f"{name} must be a mapping with claim, test, arm, baseline (and optional id, source, "
+                              f"min_tasks, ratio); got {entry!r}")
+        unknown = sorted(set(entry) - CLAIM_KEYS)
+        if unknown:
+            raise ConfigError(f"{name}: unknown key(s) {unknown}; valid: {', '.join(sorted(CLAIM_KEYS))}")
+        if entry["test"] not in TESTS:
+            raise ConfigError(f"{name}: test {entry['test']!r} is not one of {', '.join(TESTS)}")
+        missing = [a for a in (entry["arm"], entry["baseline"]) if variants and a not in variants]
+        if missing:
+            raise ConfigError(f"{name}: {', '.join(missing)} is not a variant of the study "
+                              f"(variants: {', '.join(sorted(variants))})")
+        ratio = entry.get("ratio")
+        if entry["test"] == "lr_ratio" and not (isinstance(ratio, list) and len(ratio) == 2
+                                                and 0 < float(ratio[0]) < float(ratio[1])):
+            raise ConfigError(f"{name}: an lr_ratio claim needs ratio: [low, high] with 0 < low < high, got {ratio!r}")
+        out.append(Claim(claim=str(entry["claim"]), test=str(entry["test"]), arm=str(entry["arm"]),
+                         baseline=str(entry["baseline"]), source=str(entry.get("source") or ""),
+                         id=str(entry.get("id") or f"claim{i}"), min_tasks=int(entry.get("min_tasks") or 1),
+                         ratio=(float(ratio[0]), float(ratio[1])) if ratio else None))
+    return out
+
+
+def check_shape(name: str, spec: dict[str, Any], known_arms: set[str] | None = None) -> None:
     """The types study.yaml's keys must have, checked before anything is planned."""
     where = f"experiments/{name}/{STUDY_FILE}"
     tune = spec.get("tune")
@@ -141,10 +224,32 @@ def check_shape(name: str, spec: dict[str, Any]) -> None:
         if not isinstance(values, dict) or not all(isinstance(v, list) and v for v in values.values()):
             raise ConfigError(f"{where}: tune.values must map method names to non-empty lists, got {values!r}")
         variants = set(spec.get("variants") or {})
+        seed = tune.get("seed")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed in (spec.get("seeds") or [])):
+            raise ConfigError(f"{where}: tune.seed={seed!r} must be an integer that is not one of the reporting seeds "
+                              f"{spec.get('seeds')} (a setting chosen on a seed would favour that seed's report)")
+        extend = tune.get("extend") or {}
+        if extend and (not isinstance(extend, dict) or set(extend) - {"factor", "times"}
+                       or not isinstance(extend.get("factor"), (int, float)) or not extend.get("factor", 0) > 1
+                       or not isinstance(extend.get("times"), int) or extend.get("times") < 1):
+            raise ConfigError(f"{where}: tune.extend must be {{factor: F > 1, times: N >= 1}}, got {extend!r}")
         for variant, source in (tune.get("share") or {}).items():
             if variant not in variants or source not in variants or source in (tune.get("share") or {}):
                 raise ConfigError(f"{where}: tune.share.{variant}: {source!r} must name a variant that is tuned "
                                   f"itself (variants: {', '.join(sorted(variants))})")
+    only = spec.get("only") or {}
+    if not isinstance(only, dict) or not all(isinstance(v, dict) and all(isinstance(x, list) for x in v.values())
+                                             for v in only.values()):
+        raise ConfigError(f"{where}: only must map a variant to {{grid key: [values]}}, got {only!r}")
+    unknown_only = sorted(set(only) - set(spec.get("variants") or {}))
+    if unknown_only:
+        raise ConfigError(f"{where}: only names variant(s) {unknown_only} that `variants` does not have")
+    if not isinstance(spec.get("claims") or [], list):
+        raise ConfigError(f"{where}: claims must be a list of {{claim, test, arm, baseline}} mappings")
+    claims_of(spec, where, known_arms)
+    margins = spec.get("margins") or {}
+    if not isinstance(margins, dict) or not all(isinstance(v, (int, float)) and v > 0 for v in margins.values()):
+        raise ConfigError(f"{where}: margins must map task names to positive numbers (points), got {margins!r}")
     for key in ("common", "first", "results"):
         if not isinstance(spec.get(key) or [], list):
             raise ConfigError(f"{where}: {key} must be a list, got {spec[key]!r}")

@@ -136,11 +136,12 @@ def test_paired_differences_use_only_the_seeds_both_arms_have():
 
 
 def runs_frame(rows):
-    return pd.DataFrame([{"task": "sst2", "metric": "accuracy", "curve": [], "sha": None, **r} for r in rows])
+    return pd.DataFrame([{"task": "sst2", "metric": "accuracy", "curve": [], "curve_key": "heldout_accuracy", "sha": None,
+                          "lr": 1e-3, **r} for r in rows])
 
 
 def test_identical_arms_are_decided_by_their_trained_weights():
-    claim = Claim("ratio 1 is LoRA", "identical", [("plus1", "lora")])
+    claim = Claim("ratio 1 is LoRA", "identical", "plus1", "lora")
     same = runs_frame([{"arm": "plus1", "seed": s, "score": 80.0, "sha": f"h{s}"} for s in (1, 2)]
                       + [{"arm": "lora", "seed": s, "score": 80.0, "sha": f"h{s}"} for s in (1, 2)])
     assert evaluate_claim(claim, same)[1] == "supported"
@@ -153,7 +154,7 @@ def test_identical_arms_are_decided_by_their_trained_weights():
 def test_steps_to_target_counts_a_run_that_never_gets_there_as_slower_than_any_that_did():
     assert steps_to([(10, 70.0), (20, 80.0), (30, 81.0)], 80.0) == 20.0
     assert steps_to([(10, 70.0)], 80.0) == math.inf
-    claim = Claim("faster", "fewer_steps", [("plus", "lora")])
+    claim = Claim("faster", "fewer_steps", "plus", "lora")
     fast = [(10, 85.0), (20, 85.0), (30, 85.0)]
     slow = [(10, 60.0), (20, 70.0), (30, 80.0)]
     runs = runs_frame([{"arm": "plus", "seed": s, "score": 85.0, "curve": fast} for s in (1, 2, 3)]
@@ -167,7 +168,7 @@ def test_steps_to_target_counts_a_run_that_never_gets_there_as_slower_than_any_t
 
 
 def test_a_paired_claim_over_too_few_seeds_is_undecided():
-    claim = Claim("beats", "superior", [("a", "b")])
+    claim = Claim("beats", "superior", "a", "b")
     runs = runs_frame([{"arm": "a", "seed": 1, "score": 90.0}, {"arm": "b", "seed": 1, "score": 50.0}])
     assert evaluate_claim(claim, runs)[1] == "undecided"
 
@@ -201,7 +202,7 @@ def test_make_tables_writes_cis_and_paired_differences_against_full_finetuning(t
 def test_two_arms_that_both_predict_the_majority_class_are_not_evaluable_not_supported():
     """The claims critique's latent bug: both arms collapsed to the constant predictor give paired
     differences of exactly 0, which a non-inferiority test would call supported."""
-    claim = Claim("LoRA matches FT", "noninferior", [("lora", "full_ft")])
+    claim = Claim("LoRA matches FT", "noninferior", "lora", "full_ft")
     collapsed = runs_frame([{"arm": arm, "seed": s, "score": 68.38, "constant": 68.38}
                             for arm in ("lora", "full_ft") for s in range(1, 6)])
     rows, verdict = evaluate_claim(claim, collapsed)
@@ -233,3 +234,175 @@ def test_a_run_records_what_the_constant_predictor_scores(tmp_path, sst2_dir):
     majority = max(dev_labels.count(0), dev_labels.count(1)) / len(dev_labels)
     assert record["constant_metrics"]["accuracy"] == pytest.approx(majority)
     assert set(record["constant_metrics"]) == {"accuracy", "heldout_accuracy"}
+
+
+# ------------------------------------------------------------------- the claims protocol's planner
+def write_study(tmp_path, monkeypatch, **changes):
+    experiments = tmp_path / "experiments"
+    (experiments / "t").mkdir(parents=True, exist_ok=True)
+    data_dir = write_sst2_dir(tmp_path / "SST-2", n_train=96, n_dev=32)
+    spec = {
+        "description": "a tuned study", "cost": "none",
+        "common": [*TINY, f"task.data_dir={data_dir}", "task.heldout_rows=32", f"output_root={tmp_path / 'out'}"],
+        "variants": {"a": ["method=lora"], "b": ["method=lora", "method.r=2"]},
+        "seeds": [1, 2],
+        "tune": {"key": "train.lr", "values": {"lora": [1.0e-3, 3.0e-3]}, "seed": 0, "extend": {"factor": 3, "times": 2}},
+        "results": ["claims"], **changes,
+    }
+    (experiments / "t" / "study.yaml").write_text(json.dumps(spec))
+    monkeypatch.setattr(study_module, "EXPERIMENTS_DIR", experiments)
+    return spec
+
+
+def test_a_tuning_seed_reports_nothing_and_every_reporting_seed_runs_the_choice(tmp_path, monkeypatch):
+    write_study(tmp_path, monkeypatch, tune={"key": "train.lr", "values": {"lora": [1.0e-3, 3.0e-3]}, "seed": 0})
+    runs = plan(load_study("t"), [])
+    trials = [r for r in runs if r.role == "tune"]
+    assert sorted((r.group[1], r.tuned, r.seed) for r in trials) == [("a", "0.001", 0), ("a", "0.003", 0),
+                                                                    ("b", "0.001", 0), ("b", "0.003", 0)]
+    assert all(r.run_dir is None and r.seed in (1, 2) for r in runs if r.role == "final")
+    fake_record(next(r for r in trials if r.group[1] == "a" and r.tuned == "0.001").run_dir, heldout_accuracy=0.8)
+    fake_record(next(r for r in trials if r.group[1] == "a" and r.tuned == "0.003").run_dir, heldout_accuracy=0.7)
+    runs = plan(load_study("t"), [])
+    finals = [r for r in runs if r.role == "final" and r.group[1] == "a"]
+    assert sorted((r.seed, r.tuned) for r in finals) == [(1, "0.001"), (2, "0.001")]
+    # the chosen candidate stays a tuning run: seed 0 never enters the report
+    assert all(r.run_dir not in {t.run_dir for t in trials} for r in finals)
+
+
+def test_a_best_value_at_an_end_of_the_grid_adds_one_beyond_it_until_bracketed(tmp_path, monkeypatch):
+    write_study(tmp_path, monkeypatch, variants={"a": ["method=lora"]})
+    study = load_study("t")
+    trials = {r.tuned: r for r in plan(study, []) if r.role == "tune"}
+    fake_record(trials["0.001"].run_dir, heldout_accuracy=0.6)
+    fake_record(trials["0.003"].run_dir, heldout_accuracy=0.7)    # the top end wins: 0.009 is tried
+    runs = plan(study, [])
+    assert sorted(r.tuned for r in runs if r.role == "tune") == ["0.001", "0.003", "0.009"]
+    assert all(r.run_dir is None for r in runs if r.role == "final")  # the choice waits for it
+    added = next(r for r in runs if r.tuned == "0.009")
+    fake_record(added.run_dir, heldout_accuracy=0.65)               # bracketed: 0.003 is chosen
+    runs = plan(study, [])
+    assert {r.tuned for r in runs if r.role == "final"} == {"0.003"}
+    assert sorted(r.tuned for r in runs if r.role == "tune") == ["0.001", "0.003", "0.009"]
+    fake_record(added.run_dir, heldout_accuracy=0.9)                # still rising: once more (times: 2)...
+    runs = plan(study, [])
+    fake_record(next(r for r in runs if r.tuned == "0.027").run_dir, heldout_accuracy=0.95)
+    runs = plan(study, [])                                          # ...and no further: the end is said in the report
+    assert sorted(r.tuned for r in runs if r.role == "tune") == ["0.001", "0.003", "0.009", "0.027"]
+    assert {r.tuned for r in runs if r.role == "final"} == {"0.027"}
+
+
+def test_only_limits_a_variant_to_some_grid_values_and_a_tuning_seed_must_not_report(tmp_path, monkeypatch):
+    from lora_repro.errors import ConfigError
+
+    write_study(tmp_path, monkeypatch, grid={"method.dropout": [0.0, 0.1]}, only={"b": {"method.dropout": [0.1]}})
+    runs = plan(load_study("t"), [])
+    assert {r.values["method.dropout"] for r in runs if r.group[1] == "b"} == {"0.1"}
+    assert {r.values["method.dropout"] for r in runs if r.group[1] == "a"} == {"0.0", "0.1"}
+    write_study(tmp_path, monkeypatch, tune={"key": "train.lr", "values": {"lora": [1e-3]}, "seed": 2})
+    with pytest.raises(ConfigError, match=r"tune.seed=2 must be an integer that is not one of the reporting seeds"):
+        load_study("t")
+
+
+@pytest.mark.parametrize("claim, message", [
+    ({"claim": "x", "test": "better", "arm": "a", "baseline": "b"}, "test 'better' is not one of noninferior"),
+    ({"claim": "x", "test": "superior", "arm": "a", "baseline": "nope"}, "nope is not a variant of the study"),
+    ({"claim": "x", "test": "lr_ratio", "arm": "a", "baseline": "b"}, "an lr_ratio claim needs ratio: [low, high]"),
+    ({"claim": "x", "test": "superior", "arm": "a", "baseline": "b", "margin": 2}, "unknown key(s) ['margin']"),
+])
+def test_a_claim_with_a_typo_stops_the_study_before_anything_runs(tmp_path, monkeypatch, claim, message):
+    from lora_repro.errors import ConfigError
+
+    write_study(tmp_path, monkeypatch, claims=[claim])
+    with pytest.raises(ConfigError) as info:
+        load_study("t")
+    assert message in str(info.value) and "claims[0]" in str(info.value)
+
+
+# --------------------------------------------------------------------------- claim-level decisions
+def two_tasks(diffs_by_task, base=80.0):
+    rows = []
+    for task, diffs in diffs_by_task.items():
+        for seed, d in enumerate(diffs, start=1):
+            rows += [{"arm": "lora", "task": task, "seed": seed, "score": base + d + 0.01 * seed, "constant": 50.0},
+                     {"arm": "full_ft", "task": task, "seed": seed, "score": base + 0.01 * seed, "constant": 50.0}]
+    return runs_frame(rows)
+
+
+def test_a_refutation_counts_for_the_claim_only_when_it_survives_holm():
+    claim = Claim("LoRA matches FT", "noninferior", "lora", "full_ft")
+    # task x: clearly worse than the margin (refuted, p tiny); task y: supported
+    strong = two_tasks({"x": [-3.0, -3.2, -2.9, -3.1, -3.05], "y": [0.1, -0.1, 0.0, 0.2, 0.05]})
+    rows, verdict = evaluate_claim(claim, strong, {"x": 1.0, "y": 1.0})
+    assert [r["verdict"] for r in rows] == ["refuted", "supported"] and rows[0]["holm"] == "survives"
+    assert verdict == "refuted"
+    # a barely refuted task among 3 (p ~ 0.03) does not survive Holm over the claim's 3 tasks
+    weak = two_tasks({"x": [-1.2, -2.6, -1.5, -2.9, -1.4], "y": [0.0] * 5, "z": [0.1, 0.0, 0.2, 0.1, 0.0]})
+    rows, verdict = evaluate_claim(claim, weak, {"x": 1.0, "y": 1.0, "z": 1.0})
+    assert rows[0]["verdict"] == "refuted" and 0.025 / 3 < rows[0]["p_refute"] < 0.05
+    assert rows[0]["holm"] == "does not survive" and verdict == "undecided"
+
+
+def test_a_margin_is_per_task():
+    claim = Claim("LoRA matches FT", "noninferior", "lora", "full_ft")
+    runs = two_tasks({"cola": [-2.0, -1.8, -2.1, -1.9, -2.0]})
+    assert evaluate_claim(claim, runs, {"cola": 1.0})[1] == "refuted"
+    assert evaluate_claim(claim, runs, {"cola": 2.5})[1] == "supported"
+
+
+def test_an_arm_tuned_to_the_end_of_its_grid_is_not_tested_as_specified():
+    claim = Claim("LoRA matches FT", "noninferior", "lora", "full_ft")
+    runs = two_tasks({"sst2": [0.0] * 5})
+    rows, verdict = evaluate_claim(claim, runs, edges={("lora", "sst2"): "largest tried"})
+    assert verdict == "not tested as specified" and "lora: the chosen lr is the largest tried" in rows[0]["what"]
+
+
+def test_a_learning_rate_ratio_claim_reads_the_chosen_rates():
+    claim = Claim("LoRA's lr is ~10x FT's", "lr_ratio", "lora", "full_ft", ratio=(3.0, 30.0))
+    runs = two_tasks({"sst2": [0.0] * 3})
+    runs.loc[runs.arm == "lora", "lr"] = 1e-3
+    runs.loc[runs.arm == "full_ft", "lr"] = 1e-4
+    rows, verdict = evaluate_claim(claim, runs)
+    assert verdict == "supported" and rows[0]["median"] == pytest.approx(10.0)
+    runs.loc[runs.arm == "full_ft", "lr"] = 1e-3
+    assert evaluate_claim(claim, runs)[1] == "refuted"
+
+
+def test_a_verdict_the_dev_sample_does_not_carry_is_undecided():
+    """Seeds agree perfectly (the t-interval is a point), but the arms disagree on only 16 of 200 dev
+    rows (LoRA wrong on 6, FT on 10): +2 points whose dev-sampling SE is also ~2 points (sqrt(16)/200).
+    Kept predictions make that visible."""
+    claim = Claim("beats", "superior", "lora", "full_ft")
+    y = [i % 2 for i in range(200)]
+    better = [1 - v if i < 6 else v for i, v in enumerate(y)]
+    worse = [1 - v if 6 <= i < 16 else v for i, v in enumerate(y)]
+    rows = []
+    for seed in range(1, 6):
+        rows += [{"arm": "lora", "seed": seed, "score": 97.0 + 0.001 * seed, "constant": 50.0, "labels": y,
+                  "predictions": better},
+                 {"arm": "full_ft", "seed": seed, "score": 95.0, "constant": 50.0, "labels": y, "predictions": worse}]
+    out, verdict = evaluate_claim(claim, runs_frame(rows), {"sst2": 1.0})
+    assert verdict == "undecided" and "two-way bootstrap" in out[0]["what"]
+    assert out[0]["two_way_low"] <= 0.0 and out[0]["dev_rows"] == 200
+    assert "too small to resolve a 1-point margin" in out[0]["what"]
+    without = runs_frame([{k: v for k, v in r.items() if k not in ("labels", "predictions")} for r in rows])
+    assert evaluate_claim(claim, without, {"sst2": 1.0})[1] == "supported"
+
+
+def test_a_run_that_watches_held_out_rows_stops_early_and_keeps_its_dev_predictions(tmp_path):
+    from lora_repro.config import validate
+    from lora_repro.trainer import run
+
+    data_dir = write_sst2_dir(tmp_path / "SST-2", n_train=160, n_dev=40)
+    cfg = compose_cfg(*TINY, f"task.data_dir={data_dir}", "task.heldout_rows=32", "train.epochs=4", "train.eval_every=2",
+                      "train.watch=[heldout]", "+train.early_stopping={metric: heldout_accuracy, patience: 2, min_evals: 3}",
+                      "train.keep_predictions=true", "method=lora", "train.lr=1e-2", "save_checkpoint=false",
+                      "train.checkpoint_every=0")
+    record = run(cfg, validate(cfg), tmp_path / "run")
+    # during training only the held-out rows were scored; the dev split once, at the selected step
+    assert record["eval_curve"] and all(set(e) - {"step", "epoch"} == {"heldout_accuracy"} for e in record["eval_curve"])
+    kept = record["predictions"]
+    assert kept["split"] == "validation" and len(kept["labels"]) == len(kept["predictions"]) == 40
+    accuracy = sum(p == y for p, y in zip(kept["predictions"], kept["labels"])) / 40
+    assert record["metrics"]["accuracy"] == pytest.approx(accuracy)
+    assert record["selected"]["step"] <= record["throughput"]["train_steps"]

@@ -121,3 +121,29 @@ def test_two_way_bootstrap_widens_the_interval_by_the_dev_sample():
     assert ci.estimate == pytest.approx(10.0)
     se = 100 * math.sqrt(0.1 * 0.9 / 400)
     assert ci.low == pytest.approx(10.0 - 1.96 * se, abs=0.8) and ci.high == pytest.approx(10.0 + 1.96 * se, abs=0.8)
+
+
+def test_batched_metrics_equal_the_run_metrics_and_the_dev_alone_sets_a_resolution():
+    from analysis.stats import BATCHED_METRICS, dev_sampled, refutation_pvalue
+    from lora_repro.metrics import METRICS
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, size=300)
+    p = np.where(rng.random(300) < 0.8, y, 1 - y)
+    for name in ("accuracy", "mcc", "f1"):
+        assert BATCHED_METRICS[name](p[None], y[None])[0] == pytest.approx(100 * METRICS[name](p, y))
+    ys, ps = rng.normal(size=300), rng.normal(size=300)
+    assert BATCHED_METRICS["pearson"](ps[None], ys[None])[0] == pytest.approx(100 * METRICS["pearson"](ps, ys))
+    # two arms disagreeing on a known 10% of 400 rows in one direction: the dev-alone 90% half-width is
+    # 1.645 SE with SE = sqrt(q (1 - q) / n) of the discordance, ~2.5 points
+    y = rng.integers(0, 2, size=400)
+    wrong = y.copy()
+    wrong[:40] = 1 - wrong[:40]
+    sampled = dev_sampled({s: y for s in range(5)}, {s: wrong for s in range(5)}, y, "accuracy", resamples=2000)
+    assert sampled.two_way.estimate == pytest.approx(10.0)
+    assert sampled.dev_half_width == pytest.approx(1.645 * 100 * math.sqrt(0.1 * 0.9 / 400), abs=0.3)
+    # a refutation's p is below 5% exactly when decide() refutes on the t-bound
+    worse = paired({s: 80.0 - 3.0 + 0.1 * s for s in range(5)}, {s: 80.0 for s in range(5)})
+    assert decide("noninferior", worse, 1.0)[0] == REFUTED and refutation_pvalue("noninferior", worse, 1.0) < 0.05
+    close = paired({s: 80.0 - 0.5 + 0.3 * (-1) ** s for s in range(5)}, {s: 80.0 for s in range(5)})
+    assert refutation_pvalue("noninferior", close, 1.0) > 0.05
