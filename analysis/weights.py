@@ -7,13 +7,18 @@ weights they started from.
                         r=64) and between seeds at the same rank (Figure 4). 1 = same subspace, 0 = orthogonal.
   Table 7               ||U^T W V^T||_F with U, V the top-r singular directions of dW, of W itself, or
                         random; and the amplification ||dW||_F / ||U^T W V^T||_F (dW's own directions).
+  intruders             "intruder dimensions" (Shuttleworth et al. 2024, "LoRA vs full fine-tuning: an
+                        illusion of equivalence"): of the top INTRUDER_K left-singular vectors of
+                        W_0 + dW, those whose largest |cosine| with every left-singular vector of W_0 is
+                        below INTRUDER_EPS; beside it the count for a random dW of the same rank and
+                        Frobenius norm (what any update of that size would do).
   spectrum              the singular values of dW per matrix and its effective rank (exp of the entropy
                         of the normalised singular values; Roy & Vetterli 2007). dW is each method's
                         own (Method.delta_weights): s B A for LoRA, peft's merge for DoRA, PiSSA,
                         OLoRA and other peft tuners, W_ft - W_0 for full fine-tuning.
 
-Writes <results>/weights/{subspace.csv, table7.csv, table7.md, spectrum.csv} and PNGs (subspace
-heatmaps per matrix type and layer, spectra)."""
+Writes <results>/weights/{subspace.csv, table7.csv, table7.md, intruders.csv, spectrum.csv,
+summary.md} and PNGs (subspace heatmaps per matrix type and layer, spectra)."""
 
 from __future__ import annotations
 
@@ -78,6 +83,39 @@ def table7_row(delta: torch.Tensor, weight: torch.Tensor, r: int, seed: int = 0)
     return {"r": r, "delta_dirs": on_delta, "w_dirs": projected(u_w, vh_w), "random_dirs": projected(u_r, v_r.T),
             "w_norm": float(torch.linalg.matrix_norm(weight)), "delta_norm": float(torch.linalg.matrix_norm(delta)),
             "amplification": float(torch.linalg.matrix_norm(delta)) / on_delta if on_delta > 0 else float("inf")}
+
+
+# The paper's own setting: the top 10 singular vectors, cosine threshold 0.5 (it also sweeps the
+# threshold; intruders.csv keeps INTRUDER_EPS_ALSO beside it).
+INTRUDER_K, INTRUDER_EPS, INTRUDER_EPS_ALSO = 10, 0.5, 0.7
+
+
+def intruder_dimensions(weight: torch.Tensor, delta: torch.Tensor, k: int = INTRUDER_K,
+                        eps: float = INTRUDER_EPS) -> int:
+    """How many of the top-k left-singular vectors of W_0 + dW have |cos| < eps with every
+    left-singular vector of W_0 (singular vectors are signed up to -1, hence the absolute value)."""
+    w0 = weight.double()
+    u0 = torch.linalg.svd(w0, full_matrices=False)[0]
+    uf = torch.linalg.svd(w0 + delta.double(), full_matrices=False)[0][:, :k]
+    return int(((uf.T @ u0).abs().max(dim=1).values < eps).sum())
+
+
+def random_like(delta: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """A random matrix of dW's shape, rank and Frobenius norm (Gaussian factors)."""
+    delta = delta.double()
+    rank = max(1, int(torch.linalg.matrix_rank(delta)))
+    g = torch.Generator().manual_seed(seed)
+    m, n = delta.shape
+    random = torch.randn(m, rank, generator=g, dtype=torch.float64) @ torch.randn(rank, n, generator=g, dtype=torch.float64)
+    return random * (torch.linalg.matrix_norm(delta) / torch.linalg.matrix_norm(random))
+
+
+def intruder_row(weight: torch.Tensor, delta: torch.Tensor, seed: int = 0) -> dict[str, float]:
+    random = random_like(delta, seed)
+    return {"intruders": intruder_dimensions(weight, delta), "random_intruders": intruder_dimensions(weight, random),
+            f"intruders_eps{INTRUDER_EPS_ALSO}": intruder_dimensions(weight, delta, eps=INTRUDER_EPS_ALSO),
+            f"random_intruders_eps{INTRUDER_EPS_ALSO}": intruder_dimensions(weight, random, eps=INTRUDER_EPS_ALSO),
+            "delta_rank": int(torch.linalg.matrix_rank(delta.double()))}
 
 
 def effective_rank(delta: torch.Tensor) -> tuple[np.ndarray, float, int]:
@@ -227,7 +265,7 @@ def analyse(runs: list[Run], out: Path) -> list[Path]:
         df.drop(columns=["grid"]).to_csv(out / "subspace.csv", index=False)
         written.append(out / "subspace.csv")
         written += subspace_plots(df, out)
-    table7, spectra = [], []
+    table7, spectra, intruders = [], [], []
     backbones: dict[str, dict[str, torch.Tensor]] = {}
     for run in runs:
         factors = lora_factors(run)
@@ -246,6 +284,10 @@ def analyse(runs: list[Run], out: Path) -> list[Path]:
             spectra.append({"run": run.label, "method": run.record["method"], "matrix": key, "type": matrix_type(key),
                             "layer": layer_of(key), "effective_rank": erank, "rank_90pct_energy": k90,
                             "top_singular_values": " ".join(f"{v:.4g}" for v in s[:16])})
+            if weight is not None and weight.dim() == 2 and weight.shape == delta.shape and delta.abs().max() > 0:
+                intruders.append({"run": run.label, "method": run.record["method"], "seed": run.record["seed"],
+                                  "r": (run.record.get("hparams") or {}).get("r"), "matrix": key, "type": matrix_type(key),
+                                  "layer": layer_of(key), **intruder_row(weight, delta, seed=layer_of(key) + 1)})
             if weight is not None and factors:
                 rank = int(run.record["hparams"]["r"])
                 table7.append({"run": run.label, "method": run.record["method"], "matrix": key, "type": matrix_type(key), "layer": layer_of(key),
@@ -255,18 +297,22 @@ def analyse(runs: list[Run], out: Path) -> list[Path]:
         t7.to_csv(out / "table7.csv", index=False)
         (out / "table7.md").write_text(table7_markdown(t7))
         written += [out / "table7.csv", out / "table7.md"]
+    if intruders:
+        pd.DataFrame(intruders).to_csv(out / "intruders.csv", index=False)
+        written.append(out / "intruders.csv")
     if spectra:
         sp = pd.DataFrame(spectra)
         sp.to_csv(out / "spectrum.csv", index=False)
         written.append(out / "spectrum.csv")
         written.append(spectrum_plot(sp, out))
-    if subspace_rows or table7:
-        (out / "summary.md").write_text(summary_markdown(pd.DataFrame(subspace_rows), pd.DataFrame(table7)))
+    if subspace_rows or table7 or intruders:
+        (out / "summary.md").write_text(summary_markdown(pd.DataFrame(subspace_rows), pd.DataFrame(table7),
+                                                         pd.DataFrame(intruders)))
         written.append(out / "summary.md")
     return written
 
 
-def summary_markdown(sub: pd.DataFrame, t7: pd.DataFrame) -> str:
+def summary_markdown(sub: pd.DataFrame, t7: pd.DataFrame, intruders: pd.DataFrame | None = None) -> str:
     """The few numbers that answer Section 7's questions, from the CSVs above: the subspace overlap
     of the top directions (chance level for one direction is 1/d), and Table 7 at the lowest rank,
     r = 8 and the highest rank."""
@@ -288,6 +334,16 @@ def summary_markdown(sub: pd.DataFrame, t7: pd.DataFrame) -> str:
                          f"{group.random_dirs.mean():.3f} | {group.delta_norm.mean():.3f} | {group.amplification.mean():.2f} |")
         lines.append("")
         lines.append("Means over layers and runs; every rank is in table7.csv / table7.md.")
+    if intruders is not None and not intruders.empty:
+        lines += ["", f"Intruder dimensions (Shuttleworth et al. 2024): of the top {INTRUDER_K} singular vectors of "
+                  f"W_0 + ΔW, those with |cos| < {INTRUDER_EPS} to every singular vector of W_0; 'random' is the same "
+                  f"count for a random ΔW of the same rank and norm.", "",
+                  "| method | r | matrix | intruders per matrix | random ΔW | matrices |", "|---|---|---|---|---|---|"]
+        shared = sorted(set.intersection(*[set(g.type) for _, g in intruders.groupby("method")]))
+        for (method, r, mtype), group in intruders[intruders.type.isin(shared)].groupby(
+                ["method", intruders.r.fillna("-").astype(str), "type"]):
+            lines.append(f"| {method} | {r} | W_{mtype} | {group.intruders.mean():.2f} | "
+                         f"{group.random_intruders.mean():.2f} | {len(group)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.weights import (analyse, effective_rank, load_runs, lora_factors, similarity_grid,
-                              subspace_similarity, table7_row)
+from analysis.weights import (analyse, effective_rank, intruder_dimensions, load_runs, lora_factors, random_like,
+                              similarity_grid, subspace_similarity, table7_row)
 
 
 def orthonormal_rows(n: int, d: int, seed: int = 0) -> torch.Tensor:
@@ -46,6 +46,24 @@ def test_table7_on_a_rank_one_update_along_ws_top_direction():
     assert table7_row(weak, weight, r=1)["amplification"] == pytest.approx(0.5)
 
 
+def test_intruder_dimensions_on_updates_with_known_singular_vectors():
+    w0 = torch.diag(torch.arange(10, 0, -1, dtype=torch.float64))   # singular vectors: the axes
+    assert intruder_dimensions(w0, torch.zeros(10, 10)) == 0          # no update: every top vector is W_0's own
+    along = torch.zeros(10, 10)
+    along[0, 0] = 5.0                                                  # grows W_0's own top direction
+    assert intruder_dimensions(w0, along) == 0
+    v = torch.ones(10, dtype=torch.float64) / math.sqrt(10)            # |cos| with every axis: 0.316
+    spike = 100.0 * torch.outer(v, v)                                  # a new, dominant direction
+    assert intruder_dimensions(w0, spike, k=1) == 1
+    assert intruder_dimensions(w0, spike, k=1, eps=0.3) == 0          # the threshold decides
+    tilted = 100.0 * torch.outer(torch.tensor([1.0, 1.0] + [0.0] * 8, dtype=torch.float64) / math.sqrt(2),
+                                 torch.tensor([1.0, 1.0] + [0.0] * 8, dtype=torch.float64) / math.sqrt(2))
+    assert intruder_dimensions(w0, tilted, k=1) == 0                   # |cos| 0.707 with two axes: not an intruder
+    random = random_like(spike, seed=0)
+    assert int(torch.linalg.matrix_rank(random)) == 1
+    assert float(torch.linalg.matrix_norm(random)) == pytest.approx(float(torch.linalg.matrix_norm(spike)))
+
+
 def test_effective_rank_counts_the_directions_used():
     s, erank, k90 = effective_rank(torch.outer(torch.ones(6, dtype=torch.float64), torch.ones(5, dtype=torch.float64)))
     assert erank == pytest.approx(1.0) and k90 == 1 and s[0] == pytest.approx(math.sqrt(30))
@@ -80,6 +98,9 @@ def test_weights_report_from_tiny_lora_runs(tmp_path, sst2_dir):
     assert (t7.delta_norm > 0).all() and (t7.amplification > 0).all()
     spectrum = pd.read_csv(tmp_path / "weights" / "spectrum.csv")
     assert (spectrum.effective_rank <= 4 + 1e-6).all()  # a rank-r update uses at most r directions
+    intruders = pd.read_csv(tmp_path / "weights" / "intruders.csv")
+    assert len(intruders) == 3 * 4 and intruders.intruders.between(0, 10).all()
+    assert (intruders.delta_rank <= intruders.r).all()
 
 
 def _perturbed(method_overrides: list[str], model: list[str]):
