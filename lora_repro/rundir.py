@@ -188,6 +188,13 @@ def finished_record(run_dir: Path) -> dict | None:
     return record if record and record.get("status") == "ok" else None
 
 
+def lacks_weights(cfg: Any, run_dir: Path) -> bool:
+    """A finished run whose config asks for saved weights (save_checkpoint=true) that its folder does
+    not hold: save_checkpoint is no part of the recipe, so a run another study made without weights
+    has the same folder, and is trained again to save them (`make weights` needs them)."""
+    return bool(cfg.get("save_checkpoint")) and not (Path(run_dir) / CHECKPOINT_FILE).is_file()
+
+
 def existing_record(run_dir: Path) -> dict | None:
     """The folder's record, {"status": "unreadable"} when it is not one (truncated, not JSON, not
     an object), None when there is none."""

@@ -63,7 +63,7 @@ from .record import iter_records
 from .evidence import (Drift, ManifestRow, find_drift, merge_rows, prune_records, read_committed, read_manifest, sync,
                        write_manifest)
 from .provenance import git_commit
-from .rundir import canonical_recipe, config_hash, existing_record, run_subdir
+from .rundir import canonical_recipe, config_hash, existing_record, lacks_weights, run_subdir
 from .studyspec import (experiments_dir, STUDY_FILE, Study, Tune, command_line, load_study, param_choices,  # noqa: F401
                         read_spec, results_dir, split_args, study_names)
 
@@ -101,11 +101,15 @@ def recorded(study: Study, output_root: Path, run: str) -> dict | None:
 
 
 def placed(study: Study, cfg: DictConfig, seed: int) -> tuple[Path, str, bool]:
-    """(run folder, its path under output_root, done) for a composed job at one seed."""
+    """(run folder, its path under output_root, done) for a composed job at one seed. A run finished
+    here without the weights the study asks for (save_checkpoint=true) is not done: it trains again
+    (a committed record from another machine counts: weights are never committed)."""
     cfg.seed = seed
     run = run_subdir(cfg)
+    folder = Path(str(cfg.output_root)) / run
     record = recorded(study, Path(str(cfg.output_root)), run)
-    return Path(str(cfg.output_root)) / run, run, bool(record and record.get("status") == "ok" and not cfg.overwrite)
+    refetch = existing_record(folder) is not None and lacks_weights(cfg, folder)
+    return folder, run, bool(record and record.get("status") == "ok" and not cfg.overwrite and not refetch)
 
 
 def plan(study: Study, extra: list[str]) -> list[PlannedRun]:

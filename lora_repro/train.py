@@ -24,7 +24,7 @@ from .data import check_hub_reachable
 from .errors import ConfigError, RecordNotWritten, one_line
 from .record import RECORD_NAME
 from .paper_rows import paper_fit
-from .rundir import RunDirLock, check_writable, finished_record, register_resolvers
+from .rundir import RunDirLock, check_writable, finished_record, lacks_weights, register_resolvers
 
 log = logging.getLogger("lora_repro")
 register_resolvers()
@@ -78,9 +78,12 @@ def _main(cfg: DictConfig) -> float | None:
     except ConfigError as exc:
         return config_failure(cfg, run_dir, exc)
     done = finished_record(run_dir)
-    if done and not cfg.overwrite:
+    if done and not cfg.overwrite and not lacks_weights(cfg, run_dir):
         log.info("already done (status ok), skipping: %s  [overwrite=true re-runs it]", run_dir)
         return (done.get("metrics") or {}).get(cfg.task.main_metric)
+    if done and not cfg.overwrite:
+        log.info("finished without saved weights, and save_checkpoint=true asks for them: training it again: %s",
+                 run_dir)
     experiment = HydraConfig.get().runtime.choices.get("experiment")
     fit = paper_fit(cfg)
     if fit and fit != "exact":
@@ -213,7 +216,7 @@ def precheck(argv: list[str]) -> bool:
             continue  # a job that fails validation is recorded as failed and the sweep goes on
         validate(cfg)
         folder = run_dir(cfg)
-        if finished_record(folder) and not cfg.overwrite:
+        if finished_record(folder) and not cfg.overwrite and not lacks_weights(cfg, folder):
             print(f"already done (status ok), skipping: {folder}  [overwrite=true re-runs it]")
             return False
     return True

@@ -69,6 +69,20 @@ def test_finished_run_is_skipped_and_overwrite_reruns_it(tmp_path, sst2_dir):
     assert forced.returncode == 0 and record_path.stat().st_mtime_ns != stamp
 
 
+def test_a_finished_run_without_the_weights_a_later_config_asks_for_trains_again_to_save_them(tmp_path, sst2_dir):
+    from lora_repro.record import CHECKPOINT_FILE
+
+    first = launch(tmp_path, sst2_dir, "train.max_steps=2", "save_checkpoint=false")
+    assert first.returncode == 0, first.stderr[-2000:]
+    folder = only_run_dir(tmp_path)  # save_checkpoint is no part of the recipe: the same folder below
+    assert not (folder / CHECKPOINT_FILE).exists()
+    wanted = launch(tmp_path, sst2_dir, "train.max_steps=2", "save_checkpoint=true")
+    assert wanted.returncode == 0 and "training it again" in wanted.stdout + wanted.stderr
+    assert only_run_dir(tmp_path) == folder and (folder / CHECKPOINT_FILE).is_file()
+    again = launch(tmp_path, sst2_dir, "train.max_steps=2", "save_checkpoint=true")
+    assert "already done" in again.stdout + again.stderr
+
+
 def test_run_folder_is_unique_per_config_and_seed(tmp_path, sst2_dir):
     from lora_repro.rundir import register_resolvers
 
