@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import os
 import signal
 import statistics
 import subprocess
@@ -438,7 +439,7 @@ def keep_old(drift: Drift, runs: list[PlannedRun], rows: list[ManifestRow],
     return [kept.get(r.key, r) for r in rows]
 
 
-def launch_tuned(study: Study, evidence: Evidence, extra: list[str]) -> int:
+def launch_tuned(study: Study, evidence: Evidence, extra: list[str], devices: list[str] | None = None) -> int:
     """A tuned study in rounds: whatever can run now (the candidates, then the seeds whose setting
     has been chosen) runs, and the plan is made again, until nothing new can run. Each round
     launches one Hydra multirun per variant and value set; a run that failed is not retried here
@@ -450,6 +451,11 @@ def launch_tuned(study: Study, evidence: Evidence, extra: list[str]) -> int:
                 and r.run_dir not in attempted]
         if not todo:
             return status
+        if devices:  # every run that can run now, one per device at a time; then plan again
+            status = run_on_devices(study, todo, devices, evidence.output_root) or status
+            evidence.after_launch()
+            attempted.update(r.run_dir for r in todo)
+            continue
         groups: dict[tuple, list[PlannedRun]] = {}
         for r in todo:
             base = tuple(o for o in r.overrides if not o.startswith(("seed=", f"{key}=")))
@@ -469,13 +475,20 @@ def launch_tuned(study: Study, evidence: Evidence, extra: list[str]) -> int:
             attempted.update(r.run_dir for r in members)
 
 
-def launch(study: Study, runs: list[PlannedRun], extra: list[str], evidence: Evidence) -> int:
+def launch(study: Study, runs: list[PlannedRun], extra: list[str], evidence: Evidence,
+           devices: list[str] | None = None) -> int:
     """One Hydra multirun per phase and variant (a fresh process each, so peak memory is per
     variant), over the grid values and seeds that still have a run to do and data to do it with;
     finished runs inside a sweep are skipped by the trainer itself. Records are copied into the
     study after each multirun."""
     status = 0
     for index, phase in enumerate(study.phases()):
+        if devices:  # a phase's runs spread over the devices; the next phase starts when it is done
+            todo = [r for r in runs if r.group[0] == index and r.data_ok and not r.done]
+            if todo:
+                status = run_on_devices(study, todo, devices, evidence.output_root) or status
+                evidence.after_launch()
+            continue
         for variant_name, variant in study.variants().items():
             todo = [r for r in runs if r.group == (index, variant_name) and r.data_ok and not r.done]
             # Runs the planner wired to another run (init_from) launch apart, each with its source.
@@ -492,6 +505,75 @@ def launch(study: Study, runs: list[PlannedRun], extra: list[str], evidence: Evi
                 status = run_child(cmd) or status
                 evidence.after_launch()
     return status
+
+
+def visible_devices(spec: str | None) -> list[str]:
+    """--devices: "auto" = every visible CUDA GPU (none: no fan-out), or a list like "0,1,2"."""
+    if not spec:
+        return []
+    if spec == "auto":
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    devices = [d.strip() for d in spec.split(",") if d.strip()]
+    if not devices or len(set(devices)) != len(devices):
+        raise ConfigError(f"--devices={spec!r}: give 'auto' or distinct device ids, e.g. --devices 0,1,2,3")
+    return devices
+
+
+def run_on_devices(study: Study, jobs: list[PlannedRun], devices: list[str], output_root: Path) -> int:
+    """Each job in its own process, at most one per device at a time (CUDA_VISIBLE_DEVICES=<id>), so
+    a machine with N GPUs trains N runs at once: the local fan-out (on SLURM, Hydra's submitit
+    launcher does this). A job's output goes to <output_root>/launch_logs/; one line per start and
+    end here. SIGTERM or SIGINT reaches every running job, which are waited for."""
+    import queue
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    free: queue.Queue[str] = queue.Queue()
+    for device in devices:
+        free.put(device)
+    logs = output_root / "launch_logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    live: set[subprocess.Popen] = set()
+    lock = threading.Lock()
+    stopping = threading.Event()
+
+    def one(job: PlannedRun) -> int:
+        device = free.get()
+        try:
+            if stopping.is_set():
+                return 1
+            cmd = [sys.executable, "-m", "lora_repro.train", f"study={study.name}", *job.overrides]
+            log_file = logs / (job.run.replace("/", "__") + ".log")
+            print(f"[device {device}] start {job.run}", flush=True)
+            with open(log_file, "w", encoding="utf-8") as out:
+                child = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                         env={**os.environ, "CUDA_VISIBLE_DEVICES": device})
+                with lock:
+                    live.add(child)
+                code = child.wait()
+                with lock:
+                    live.discard(child)
+            print(f"[device {device}] {'done' if code == 0 else f'failed (exit {code}; {log_file})'} {job.run}", flush=True)
+            return code
+        finally:
+            free.put(device)
+
+    def forward(signum, frame):
+        stopping.set()
+        with lock:
+            for child in live:
+                child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with ThreadPoolExecutor(max_workers=len(devices)) as pool:
+            codes = list(pool.map(one, jobs))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return next((c for c in codes if c), 0)
 
 
 def run_child(cmd: list[str]) -> int:
@@ -528,6 +610,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scratch", action="store_true",
                         help="this machine only: committed records are neither counted nor updated; results go to "
                              "<output_root>/scratch/NAME/results/ (what `make demo` does)")
+    parser.add_argument("--devices", default=None,
+                        help="run jobs in parallel, one per device at a time: 'auto' (every visible GPU) or ids "
+                             "'0,1,2,3' (each job sees only its own: CUDA_VISIBLE_DEVICES). Default: one job at a time")
     drift = parser.add_mutually_exclusive_group()
     drift.add_argument("--keep", action="store_true",
                        help="runs whose recipe changed keep their committed records (nothing re-runs them)")
@@ -535,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="runs whose recipe changed run again under the new recipe")
     args, rest = parser.parse_known_args(argv)
     try:
+        devices = visible_devices(args.devices)
         assignments, extra = split_args(args.name, rest)
         study = load_study(args.name, assignments)
         study.committed = not args.scratch
@@ -560,9 +646,9 @@ def main(argv: list[str] | None = None) -> int:
         if status != 0:  # the tool said why; results/ keeps what an earlier, successful run wrote
             return status
     elif study.tune() is not None:
-        status = launch_tuned(study, evidence, extra)
+        status = launch_tuned(study, evidence, extra, devices)
     else:
-        status = launch(study, runs, extra, evidence)
+        status = launch(study, runs, extra, evidence, devices)
     if not args.no_results:
         status = build_results(study.name, assignments, None if study.committed else root) or status
     return status

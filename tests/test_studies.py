@@ -218,6 +218,40 @@ def test_a_study_lands_in_run_folders_records_its_name_and_a_rerun_skips(tmp_pat
     assert (results / "methods.md").read_text() == table  # same records, same bytes
 
 
+@pytest.mark.slow
+def test_a_study_fans_out_one_job_per_device(tmp_path):
+    """--devices 0,1: every run in its own process, at most two at once, each told its device
+    (CUDA_VISIBLE_DEVICES); a tuned study's rounds go through the same pool."""
+    experiments = tmp_path / "experiments"
+    (experiments / "fan").mkdir(parents=True)
+    data = write_sst2_dir(tmp_path / "SST-2", n_train=64, n_dev=32)
+    common = [*TINY, f"task.data_dir={data}", "train.max_steps=2", "save_checkpoint=false",
+              f"output_root={tmp_path / 'outputs'}", "task.heldout_rows=16"]
+    (experiments / "fan" / "study.yaml").write_text(json.dumps({
+        "description": "a tuned tiny study", "cost": "seconds", "common": common,
+        "variants": {"lora": ["method=lora"], "bitfit": ["method=bitfit"]}, "seeds": [1],
+        "tune": {"key": "train.lr", "values": {"lora": [1e-3, 1e-2], "bitfit": [1e-2]}, "seed": 0},
+        "results": ["method_table"]}))
+    env = {**os.environ, "LORA_REPRO_EXPERIMENTS": str(experiments), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "lora_repro.study", "fan", "--scratch", "--devices", "0,1"]
+    out = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:] + out.stdout[-2000:]
+    records = [json.loads(p.read_text()) for p in (tmp_path / "outputs" / "runs").rglob("record.json")]
+    assert len(records) == 3 + 2 and all(r["status"] == "ok" for r in records)  # 3 candidates, 2 arms x 1 seed
+    starts = [line for line in out.stdout.splitlines() if "] start " in line]
+    assert len(starts) == 5 and {line.split("]")[0] for line in starts} <= {"[device 0", "[device 1"}
+    running, peak = 0, 0
+    for line in out.stdout.splitlines():
+        running += 1 if "] start " in line else -1 if "] done " in line else 0
+        peak = max(peak, running)
+    assert peak <= 2
+    logs = list((tmp_path / "outputs" / "launch_logs").glob("*.log"))
+    assert len(logs) == 5
+    bad = subprocess.run([sys.executable, "-m", "lora_repro.study", "fan", "--devices", "0,0", "--dry-run"],
+                         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "give 'auto' or distinct device ids" in bad.stderr
+
+
 def test_the_readme_quotes_only_committed_study_results():
     from analysis.readme import BLOCK, README, refill
 
