@@ -313,6 +313,38 @@ def efficiency_rows() -> list[dict]:
     return rows
 
 
+INTRUDERS_CSV = Path(__file__).resolve().parents[1] / "experiments" / "intruders" / "results" / "weights" / "intruders.csv"
+INTRUDER_MARGIN = 0.5   # intruders per matrix: a difference below half a vector per matrix is no difference
+
+
+def intruder_rows(path: Path = INTRUDERS_CSV) -> list[dict]:
+    """The intruder-dimension claim (Shuttleworth et al. 2024) from the intruders study's committed
+    counts (its weights are not committed, so this is read, like the bench's): per seed, the mean
+    count over the W_q / W_v matrices both methods change, LoRA (each rank) against full FT and
+    against a random update of the same rank and norm, paired over seeds."""
+    if not path.is_file():
+        return []
+    df = pd.read_csv(path)
+    ft = df[df.method == "full_ft"]
+    lora = df[df.method != "full_ft"]
+    shared = sorted(set(ft.type) & set(lora.type))
+    if ft.empty or lora.empty or not shared:
+        return []
+    per_seed = lambda frame, column: frame[frame.type.isin(shared)].groupby("seed")[column].mean().to_dict()  # noqa: E731
+    rows = []
+    for r, group in lora.groupby("r"):
+        lora_counts = per_seed(group, "intruders")
+        for baseline, counts in (("full_ft", per_seed(ft, "intruders")), ("random ΔW", per_seed(group, "random_intruders"))):
+            diff = paired(lora_counts, counts)
+            status, why = decide("superior", diff, INTRUDER_MARGIN)
+            rows.append({"claim": f"LoRA (r={int(r)}) has more intruder dimensions than {baseline} "
+                                  f"(Shuttleworth et al. 2024; intruders study, W_{'/W_'.join(shared)})",
+                         "measured": f"{np.mean(list(lora_counts.values())):.2f} vs {np.mean(list(counts.values())):.2f} "
+                                     f"per matrix; difference {diff.mean.fmt(2, signed=True)}" + (f"; {why}" if why else ""),
+                         "verdict": status})
+    return rows
+
+
 # ------------------------------------------------------------------------------------------ report
 def fmt(x: Any, digits: int = 1, signed: bool = False) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
@@ -406,7 +438,12 @@ def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict
     efficiency_md = ["", "| efficiency (bench) | paper | measured | target | verdict |", "|---|---|---|---|---|"]
     efficiency_md += [f"| {e['claim']} | {e['paper']} | {e['measured']} | {e['target']} | **{e['verdict']}** |"
                       for e in efficiency]
-    verdict_md = "\n".join(box + verdicts + (efficiency_md if efficiency else [])) + "\n"
+    intruders = intruder_rows()
+    intruders_md = ["", f"| weights (make weights STUDY=intruders) | measured: mean [95% t-interval] over seeds | "
+                        f"verdict (margin {INTRUDER_MARGIN} per matrix) |", "|---|---|---|"]
+    intruders_md += [f"| {r['claim']} | {r['measured']} | **{r['verdict']}** |" for r in intruders]
+    verdict_md = "\n".join(box + verdicts + (efficiency_md if efficiency else [])
+                           + (intruders_md if intruders else [])) + "\n"
 
     n_ok = len(ok_scale)
     n_failed = sum(label.get("param.scale") == scale for label in records.failed_labels)

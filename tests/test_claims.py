@@ -406,3 +406,24 @@ def test_a_run_that_watches_held_out_rows_stops_early_and_keeps_its_dev_predicti
     accuracy = sum(p == y for p, y in zip(kept["predictions"], kept["labels"])) / 40
     assert record["metrics"]["accuracy"] == pytest.approx(accuracy)
     assert record["selected"]["step"] <= record["throughput"]["train_steps"]
+
+
+def test_the_intruder_claim_reads_the_weights_studys_counts(tmp_path):
+    from analysis.claims import intruder_rows
+
+    rows = []
+    for seed in (1, 2, 3):
+        for layer in range(2):
+            for mtype in ("query", "value"):
+                rows += [{"method": "lora", "r": 8, "seed": seed, "type": mtype, "layer": layer,
+                          "intruders": 2 + (seed == 3), "random_intruders": 0},
+                         {"method": "full_ft", "r": None, "seed": seed, "type": mtype, "layer": layer,
+                          "intruders": 0, "random_intruders": 0}]
+    rows += [{"method": "full_ft", "r": None, "seed": 1, "type": "dense", "layer": 0, "intruders": 9, "random_intruders": 0}]
+    path = tmp_path / "intruders.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    found = intruder_rows(path)
+    assert [r["verdict"] for r in found] == ["supported", "supported"]   # vs full FT, vs a random update
+    assert "W_query/W_value" in found[0]["claim"] and found[0]["measured"].startswith("2.33 vs 0.00")
+    pd.DataFrame([{**r, "intruders": 0} for r in rows]).to_csv(path, index=False)
+    assert [r["verdict"] for r in intruder_rows(path)] == ["refuted", "refuted"]  # both 0: a tie within the margin
