@@ -269,6 +269,33 @@ def compare(claim: Claim, a: pd.DataFrame, b: pd.DataFrame, margin: float, edges
                     + (f"; {notes}" if notes else "")}
 
 
+def compare_improves(claim: Claim, sides: list[pd.DataFrame], margin: float, edges: dict) -> dict:
+    """claim.arm - claim.baseline at one setting against the same comparison at another (claim.then:
+    e.g. the same two methods on a larger model), paired over seeds (a seed draws the same training
+    rows at both): superiority of (then_arm - then_baseline) - (arm - baseline) against 0, margin for
+    the tie."""
+    a, b, a2, b2 = sides
+    task = a.task.iloc[0]
+    names = [claim.arm, claim.baseline, *(claim.then or ("", ""))]
+    gap = lambda x, y: {s: x.score[s] - y.score[s] for s in set(x.index) & set(y.index)}  # noqa: E731
+    before, after = gap(a, b), gap(a2, b2)
+    diff = paired(after, before)
+    status, why = decide("superior", diff, margin)
+    p_refute = refutation_pvalue("superior", diff, margin) if status == REFUTED else 1.0
+    failed_gate = "; ".join(w for w in (gate(x.reset_index()) for x in sides) if w)
+    edge = [n for n in names if edges.get((n, task))]
+    if failed_gate:
+        status, why = NOT_EVALUABLE, failed_gate
+    elif edge:
+        status, why = NOT_AS_SPECIFIED, f"{', '.join(edge)}: the chosen lr is at an end of the grid tried"
+    mean = lambda d: float(np.mean(list(d.values()))) if d else math.nan  # noqa: E731
+    return {"arm": claim.arm, "baseline": claim.baseline, "task": task, "margin": margin, "n_pairs": diff.n,
+            "median": diff.mean.estimate, "low": diff.mean.low, "high": diff.mean.high, "verdict": status,
+            "p_refute": p_refute if status == REFUTED else 1.0,
+            "what": f"({names[2]} − {names[3]}) − ({names[0]} − {names[1]}): gap {mean(before):+.2f} → {mean(after):+.2f} "
+                    f"points, mean paired change, 95% t-interval" + (f"; {why}" if why else "")}
+
+
 def evaluate_claim(claim: Claim, runs: pd.DataFrame, margins: dict[str, float] | None = None,
                    edges: dict | None = None) -> tuple[list[dict], str]:
     """(one row per task where both arms ran, the claim's verdict). `edges`: (arm, task) -> "largest
@@ -281,11 +308,16 @@ def evaluate_claim(claim: Claim, runs: pd.DataFrame, margins: dict[str, float] |
         b = runs[(runs.arm == claim.baseline) & (runs.task == task)].set_index("seed")
         if a.empty and b.empty:
             continue
-        if a.empty or b.empty:
+        sides = [a, b] + [runs[(runs.arm == name) & (runs.task == task)].set_index("seed") for name in claim.then or ()]
+        names = [claim.arm, claim.baseline, *(claim.then or ())]
+        empty = [n for n, side in zip(names, sides) if side.empty]
+        if empty:
             rows.append({"arm": claim.arm, "baseline": claim.baseline, "task": task, "verdict": UNDECIDED, "n_pairs": 0,
-                         "p_refute": 1.0, "what": f"no finished runs of {claim.arm if a.empty else claim.baseline}"})
+                         "p_refute": 1.0, "what": f"no finished runs of {', '.join(empty)}"})
             continue
-        rows.append(compare(claim, a, b, float(margins.get(task, DEFAULT_MARGIN)), edges))
+        margin = float(margins.get(task, DEFAULT_MARGIN))
+        rows.append(compare_improves(claim, sides, margin, edges) if claim.test == "improves"
+                    else compare(claim, a, b, margin, edges))
     if not rows:
         return rows, UNDECIDED
     refuted = [i for i, r in enumerate(rows) if r["verdict"] == REFUTED]
@@ -409,8 +441,9 @@ def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict
     # The claims this tier can decide: those whose two arms are among its variants (study.yaml
     # checked every claim against every tier when the study was read).
     variants = set(spec.get("variants") or {})
-    claims = [c for c in claims_of(spec, known_arms={x for c in spec.get("claims") or [] for x in (c.get("arm"), c.get("baseline"))})
-              if not variants or {c.arm, c.baseline} <= variants]
+    named = {x for c in spec.get("claims") or [] for x in (c.get("arm"), c.get("baseline"), *(c.get("then") or []))}
+    claims = [c for c in claims_of(spec, known_arms=named)
+              if not variants or {c.arm, c.baseline, *(c.then or ())} <= variants]
     pair_rows, verdict_rows = [], []
     for claim in claims:
         rows, verdict = evaluate_claim(claim, runs, margins, edges)

@@ -164,8 +164,8 @@ class Tune:
 
 # ------------------------------------------------------------------------------ claims
 PAIRED_TESTS = ("noninferior", "superior", "equivalent")
-TESTS = PAIRED_TESTS + ("identical", "fewer_steps", "lr_ratio")
-CLAIM_KEYS = {"id", "claim", "source", "test", "arm", "baseline", "min_tasks", "ratio"}
+TESTS = PAIRED_TESTS + ("identical", "fewer_steps", "lr_ratio", "improves")
+CLAIM_KEYS = {"id", "claim", "source", "test", "arm", "baseline", "min_tasks", "ratio", "then"}
 CLAIM_TESTS = TESTS
 
 
@@ -179,6 +179,7 @@ class Claim:
     id: str = ""
     min_tasks: int = 1         # tasks that must pass the validity gate for a claim-level verdict
     ratio: tuple[float, float] | None = None   # lr_ratio: the range of lr(arm) / lr(baseline) the claim states
+    then: tuple[str, str] | None = None        # improves: (arm, baseline) at the other setting (e.g. a larger model)
 
 
 def claims_of(spec: dict[str, Any], where: str = STUDY_FILE, known_arms: set[str] | None = None) -> list[Claim]:
@@ -198,7 +199,11 @@ def claims_of(spec: dict[str, Any], where: str = STUDY_FILE, known_arms: set[str
             raise ConfigError(f"{name}: unknown key(s) {unknown}; valid: {', '.join(sorted(CLAIM_KEYS))}")
         if entry["test"] not in TESTS:
             raise ConfigError(f"{name}: test {entry['test']!r} is not one of {', '.join(TESTS)}")
-        missing = [a for a in (entry["arm"], entry["baseline"]) if variants and a not in variants]
+        then = entry.get("then")
+        if entry["test"] == "improves" and not (isinstance(then, list) and len(then) == 2):
+            raise ConfigError(f"{name}: an improves claim needs then: [arm, baseline] (the same comparison at the other "
+                              f"setting), got {then!r}")
+        missing = [a for a in (entry["arm"], entry["baseline"], *(then or [])) if variants and a not in variants]
         if missing:
             raise ConfigError(f"{name}: {', '.join(missing)} is not a variant of the study "
                               f"(variants: {', '.join(sorted(variants))})")
@@ -209,7 +214,8 @@ def claims_of(spec: dict[str, Any], where: str = STUDY_FILE, known_arms: set[str
         out.append(Claim(claim=str(entry["claim"]), test=str(entry["test"]), arm=str(entry["arm"]),
                          baseline=str(entry["baseline"]), source=str(entry.get("source") or ""),
                          id=str(entry.get("id") or f"claim{i}"), min_tasks=int(entry.get("min_tasks") or 1),
-                         ratio=(float(ratio[0]), float(ratio[1])) if ratio else None))
+                         ratio=(float(ratio[0]), float(ratio[1])) if ratio else None,
+                         then=(str(then[0]), str(then[1])) if then else None))
     return out
 
 

@@ -309,6 +309,7 @@ def test_only_limits_a_variant_to_some_grid_values_and_a_tuning_seed_must_not_re
     ({"claim": "x", "test": "superior", "arm": "a", "baseline": "nope"}, "nope is not a variant of the study"),
     ({"claim": "x", "test": "lr_ratio", "arm": "a", "baseline": "b"}, "an lr_ratio claim needs ratio: [low, high]"),
     ({"claim": "x", "test": "superior", "arm": "a", "baseline": "b", "margin": 2}, "unknown key(s) ['margin']"),
+    ({"claim": "x", "test": "improves", "arm": "a", "baseline": "b"}, "an improves claim needs then: [arm, baseline]"),
 ])
 def test_a_claim_with_a_typo_stops_the_study_before_anything_runs(tmp_path, monkeypatch, claim, message):
     from lora_repro.errors import ConfigError
@@ -427,3 +428,19 @@ def test_the_intruder_claim_reads_the_weights_studys_counts(tmp_path):
     assert "W_query/W_value" in found[0]["claim"] and found[0]["measured"].startswith("2.33 vs 0.00")
     pd.DataFrame([{**r, "intruders": 0} for r in rows]).to_csv(path, index=False)
     assert [r["verdict"] for r in intruder_rows(path)] == ["refuted", "refuted"]  # both 0: a tie within the margin
+
+
+def test_a_gap_that_shrinks_with_model_size_is_decided_on_the_change_per_seed():
+    claim = Claim("LoRA's gap to FT shrinks", "improves", "lora", "full_ft", then=("lora_big", "full_ft_big"))
+    rows = []
+    for seed in range(1, 6):
+        rows += [{"arm": "full_ft", "seed": seed, "score": 85.0 + seed, "constant": 50.0},
+                 {"arm": "lora", "seed": seed, "score": 82.0 + seed + 0.1 * (seed % 2), "constant": 50.0},   # -3
+                 {"arm": "full_ft_big", "seed": seed, "score": 90.0 + seed, "constant": 50.0},
+                 {"arm": "lora_big", "seed": seed, "score": 89.5 + seed - 0.1 * (seed % 2), "constant": 50.0}]  # -0.5
+    out, verdict = evaluate_claim(claim, runs_frame(rows), {"sst2": 1.0})
+    assert verdict == "supported" and out[0]["median"] == pytest.approx(2.5 - 0.2 * 3 / 5, abs=1e-9)
+    assert "gap -2.94 → -0.56" in out[0]["what"]
+    missing = runs_frame([r for r in rows if r["arm"] != "lora_big"])
+    out, verdict = evaluate_claim(claim, missing)
+    assert verdict == "undecided" and "no finished runs of lora_big" in out[0]["what"]
