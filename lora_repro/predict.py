@@ -1,7 +1,10 @@
 """Use a finished run: `python -m lora_repro.predict RUN_DIR "a sentence" ["another" ...]` prints each
 text's predicted class and probabilities (or score, for regression); `--export DIR` writes the
 adapter in peft's format (adapter_config.json + adapter_model.safetensors, loadable with
-PeftModel.from_pretrained) plus the trained task head (head.safetensors), for peft-based methods.
+PeftModel.from_pretrained) plus the trained task head (head.safetensors), for peft-based methods;
+`--merge DIR` the merged model (the method's weights folded into the backbone, for LoRA, its peft
+variants, full FT, BitFit) as a plain transformers model with its tokenizer; `--push REPO_ID`
+uploads either folder to the Hugging Face Hub.
 
 `load_run(run_dir)` rebuilds the run's model from its record's resolved config, through the same
 assembly step as training, and loads its trained tensors: the weights the record reports
@@ -106,18 +109,52 @@ def export_peft(run: LoadedRun, out: str | Path) -> list[Path]:
     return sorted(out.iterdir())
 
 
+def export_merged(run: LoadedRun, out: str | Path) -> list[Path]:
+    """The trained model as a plain transformers model (the method's weights folded into the
+    backbone: Method.merged) with its tokenizer: `AutoModelFor...from_pretrained(out)` loads it with no
+    project code. LoRA's merge adds s B A to W, so the merged model computes what the run computes."""
+    out = Path(out)
+    merged = run.built.method.merged(run.built.model)
+    merged.save_pretrained(str(out))
+    run.tokenizer.save_pretrained(str(out))
+    return sorted(out.iterdir())
+
+
+def push(folder: Path, repo_id: str) -> str:
+    """Upload an exported folder to the Hugging Face Hub (`huggingface-cli login` first)."""
+    import os
+
+    from huggingface_hub import HfApi
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ConfigError(f"--push {repo_id}: HF_HUB_OFFLINE=1 is set (no network); unset it on a machine with one, "
+                          f"or upload {folder} later with `huggingface-cli upload {repo_id} {folder}`")
+    api = HfApi()
+    api.create_repo(repo_id, exist_ok=True)
+    return str(api.upload_folder(folder_path=str(folder), repo_id=repo_id))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run_dir")
     parser.add_argument("texts", nargs="*")
     parser.add_argument("--best", action="store_true", help="the best evaluation's weights (train.keep_best)")
     parser.add_argument("--export", default=None, metavar="DIR", help="write the adapter in peft's format")
+    parser.add_argument("--merge", default=None, metavar="DIR",
+                        help="write the merged model (method folded into the backbone) + tokenizer, plain transformers")
+    parser.add_argument("--push", default=None, metavar="REPO_ID",
+                        help="upload what --export or --merge wrote to the Hugging Face Hub")
     args = parser.parse_args(argv)
     try:
         run = load_run(args.run_dir, best=args.best)
-        if args.export:
-            for path in export_peft(run, args.export):
-                print(f"wrote {path}")
+        if args.push and not (args.export or args.merge):
+            raise ConfigError("--push uploads what --export DIR or --merge DIR writes: give one of them")
+        for folder, writer in ((args.export, export_peft), (args.merge, export_merged)):
+            if folder:
+                for path in writer(run, folder):
+                    print(f"wrote {path}")
+                if args.push:
+                    print(f"pushed {folder} to {push(Path(folder), args.push)}")
         for row in predict(run, args.texts) if args.texts else []:
             print(row)
     except ConfigError as exc:

@@ -240,3 +240,38 @@ def test_a_finished_run_loads_predicts_and_exports_to_peft(tmp_path, sst2_dir):
     batch = loaded.tokenizer(["the film was great"], return_tensors="pt")
     with torch.no_grad():
         assert torch.allclose(fresh.eval()(**batch).logits, loaded.built.model(**batch).logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["lora", "bitfit", "adapter_h"])
+def test_a_finished_run_merges_into_a_plain_transformers_model_with_the_same_logits(tmp_path, sst2_dir, method,
+                                                                                      monkeypatch, capsys):
+    """`predict --merge DIR`: the method's weights folded into the backbone, loadable with
+    AutoModelForSequenceClassification alone; a method that adds modules says it cannot merge."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from lora_repro.config import validate
+    from lora_repro.errors import ConfigError
+    from lora_repro.predict import load_run, main
+    from lora_repro.trainer import run
+
+    cfg = compose_cfg(*TINY, f"task.data_dir={sst2_dir}", f"method={method}", "train.max_steps=6", "train.lr=5e-3",
+                      "train.checkpoint_every=0")
+    run(cfg, validate(cfg), tmp_path / "run")
+    loaded = load_run(tmp_path / "run")
+    batch = loaded.tokenizer(["the film was great", "the plot was awful"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        expected = loaded.built.model(**batch).logits
+    if method == "adapter_h":
+        with pytest.raises(ConfigError, match="adds modules to the network"):
+            loaded.built.method.merged(loaded.built.model)
+        return
+    assert main([str(tmp_path / "run"), "--merge", str(tmp_path / "merged")]) == 0
+    plain = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "merged")).eval()
+    assert not any("lora" in n for n, _ in plain.named_parameters())
+    with torch.no_grad():
+        assert torch.allclose(plain(**batch).logits, expected, atol=1e-5)
+    assert main([str(tmp_path / "run"), "--push", "me/x"]) == 2   # nothing to push without --export/--merge
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main([str(tmp_path / "run"), "--merge", str(tmp_path / "m2"), "--push", "me/x"]) == 2
+    assert "HF_HUB_OFFLINE=1 is set (no network)" in capsys.readouterr().err

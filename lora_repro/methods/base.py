@@ -85,6 +85,15 @@ class Method:
         DoRA's magnitude, PiSSA's and OLoRA's residual base are not s B A."""
         return {}
 
+    def merged(self, model: nn.Module) -> nn.Module:
+        """The trained model as the backbone's own architecture, the method's weights folded in (for
+        `predict --merge`: a plain transformers model, no method code needed to load it). A method
+        that adds modules (adapters, prefixes) cannot be folded in and says so."""
+        from ..errors import ConfigError
+
+        raise ConfigError(f"method {self.name} adds modules to the network, so its weights cannot be folded into the "
+                          f"backbone; use `--export` (peft methods) or load_run(run_dir)")
+
     def info(self) -> dict[str, Any]:
         """What the method is, for the run record and the analysis (see the class docstring)."""
         return {"family": self.family, "rank_key": self.rank_key, "lr_ratio_key": self.lr_ratio_key,

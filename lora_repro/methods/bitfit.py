@@ -22,6 +22,9 @@ class BitFit(Method):
         LayerNorm biases 2d); plus the final LayerNorm's bias."""
         return 11 * dims["d_model"] * dims["n_layers"] + dims["d_model"]
 
+    def merged(self, model: nn.Module) -> nn.Module:
+        return model  # the trained biases are the backbone's own
+
     def apply(self, model: nn.Module, model_cfg: Any) -> nn.Module:
         freeze_all(model)
         biases = [p for n, p in model.named_parameters() if n.endswith(".bias")]

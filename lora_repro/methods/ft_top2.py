@@ -23,6 +23,9 @@ class FineTuneTopBlocks(Method):
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
             raise ConfigError(f"method.top_k must be an integer >= 0 (0: the task head alone), got {self.top_k!r}")
 
+    def merged(self, model: nn.Module) -> nn.Module:
+        return model  # the trained weights are the backbone's own
+
     def delta_weights(self, model: nn.Module, pretrained: dict) -> dict:
         return changed_matrices(model, pretrained)
 

@@ -21,6 +21,9 @@ class FullFineTuning(Method):
         d, L = dims["d_model"], dims["n_layers"]
         return 12 * L * d * d + 13 * L * d + (dims["vocab"] + dims["positions"]) * d + 2 * d
 
+    def merged(self, model: nn.Module) -> nn.Module:
+        return model  # the trained weights are the backbone's own
+
     def delta_weights(self, model: nn.Module, pretrained: dict) -> dict:
         return changed_matrices(model, pretrained)
 

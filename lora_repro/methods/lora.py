@@ -138,6 +138,9 @@ class LoRA(Method):
             swap_init_to_b_random(model)
         return model
 
+    def merged(self, model: nn.Module) -> nn.Module:
+        return merge_lora(model)  # peft's merge_and_unload, or FusedQKVLoRA's own merge (GPT-2)
+
     def delta_weights(self, model: nn.Module, pretrained: dict) -> dict:
         fused = {name: module for name, module in model.named_modules() if isinstance(module, FusedQKVLoRA)}
         if not fused:

@@ -42,6 +42,13 @@ class PeftMethod(Method):
             raise ConfigError(f"method.peft_config: {unknown} {'is' if len(unknown) == 1 else 'are'} not an argument of "
                               f"peft's {classes[self.peft_type].__name__}; see its documentation")
 
+    def merged(self, model: nn.Module) -> nn.Module:
+        try:
+            return model.merge_and_unload()
+        except Exception as exc:  # a peft tuner without a merge (e.g. prompt learning)
+            raise ConfigError(f"method {self.name}: peft cannot merge {self.peft_type} ({' '.join(str(exc).split())[:160]}); "
+                              f"use --export") from None
+
     def delta_weights(self, model: nn.Module, pretrained: dict) -> dict:
         return peft_merged_deltas(model, pretrained)
 
