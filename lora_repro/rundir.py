@@ -265,6 +265,15 @@ class RunDirLock:
             pass
         return True, pid
 
+    def check_free(self) -> None:
+        """One line when a live job holds the folder: asked before Hydra writes the job's .hydra/
+        files into it, so a refused job never rewrites the running one's provenance (probe D7)."""
+        if self.path.exists():
+            alive, who = self._holder_alive()
+            if alive:
+                raise ConfigError(f"run folder {self.path.parent} is in use by process {who} (lock file "
+                                  f"{self.path}; if no job is running there, delete it)")
+
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.HEARTBEAT_S):
             try:

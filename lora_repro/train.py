@@ -216,6 +216,7 @@ def precheck(argv: list[str]) -> bool:
             continue  # a job that fails validation is recorded as failed and the sweep goes on
         validate(cfg)
         folder = run_dir(cfg)
+        RunDirLock(folder).check_free()  # before Hydra writes .hydra/ into a folder a live job holds
         if finished_record(folder) and not cfg.overwrite and not lacks_weights(cfg, folder):
             print(f"already done (status ok), skipping: {folder}  [overwrite=true re-runs it]")
             return False

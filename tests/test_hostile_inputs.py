@@ -156,6 +156,22 @@ def test_already_done_is_decided_before_hydra_touches_the_folder(tmp_path):  # [
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
 
 
+def test_a_job_refused_for_a_live_lock_leaves_the_running_jobs_hydra_files_alone(tmp_path):
+    """Probe D7: `overwrite=true` while another process runs the folder used to rewrite that run's
+    .hydra/overrides.yaml before being refused; the live lock is now checked first."""
+    import socket
+
+    folder = write_sst2_dir(tmp_path / "SST-2", n_train=32, n_dev=16)
+    args = [*TINY, f"task.data_dir={folder}", "train.max_steps=2", f"output_root={tmp_path / 'out'}"]
+    assert run_cli(*args).returncode == 0
+    run_dir = next((tmp_path / "out").rglob("record.json")).parent
+    overrides = (run_dir / ".hydra" / "overrides.yaml").read_text()
+    (run_dir / ".lock").write_text(f"{socket.gethostname()} {os.getppid()}\n")  # a live process holds it
+    proc = run_cli(*args, "overwrite=true")
+    assert proc.returncode != 0 and "is in use by process" in proc.stderr
+    assert (run_dir / ".hydra" / "overrides.yaml").read_text() == overrides
+
+
 # ------------------------------------------------------------------------------------------ faults
 def fake_checkpoint(folder: Path, step: int, complete: bool = True, wall_s: float = 0.0) -> Path:
     path = folder / f"checkpoint-{step}"
