@@ -403,6 +403,30 @@ def hub_dataset(task_cfg: Any) -> str | None:
             "hub": str((task_cfg.get("dataset") or {}).get("path") or "")}.get(str(task_cfg.loader)) or None
 
 
+HUB_PROBE_S = 10.0
+
+
+def check_hub_answers(what: str) -> None:
+    """Online, before anything is downloaded: one HEAD request to the hub endpoint with a short
+    timeout. On a network that drops packets, huggingface_hub and datasets wait a minute per request
+    and retry for many minutes with nothing printed (probes E3, E5); this says so in HUB_PROBE_S."""
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    endpoint = str(constants.ENDPOINT)
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=HUB_PROBE_S)
+    except urllib.error.HTTPError:
+        return  # it answered (any HTTP status is an answer)
+    except (OSError, ValueError) as exc:
+        reason = " ".join(str(getattr(exc, "reason", exc)).split())[:120]
+        raise ConfigError(f"{what} comes from the Hugging Face Hub, and {endpoint} did not answer within "
+                          f"{HUB_PROBE_S:g} s ({reason}). Offline: give local files (model.path=DIR, task.data_dir=DIR), "
+                          f"or set HF_HUB_OFFLINE=1 if they are in your Hugging Face cache") from None
+
+
 def check_hub_reachable(task_cfg: Any) -> None:
     """Offline (HF_HUB_OFFLINE=1) with a hub task that is not in the local datasets cache: say so
     before a model is loaded, rather than fail on the hub after it (issue #21 item 5)."""

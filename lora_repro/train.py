@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import CONF_DIR
 from .config import EXTRA_CONF_DIRS, check_group_overrides, compose_job, searchpath_override, validate
-from .data import check_hub_reachable
+from .data import check_hub_answers, check_hub_reachable
 from .errors import ConfigError, RecordNotWritten, one_line
 from .record import RECORD_NAME
 from .paper_rows import paper_fit
@@ -194,6 +194,24 @@ def job_overrides(argv: list[str]) -> tuple[bool, list[list[str]]]:
     return True, [list(job) for job in itertools.product(*choices)]
 
 
+def hub_needs(cfg: DictConfig) -> str:
+    """What this job would fetch from the hub while online ('' for nothing): pretrained weights
+    named only by a hub id, a task read by a hub loader."""
+    import huggingface_hub.constants
+
+    from .data import hub_dataset
+
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        return ""
+    model = cfg.model
+    if model.get("init", "pretrained") == "pretrained" and not model.get("path") and not model.get("package") \
+            and model.get("hf_id"):
+        return f"model {model.name} ({model.hf_id})"
+    if cfg.task.data_dir is None and hub_dataset(cfg.task):
+        return f"task {cfg.task.name} ({hub_dataset(cfg.task)})"
+    return ""
+
+
 def precheck(argv: list[str]) -> bool:
     """Everything the config alone shows, before Hydra makes a folder or starts a job: every job of
     a sweep must compose; a single run is also validated, and skipped here when it is already done
@@ -202,6 +220,7 @@ def precheck(argv: list[str]) -> bool:
     from .rundir import run_dir
 
     multirun, jobs = job_overrides(argv)
+    probed: set[str] = set()
     for job in jobs:
         try:
             cfg = compose_job(job)
@@ -212,6 +231,10 @@ def precheck(argv: list[str]) -> bool:
         check_writable(str(cfg.output_root))
         if cfg.task.data_dir is None:
             check_hub_reachable(cfg.task)  # offline, a hub task not in the cache: before any model loads
+        hub = hub_needs(cfg)
+        if hub and hub not in probed:  # online: does the hub answer at all (once per process)?
+            check_hub_answers(hub)
+            probed.add(hub)
         if multirun:
             continue  # a job that fails validation is recorded as failed and the sweep goes on
         validate(cfg)

@@ -172,6 +172,20 @@ def test_a_job_refused_for_a_live_lock_leaves_the_running_jobs_hydra_files_alone
     assert (run_dir / ".hydra" / "overrides.yaml").read_text() == overrides
 
 
+def test_a_hub_that_does_not_answer_is_one_line_before_anything_loads(tmp_path):
+    """Probes E3/E5: on a network that drops packets the hub clients waited minutes with nothing
+    printed. Online, one HEAD request with a short timeout decides first (here a closed port)."""
+    folder = write_sst2_dir(tmp_path / "SST-2", n_train=32, n_dev=16)
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    proc = subprocess.run([sys.executable, "-m", "lora_repro.train", "model=roberta_base", f"task.data_dir={folder}",
+                           f"output_root={tmp_path / 'out'}"], capture_output=True, text=True, timeout=300,
+                          env={**env, "HF_ENDPOINT": "http://127.0.0.1:9"})
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0 and last.startswith("error: model roberta_base (FacebookAI/roberta-base) comes from "
+                                                    "the Hugging Face Hub, and http://127.0.0.1:9 did not answer")
+    assert "model.path=DIR" in last and not (tmp_path / "out").exists()
+
+
 # ------------------------------------------------------------------------------------------ faults
 def fake_checkpoint(folder: Path, step: int, complete: bool = True, wall_s: float = 0.0) -> Path:
     path = folder / f"checkpoint-{step}"
