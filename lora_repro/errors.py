@@ -10,6 +10,10 @@ class ConfigError(LoraReproError):
     """A config value is invalid or inconsistent (caught before any model or data is loaded)."""
 
 
+class FolderInUse(ConfigError):
+    """A run folder is held by a live job (its .lock)."""
+
+
 class DataError(LoraReproError):
     """A data file is missing, empty or malformed (message names the file and line)."""
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from .errors import ConfigError
+from .errors import ConfigError, FolderInUse
 from .record import BEST_FILE, CHECKPOINT_FILE, RECORD_NAME, TRAINABLE_FILE, read_run_record
 
 # The parts of the config that decide a run's result (the seed is named separately in the folder).
@@ -271,7 +271,7 @@ class RunDirLock:
         if self.path.exists():
             alive, who = self._holder_alive()
             if alive:
-                raise ConfigError(f"run folder {self.path.parent} is in use by process {who} (lock file "
+                raise FolderInUse(f"run folder {self.path.parent} is in use by process {who} (lock file "
                                   f"{self.path}; if no job is running there, delete it)")
 
     def _heartbeat(self) -> None:
@@ -289,7 +289,7 @@ class RunDirLock:
             except FileExistsError:
                 alive, who = self._holder_alive()
                 if alive:
-                    raise ConfigError(f"run folder {self.path.parent} is in use by process {who} (lock file "
+                    raise FolderInUse(f"run folder {self.path.parent} is in use by process {who} (lock file "
                                       f"{self.path}; if no job is running there, delete it)") from None
                 if who != "?":
                     print(f"taking over a stale lock of process {who}: {self.path}", file=sys.stderr)

@@ -265,6 +265,20 @@ def check_shape(name: str, spec: dict[str, Any], known_arms: set[str] | None = N
     seeds = spec.get("seeds") or []
     if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
         raise ConfigError(f"{where}: seeds must be a list of integers >= 0, got {seeds!r}")
+    # A repeated seed or grid value is one run counted twice (probe C5): the plan and its cost would lie.
+    for label, values in [("seeds", seeds), *((f"grid.{k}", v) for k, v in (spec.get("grid") or {}).items()
+                                              if isinstance(v, list))]:
+        repeated = sorted({str(v) for v in values if [str(x) for x in values].count(str(v)) > 1})
+        if repeated:
+            raise ConfigError(f"{where}: {label} lists {', '.join(repeated)} more than once; each value is one run")
+    # `first` orders grid values (e.g. MNLI before the tasks that start from it): a value that is no
+    # grid value would be ignored silently and the order lost (probe C10).
+    grid = {k: [str(x) for x in v] for k, v in (spec.get("grid") or {}).items() if isinstance(v, list)}
+    for item in spec.get("first") or []:
+        key, _, value = str(item).partition("=")
+        if value not in grid.get(key, []):
+            raise ConfigError(f"{where}: first: {item} is not a grid value ({key} takes "
+                              f"{', '.join(grid[key]) if key in grid else 'no grid values: it is not in grid'})")
     for key in ("variants", "grid"):
         table = spec.get(key) or {}
         if not isinstance(table, dict) or not all(isinstance(v, list) and v for v in table.values()):

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import CONF_DIR
 from .config import EXTRA_CONF_DIRS, check_group_overrides, compose_job, searchpath_override, validate
 from .data import check_hub_answers, check_hub_reachable
-from .errors import ConfigError, RecordNotWritten, one_line
+from .errors import ConfigError, FolderInUse, RecordNotWritten, one_line
 from .record import RECORD_NAME
 from .paper_rows import paper_fit
 from .rundir import RunDirLock, check_writable, finished_record, lacks_weights, register_resolvers
@@ -95,6 +95,11 @@ def _main(cfg: DictConfig) -> float | None:
                 record = run(cfg, method, run_dir, experiment, recipe)
         else:
             record = run(cfg, method, run_dir, experiment, recipe)
+    except FolderInUse as exc:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # another launcher of the same study runs it: normal (probe C14)
+            log.info("skipped, another job is running it: %s", one_line(exc))
+            return None
+        return fail(f"error: {one_line(exc)}")
     except Exception as exc:
         recorded = (getattr(exc, "record_written", True) and not isinstance(exc, RecordNotWritten)
                     and (run_dir / RECORD_NAME).is_file())

@@ -260,6 +260,11 @@ def test_study_results_and_records_do_not_make_the_code_dirty(tmp_path, monkeypa
 @pytest.mark.parametrize("spec, message", [
     ({"description": "d", "results": ["table9"]}, r"results \['table9'\] are not known; known: claims"),
     ({}, r"a study.yaml is a mapping with at least `description:`.*this one is empty"),
+    ({"description": "d", "seeds": [1, 1]}, r"seeds lists 1 more than once; each value is one run"),       # probe C5
+    ({"description": "d", "grid": {"method.r": [4, 4]}}, r"grid.method.r lists 4 more than once"),
+    ({"description": "d", "grid": {"method.r": [4, 8]}, "first": ["task=mnli"]},                       # probe C10
+     r"first: task=mnli is not a grid value \(task takes no grid values: it is not in grid\)"),
+    ({"description": "d", "grid": {"task": ["sst2"]}, "first": ["task=mnli"]}, r"first: task=mnli is not a grid value \(task takes sst2\)"),
 ])
 def test_a_study_yaml_mistake_is_refused_when_read_before_any_run(tmp_path, monkeypatch, spec, message):
     monkeypatch.setattr(studyspec, "EXPERIMENTS_DIR", tmp_path)

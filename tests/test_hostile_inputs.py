@@ -172,6 +172,25 @@ def test_a_job_refused_for_a_live_lock_leaves_the_running_jobs_hydra_files_alone
     assert (run_dir / ".hydra" / "overrides.yaml").read_text() == overrides
 
 
+def test_a_sweep_job_another_launcher_is_running_is_skipped_without_an_error(tmp_path):
+    """Probe C14: two launchers of one study split the work through the locks; the one that finds a
+    folder held logs that it skipped it (not "error"), and the sweep goes on."""
+    import socket
+
+    from lora_repro.rundir import register_resolvers, run_dir
+
+    register_resolvers()
+    folder = write_sst2_dir(tmp_path / "SST-2", n_train=32, n_dev=16)
+    args = [*TINY, f"task.data_dir={folder}", "train.max_steps=2", f"output_root={tmp_path / 'out'}"]
+    held = run_dir(compose_cfg(*args, "seed=1"))
+    held.mkdir(parents=True)
+    (held / ".lock").write_text(f"{socket.gethostname()} {os.getppid()}\n")  # a live process holds seed 1
+    proc = run_cli("-m", *args, "seed=1,2")
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "skipped, another job is running it" in text and "error" not in text.lower()
+    assert not (held / "record.json").exists() and (run_dir(compose_cfg(*args, "seed=2")) / "record.json").is_file()
+
+
 def test_a_hub_that_does_not_answer_is_one_line_before_anything_loads(tmp_path):
     """Probes E3/E5: on a network that drops packets the hub clients waited minutes with nothing
     printed. Online, one HEAD request with a short timeout decides first (here a closed port)."""
