@@ -45,11 +45,17 @@ def run_scores(records: Records) -> pd.DataFrame:
                      "experiment": r.get("experiment") or "-", "variant": r.get("variant") or "",
                      "task": r["task"], "seed": r["seed"], "paper_setting": r.get("paper_setting") or "paper",
                      "paper_row": r.get("paper_row"), "paper_fit": r.get("paper_fit"),
-                     "score": 100.0 * float(value)})
-    # One recipe and seed counts once, even if it was run twice (e.g. in two output folders).
-    return pd.DataFrame(rows, columns=[*ROW_KEY, "task", "seed", "paper_setting", "paper_row", "paper_fit",
-                                       "score"]).drop_duplicates(
-        subset=[*ROW_KEY, "task", "seed"], keep="last")
+                     "score": 100.0 * float(value), "path": str(r.get("path") or r.get("record_file") or "")})
+    # One recipe and seed counts once, even if it was run twice (e.g. in two output folders): the
+    # record whose folder sorts last, and a note when the copies disagree (probe F15).
+    frame = pd.DataFrame(rows, columns=[*ROW_KEY, "task", "seed", "paper_setting", "paper_row", "paper_fit", "score",
+                                        "path"]).sort_values("path", kind="stable")
+    for _, copies in frame.groupby([*ROW_KEY, "task", "seed"], dropna=False):
+        if len(copies) > 1 and copies.score.nunique() > 1:
+            print(f"note: {len(copies)} records of one recipe and seed disagree ("
+                  + ", ".join(f"{p}: {v:.2f}" for p, v in zip(copies.path, copies.score))
+                  + f"); the table counts {copies.path.iloc[-1]}", file=sys.stderr)
+    return frame.drop_duplicates(subset=[*ROW_KEY, "task", "seed"], keep="last").drop(columns="path")
 
 
 def aggregate(scores: pd.DataFrame) -> pd.DataFrame:

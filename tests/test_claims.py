@@ -444,3 +444,21 @@ def test_a_gap_that_shrinks_with_model_size_is_decided_on_the_change_per_seed():
     missing = runs_frame([r for r in rows if r["arm"] != "lora_big"])
     out, verdict = evaluate_claim(claim, missing)
     assert verdict == "undecided" and "no finished runs of lora_big" in out[0]["what"]
+
+
+def test_two_records_of_one_recipe_and_seed_that_disagree_are_named_and_one_counts(tmp_path, capsys):
+    """Probe F15: which copy counted depended on the sort order of hash strings, silently."""
+    from analysis.records import load_records
+    from analysis.tables import run_scores
+
+    for folder, score in (("a_copy", 0.90), ("b_copy", 0.56)):
+        path = tmp_path / "runs" / folder
+        path.mkdir(parents=True)
+        (path / RECORD_NAME).write_text(json.dumps({
+            "status": "ok", "task": "sst2", "model": "m", "method": "lora", "seed": 42,
+            "params": {"adapted": 1000, "trainable": 1, "total": 10**6},
+            "metrics": {"accuracy": score}, "best_metrics": {"accuracy": score}}))
+    scores = run_scores(load_records(tmp_path / "runs"))
+    assert len(scores) == 1 and scores.score.iloc[0] == pytest.approx(56.0)   # the folder that sorts last
+    err = capsys.readouterr().err
+    assert "2 records of one recipe and seed disagree" in err and "a_copy: 90.00" in err and "b_copy" in err
