@@ -5,7 +5,6 @@ prints one JSON line. Used by lora_repro.bench; importable for tests."""
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import sys
 import tempfile
@@ -17,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from .backbone import count_parameters
-from .profiling import LiveTensorBytes, tensor_bytes
+from .profiling import LiveTensorBytes, PeakMemory, tensor_bytes
 
 from .assembly import build as assemble
 from .config import compose_config
@@ -52,12 +51,6 @@ def random_batch(cfg: Any, batch_size: int, seq_len: int, dev: torch.device) -> 
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 
-def peak_bytes() -> int:
-    if torch.cuda.is_available():
-        return int(torch.cuda.max_memory_allocated())
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
-
-
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -82,6 +75,14 @@ def peak_tensor_bytes(model, optimizer_bytes: int, step) -> tuple[int, str]:
 
 
 def measure_train(spec: dict) -> dict:
+    # Peak memory with the instrument every run record uses (PeakMemory: sampled RSS on CPU, CUDA max
+    # allocated on a GPU), over the same span: model build through the last training step.
+    with PeakMemory() as memory:
+        out = _measure_train(spec)
+    return {**out, "peak_bytes": memory.peak, "peak_source": memory.source}
+
+
+def _measure_train(spec: dict) -> dict:
     cfg, method, model, head = build(spec["model"], spec["method"], f"train.lr={spec['lr']}")
     dev = device()
     model.to(dev).train()
@@ -113,8 +114,7 @@ def measure_train(spec: dict) -> dict:
     step_s = statistics.median(times)
     return {
         "model": spec["model"], "method": spec["method"], "step_s": step_s,
-        "tokens_per_s": spec["batch_size"] * spec["seq_len"] / step_s, "peak_bytes": peak_bytes(),
-        "peak_source": "cuda_max_memory_allocated" if torch.cuda.is_available() else "process_ru_maxrss",
+        "tokens_per_s": spec["batch_size"] * spec["seq_len"] / step_s,
         "peak_tensor_bytes": tensor_peak, "peak_tensor_source": tensor_source,
         **{f"params_{k}": v for k, v in count_parameters(model, head).items()},
         "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),

@@ -17,6 +17,8 @@ def test_memory_model_parameter_and_optimizer_terms_equal_counted_bytes(method):
     assert terms["weights"] == m["param_bytes"]          # fp32 weights, counted on the model
     assert terms["optimizer"] == m["optimizer_state_bytes"]  # AdamW's two fp32 moments, counted in its state
     assert terms["gradients"] == 4 * m["params_trainable"]
+    # the peak comes from the instrument every run record uses, over build and training
+    assert m["peak_source"] == "cpu_peak_rss_sampled" and m["peak_bytes"] > m["param_bytes"]
 
 
 def test_bench_writes_its_tables_and_chart_for_a_tiny_model(tmp_path):
