@@ -120,6 +120,9 @@ def flat(node: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
+_BASES: dict[tuple[str, ...], DictConfig] = {}
+
+
 def recipe_variant(cfg: DictConfig) -> str:
     """How this run's recipe differs from its named defaults (the experiment file and the chosen
     model/method/task/train configs), e.g. `method.r=4 train.lr=0.001`: the resolved configs are
@@ -132,10 +135,14 @@ def recipe_variant(cfg: DictConfig) -> str:
     choices = HydraConfig.get().runtime.choices
     # output_root is no part of a recipe (and a path with spaces or emoji would need quoting here).
     base_overrides = [f"{group}={choices[group]}" for group in ("model", "method", "task", "train", "experiment")
-                      if choices.get(group)] + [f"seed={cfg.seed}"]
+                      if choices.get(group)]
     # Data location is not a recipe, and an experiment may only know where a task's data is when told.
     base_overrides += [o for o in HydraConfig.get().overrides.task if o.lstrip("+").startswith("task.data_dir=")]
-    base = compose(config_name="config", overrides=base_overrides + searchpath_override())
+    key = tuple(base_overrides + searchpath_override())
+    if key not in _BASES:  # once per set of named defaults in a multirun, not once per job
+        _BASES[key] = compose(config_name="config", overrides=list(key))
+    base = _BASES[key].copy()
+    base.seed = cfg.seed  # values that interpolate ${seed} (task.train_sample_seed) resolve as the job's
     # Settings that never change a result (logging, checkpoint cadence, eval batch) are no part of it.
     ours, theirs = flat(without_not_recipe(recipe_part(cfg))), flat(without_not_recipe(recipe_part(base)))
     changed = [k for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k) and k != "task.data_dir"]
