@@ -573,31 +573,46 @@ def run_on_devices(study: Study, jobs: list[PlannedRun], devices: list[str], out
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if stopping.is_set():
+        raise Stopped("stopped by a signal")
     return next((c for c in codes if c), 0)
+
+
+class Stopped(Exception):
+    """The launcher was told to stop (SIGTERM / SIGINT): no further child is started."""
 
 
 def run_child(cmd: list[str]) -> int:
     """Run one child (a training multirun, the results build) in the project root. SIGTERM or SIGINT
     to the launcher is passed on to the child, which is waited for, so stopping a study never
-    leaves training running on, holding its run folders (probe C15)."""
+    leaves training running on, holding its run folders (probe C15); then the launcher stops too,
+    rather than starting the next child."""
     child = subprocess.Popen(cmd, cwd=PROJECT_ROOT)
+    received: list[int] = []
 
     def forward(signum, frame):
+        received.append(signum)
         child.send_signal(signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return child.wait()
+        code = child.wait()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if received:
+        raise Stopped(f"stopped by signal {received[0]}")
+    return code
 
 
 def build_results(name: str, assignments: dict[str, str], scratch_root: Path | None = None) -> int:
     cmd = [sys.executable, "-m", "analysis.study", name, *(f"{k}={v}" for k, v in assignments.items()),
            *(["--scratch", str(scratch_root)] if scratch_root is not None else [])]
     print("$ python " + " ".join(cmd[1:]), flush=True)
-    return run_child(cmd)
+    try:
+        return run_child(cmd)
+    except Stopped:
+        return 130
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -637,18 +652,23 @@ def main(argv: list[str] | None = None) -> int:
     print(describe(study, runs, measured_throughput(root) if root else {}, root), flush=True)
     if args.dry_run or args.plan_only:
         return 0
-    if study.is_command:
-        out = results_dir(study.name)
-        out.mkdir(parents=True, exist_ok=True)
-        command = command_line(study).split()
-        print("$ python -m " + " ".join(command + extra), flush=True)
-        status = run_child([sys.executable, "-m", *command, *extra])
-        if status != 0:  # the tool said why; results/ keeps what an earlier, successful run wrote
-            return status
-    elif study.tune() is not None:
-        status = launch_tuned(study, evidence, extra, devices)
-    else:
-        status = launch(study, runs, extra, evidence, devices)
+    try:
+        if study.is_command:
+            out = results_dir(study.name)
+            out.mkdir(parents=True, exist_ok=True)
+            command = command_line(study).split()
+            print("$ python -m " + " ".join(command + extra), flush=True)
+            status = run_child([sys.executable, "-m", *command, *extra])
+            if status != 0:  # the tool said why; results/ keeps what an earlier, successful run wrote
+                return status
+        else:
+            status = (launch_tuned(study, evidence, extra, devices) if study.tune() is not None
+                      else launch(study, runs, extra, evidence, devices))
+    except Stopped as exc:
+        if evidence is not None:
+            evidence.after_launch()  # the records that landed are copied into the study
+        print(f"study {study.name}: {exc}; the same command continues where it stopped", file=sys.stderr)
+        return 130
     if not args.no_results:
         status = build_results(study.name, assignments, None if study.committed else root) or status
     return status

@@ -252,6 +252,36 @@ def test_a_study_fans_out_one_job_per_device(tmp_path):
     assert bad.returncode == 2 and "give 'auto' or distinct device ids" in bad.stderr
 
 
+@pytest.mark.slow
+def test_a_stopped_study_stops_its_training_and_starts_nothing_more(tmp_path):
+    """SIGTERM to the launcher reaches the running multirun, and the launcher then exits (130)
+    instead of starting the next variant's (probe C15; seen: a killed child, the study went on)."""
+    import signal
+    import time
+
+    experiments = tmp_path / "experiments"
+    (experiments / "long").mkdir(parents=True)
+    data = write_sst2_dir(tmp_path / "SST-2", n_train=64, n_dev=32)
+    common = [*TINY, f"task.data_dir={data}", "train.max_steps=100000", "train.checkpoint_every=0",
+              "train.eval_every=100000", "save_checkpoint=false", f"output_root={tmp_path / 'outputs'}"]
+    (experiments / "long" / "study.yaml").write_text(json.dumps({
+        "description": "two long runs", "cost": "long", "common": common,
+        "variants": {"a": ["method=lora"], "b": ["method=bitfit"]}, "seeds": [1], "results": ["method_table"]}))
+    env = {**os.environ, "LORA_REPRO_EXPERIMENTS": str(experiments), "HF_HUB_OFFLINE": "1"}
+    launcher = subprocess.Popen([sys.executable, "-m", "lora_repro.study", "long", "--scratch"], cwd=PROJECT_ROOT,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not list((tmp_path / "outputs" / "runs").rglob(".lock")) and time.time() < deadline:
+        time.sleep(0.5)
+    assert list((tmp_path / "outputs" / "runs").rglob(".lock")), "the first run never started"
+    launcher.send_signal(signal.SIGTERM)
+    out, err = launcher.communicate(timeout=120)
+    assert launcher.returncode == 130 and "the same command continues where it stopped" in err
+    assert not list((tmp_path / "outputs" / "runs").rglob("bitfit"))   # the second variant never started
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(tmp_path) not in ps                                     # no training left running
+
+
 def test_the_readme_quotes_only_committed_study_results():
     from analysis.readme import BLOCK, README, refill
 
