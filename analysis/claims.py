@@ -369,10 +369,14 @@ def intruder_rows(path: Path = INTRUDERS_CSV) -> list[dict]:
         for baseline, counts in (("full_ft", per_seed(ft, "intruders")), ("random ΔW", per_seed(group, "random_intruders"))):
             diff = paired(lora_counts, counts)
             status, why = decide("superior", diff, INTRUDER_MARGIN)
+            size = (f"; median ‖ΔW‖/‖W‖ {group[group.type.isin(shared)].relative_norm.median():.4f} (LoRA), "
+                    f"{ft[ft.type.isin(shared)].relative_norm.median():.4f} (full FT): an update this small leaves "
+                    f"W's top directions in place" if "relative_norm" in df else "")
             rows.append({"claim": f"LoRA (r={int(r)}) has more intruder dimensions than {baseline} "
                                   f"(Shuttleworth et al. 2024; intruders study, W_{'/W_'.join(shared)})",
                          "measured": f"{np.mean(list(lora_counts.values())):.2f} vs {np.mean(list(counts.values())):.2f} "
-                                     f"per matrix; difference {diff.mean.fmt(2, signed=True)}" + (f"; {why}" if why else ""),
+                                     f"per matrix; difference {diff.mean.fmt(2, signed=True)}" + (f"; {why}" if why else "")
+                                     + (size if status != SUPPORTED else ""),
                          "verdict": status})
     return rows
 

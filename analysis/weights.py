@@ -115,7 +115,9 @@ def intruder_row(weight: torch.Tensor, delta: torch.Tensor, seed: int = 0) -> di
     return {"intruders": intruder_dimensions(weight, delta), "random_intruders": intruder_dimensions(weight, random),
             f"intruders_eps{INTRUDER_EPS_ALSO}": intruder_dimensions(weight, delta, eps=INTRUDER_EPS_ALSO),
             f"random_intruders_eps{INTRUDER_EPS_ALSO}": intruder_dimensions(weight, random, eps=INTRUDER_EPS_ALSO),
-            "delta_rank": int(torch.linalg.matrix_rank(delta.double()))}
+            "delta_rank": int(torch.linalg.matrix_rank(delta.double())),
+            # how big the update is against W: a small one cannot displace W's top directions
+            "relative_norm": float(torch.linalg.matrix_norm(delta.double()) / torch.linalg.matrix_norm(weight.double()))}
 
 
 def effective_rank(delta: torch.Tensor) -> tuple[np.ndarray, float, int]:
@@ -338,12 +340,14 @@ def summary_markdown(sub: pd.DataFrame, t7: pd.DataFrame, intruders: pd.DataFram
         lines += ["", f"Intruder dimensions (Shuttleworth et al. 2024): of the top {INTRUDER_K} singular vectors of "
                   f"W_0 + ΔW, those with |cos| < {INTRUDER_EPS} to every singular vector of W_0; 'random' is the same "
                   f"count for a random ΔW of the same rank and norm.", "",
-                  "| method | r | matrix | intruders per matrix | random ΔW | matrices |", "|---|---|---|---|---|---|"]
+                  "| method | r | matrix | intruders per matrix | random ΔW | ‖ΔW‖_F / ‖W‖_F (median) | matrices |",
+                  "|---|---|---|---|---|---|---|"]
         shared = sorted(set.intersection(*[set(g.type) for _, g in intruders.groupby("method")]))
-        for (method, r, mtype), group in intruders[intruders.type.isin(shared)].groupby(
-                ["method", intruders.r.fillna("-").astype(str), "type"]):
+        rank = intruders.r.map(lambda v: "-" if pd.isna(v) else str(int(v)))
+        for (method, r, mtype), group in intruders[intruders.type.isin(shared)].groupby(["method", rank, "type"]):
+            relative = f"{group.relative_norm.median():.4f}" if "relative_norm" in group else "—"
             lines.append(f"| {method} | {r} | W_{mtype} | {group.intruders.mean():.2f} | "
-                         f"{group.random_intruders.mean():.2f} | {len(group)} |")
+                         f"{group.random_intruders.mean():.2f} | {relative} | {len(group)} |")
     return "\n".join(lines) + "\n"
 
 
