@@ -38,6 +38,7 @@ from .records import Records, row_metric
 from .stats import (NOT_AS_SPECIFIED, NOT_EVALUABLE, REFUTED, SUPPORTED, UNDECIDED, beats_constant, decide,
                     dev_sampled, holm, mean_ci, median_ci, paired, refutation_pvalue)
 
+NOT_RUN = "not run yet"  # no finished final run of the claim's arms: nothing was measured
 DEFAULT_MARGIN = 1.0  # points (x100) of the task's main metric, for a task study.yaml gives no margin
 # The validity gate (the claims critique, 1.3): an arm counts in a comparison only when it beats the
 # constant predictor (majority class; mean for regression, correlation 0) by this many points on at
@@ -319,7 +320,7 @@ def evaluate_claim(claim: Claim, runs: pd.DataFrame, margins: dict[str, float] |
         rows.append(compare_improves(claim, sides, margin, edges) if claim.test == "improves"
                     else compare(claim, a, b, margin, edges))
     if not rows:
-        return rows, UNDECIDED
+        return rows, NOT_RUN
     refuted = [i for i, r in enumerate(rows) if r["verdict"] == REFUTED]
     survives = holm([r["p_refute"] for r in rows]) if refuted else []
     for i in refuted:

@@ -462,3 +462,9 @@ def test_two_records_of_one_recipe_and_seed_that_disagree_are_named_and_one_coun
     assert len(scores) == 1 and scores.score.iloc[0] == pytest.approx(56.0)   # the folder that sorts last
     err = capsys.readouterr().err
     assert "2 records of one recipe and seed disagree" in err and "a_copy: 90.00" in err and "b_copy" in err
+
+
+def test_a_claim_whose_arms_have_not_run_says_so_rather_than_undecided():
+    claim = Claim("LoRA matches FT", "noninferior", "lora", "full_ft")
+    rows, verdict = evaluate_claim(claim, runs_frame([{"arm": "head_only", "seed": 1, "score": 50.0}]))
+    assert rows == [] and verdict == "not run yet"
