@@ -1,7 +1,8 @@
 """Use a finished run: `python -m lora_repro.predict RUN_DIR "a sentence" ["another" ...]` prints each
 text's predicted class and probabilities (or score, for regression); `--export DIR` writes the
 adapter in peft's format (adapter_config.json + adapter_model.safetensors, loadable with
-PeftModel.from_pretrained) plus the trained task head (head.safetensors), for peft-based methods;
+PeftModel.from_pretrained) plus the trained task head (head.safetensors), for peft-based methods
+and GPT-2's fused q,v LoRA (converted exactly to peft's LoRA on c_attn);
 `--merge DIR` the merged model (the method's weights folded into the backbone, for LoRA, its peft
 variants, full FT, BitFit) as a plain transformers model with its tokenizer; `--push REPO_ID`
 uploads either folder to the Hugging Face Hub.
@@ -97,7 +98,11 @@ def export_peft(run: LoadedRun, out: str | Path) -> list[Path]:
     and the trained task head beside them (peft's save keeps only what it injected)."""
     from peft import PeftModel
 
+    from .methods.lora import FusedQKVLoRA, fused_to_peft
+
     model = run.built.model
+    if any(isinstance(m, FusedQKVLoRA) for m in model.modules()):
+        model = fused_to_peft(model)  # GPT-2's fused q,v LoRA in peft's own names, exactly
     if not isinstance(model, PeftModel):
         raise ConfigError(f"method {run.cfg.method.name} is not built with peft (its trained tensors are "
                           f"checkpoint/trainable.safetensors); export serves peft-based methods")

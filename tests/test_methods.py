@@ -245,6 +245,34 @@ def test_gpt2_lora_adapts_q_and_v_only_and_merges_exactly():
         torch.testing.assert_close(merged_model(input_ids=ids).logits, unmerged, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("rslora", [False, True])
+def test_gpt2_fused_lora_exports_to_peft_files_that_give_the_same_logits(tmp_path, rslora):
+    """GPT-2's fused q,v LoRA in peft's own format: PeftModel.from_pretrained on the plain backbone
+    computes what the run computes (k untouched, the scale carried by lora_alpha)."""
+    from peft import PeftModel
+    from transformers import set_seed
+
+    from lora_repro.backbone import build_causal_lm
+    from lora_repro.methods.lora import FusedQKVLoRA, fused_to_peft
+
+    extra = ["+method.peft_config.use_rslora=true"] if rslora else []
+    set_seed(0)
+    cfg, method, model = method_setup("lora", *TINY_GPT2, "method.r=4", "method.alpha=8", *extra, lm=True)
+    for layer in (m for m in model.modules() if isinstance(m, FusedQKVLoRA)):
+        for b in layer.lora_B.values():
+            torch.nn.init.normal_(b)
+    ids = lm_batch()["input_ids"]
+    model.eval()
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+    fused_to_peft(model).save_pretrained(str(tmp_path / "adapter"))
+    torch.manual_seed(0)  # method_setup seeds 0 before building: the same random-init backbone
+    base = build_causal_lm(cfg.model)
+    loaded = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_peft_lora_merge_gives_the_same_logits():
     from lora_repro.methods.lora import merge_lora
 

@@ -259,3 +259,43 @@ def merge_lora(model: nn.Module) -> nn.Module:
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, leaf, module.merge())
     return model
+
+
+@torch.no_grad()
+def fused_to_peft(model: nn.Module) -> nn.Module:
+    """The model with each FusedQKVLoRA turned into peft's own LoRA on the fused projection (for
+    `predict --export`: files that PeftModel.from_pretrained loads). Exact: peft's layer computes
+    s' B' A' x on c_attn, so A' stacks the slices' A (rank R = r x slices), B' places each slice's B in
+    its rows and columns (zeros elsewhere: k stays frozen), and lora_alpha = s R gives s' = s."""
+    import copy
+
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        return model
+    fused = {name: m for name, m in model.named_modules() if isinstance(m, FusedQKVLoRA)}
+    if not fused:
+        raise ConfigError("the model has no peft adapter and no fused q|k|v LoRA to convert")
+    first = next(iter(fused.values()))
+    r = next(iter(first.lora_A.values())).shape[0]
+    rank = r * len(first.slices)
+    dropout = first.dropout.p if isinstance(first.dropout, nn.Dropout) else 0.0
+    plain = copy.deepcopy(model)
+    for name in fused:
+        parent_name, _, leaf = name.rpartition(".")
+        parent = plain.get_submodule(parent_name) if parent_name else plain
+        setattr(parent, leaf, getattr(parent, leaf).base_layer)
+    leaves = sorted({name.rsplit(".", 1)[-1] for name in fused})
+    config = LoraConfig(r=rank, lora_alpha=first.scaling * rank, lora_dropout=dropout, target_modules=leaves,
+                        fan_in_fan_out=True, bias="none")
+    peft_model = get_peft_model(plain, config)
+    for name, layer in fused.items():
+        target = peft_model.base_model.model.get_submodule(name)
+        a, b = target.lora_A["default"].weight, target.lora_B["default"].weight
+        a.zero_()
+        b.zero_()
+        for k, (s, index) in enumerate(layer.slices.items()):
+            rows = slice(layer.offsets[s], layer.offsets[s] + layer.widths[index])
+            a[k * r:(k + 1) * r] = layer.lora_A[s]
+            b[rows, k * r:(k + 1) * r] = layer.lora_B[s]
+    return peft_model
