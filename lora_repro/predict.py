@@ -67,30 +67,9 @@ def load_run(run_dir: str | Path, best: bool = False) -> LoadedRun:
 
 
 def predict(run: LoadedRun, texts: list[str]) -> list[dict[str, Any]]:
-    """Classification: the class id, its name where the task has names, and the probabilities;
-    regression: the score. Pair tasks take "first [SEP] second" split on ' [SEP] '."""
-    task = run.cfg.task
-    if task.kind == "generation":
-        raise ConfigError("predict serves classification and regression runs; for E2E runs the decoded test "
-                          "outputs are in the run folder (decoding.* in record.json)")
-    pairs = [t.split(" [SEP] ", 1) if len(task.text_fields) == 2 else [t] for t in texts]
-    if any(len(p) != len(task.text_fields) for p in pairs):
-        raise ConfigError(f"task {task.name} takes {len(task.text_fields)} texts per example: write 'first [SEP] second'")
-    columns = list(zip(*pairs))
-    batch = run.tokenizer(*columns, truncation=True, max_length=int(task.max_length), padding=True, return_tensors="pt")
-    with torch.no_grad():
-        logits = run.built.model(**batch).logits
-    names = list(((task.get("tsv") or {}).get("label_names")) or [])
-    out = []
-    for text, row in zip(texts, logits):
-        if task.kind == "regression":
-            out.append({"text": text, "score": float(row.reshape(-1)[0])})
-            continue
-        probs = torch.softmax(row, dim=-1)
-        label = int(probs.argmax())
-        out.append({"text": text, "label": label, "name": names[label] if label < len(names) else str(label),
-                    "probabilities": [round(float(p), 4) for p in probs]})
-    return out
+    """The run's task predicts (lora_repro.tasks): a class and its probabilities, a score, or, for
+    E2E runs, the decoded text of each meaning representation."""
+    return run.built.task.predict(run.built.model, run.tokenizer, texts)
 
 
 def export_peft(run: LoadedRun, out: str | Path) -> list[Path]:

@@ -142,6 +142,29 @@ class ClassificationTask:
         if self.cfg.train.get("keep_predictions"):
             record["predictions"] = self.predictions(trainer, reported)
 
+    def predict(self, model: torch.nn.Module, tokenizer: Any, texts: list[str]) -> list[dict[str, Any]]:
+        """Classification: the class id, its name where the task has names, and the probabilities;
+        regression (one output): the score. Pair tasks take "first [SEP] second"."""
+        task = self.cfg.task
+        pairs = [t.split(" [SEP] ", 1) if len(task.text_fields) == 2 else [t] for t in texts]
+        if any(len(p) != len(task.text_fields) for p in pairs):
+            raise ConfigError(f"task {task.name} takes {len(task.text_fields)} texts per example: write 'first [SEP] second'")
+        batch = tokenizer(*list(zip(*pairs)), truncation=True, max_length=int(task.max_length), padding=True,
+                          return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**batch).logits
+        names = list(((task.get("tsv") or {}).get("label_names")) or [])
+        out = []
+        for text, row in zip(texts, logits):
+            if row.numel() == 1:  # a regression head
+                out.append({"text": text, "score": float(row.reshape(-1)[0])})
+                continue
+            probs = torch.softmax(row, dim=-1)
+            label = int(probs.argmax())
+            out.append({"text": text, "label": label, "name": names[label] if label < len(names) else str(label),
+                        "probabilities": [round(float(p), 4) for p in probs]})
+        return out
+
     def predictions(self, trainer: Any, reported: str | None) -> dict[str, Any]:
         """The reported split's per-example predictions (class ids, or scores rounded to 1e-4) and
         labels, in the evaluation order (by length, the same for every run of the task and tokenizer),
@@ -171,6 +194,13 @@ class GenerationTask:
 
     def head_modules(self) -> list[str]:
         return []  # the LM head is the (tied) word embedding: frozen unless the method trains it
+
+    def predict(self, model: torch.nn.Module, tokenizer: Any, texts: list[str]) -> list[dict[str, Any]]:
+        """Each text is a meaning representation (`name[The Eagle], food[French]`), decoded with the
+        task's own generation settings (beam search, length penalty, no-repeat n-grams), as the run's
+        test set was."""
+        result = decode(model, tokenizer, list(texts), self.cfg.task, int(self.cfg.task.generation.batch_size))
+        return [{"text": mr, "output": output} for mr, output in zip(texts, result.outputs)]
 
     def build_model(self) -> torch.nn.Module:
         model = build_causal_lm(self.cfg.model)

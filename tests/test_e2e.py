@@ -208,7 +208,8 @@ def test_tiny_gpt2_e2e_run_trains_decodes_scores_and_records(e2e_dir, tmp_path):
 
     cfg = compose_cfg(*TINY_GPT2_LM, "task=e2e", f"task.data_dir={e2e_dir}", "method=full_ft", "train.lr=3e-3",
                       "train.max_steps=60", "train.batch_size=8", "train.warmup_ratio=0", "train.logging_steps=10",
-                      "train.eval_every=30", "task.generation.num_beams=4", "task.generation.max_new_tokens=16")
+                      "train.eval_every=30", "task.generation.num_beams=4", "task.generation.max_new_tokens=16",
+                      "save_checkpoint=true")
     record = run(cfg, validate(cfg), tmp_path / "run")
     assert record["status"] == "ok"
     curve = [loss for _, loss in record["train_loss_curve"]]
@@ -232,6 +233,12 @@ def test_tiny_gpt2_e2e_run_trains_decodes_scores_and_records(e2e_dir, tmp_path):
     assert math.isfinite(forgetting["lm_loss_before"]) and math.isfinite(forgetting["lm_loss_after"])
     assert forgetting["increase"] == pytest.approx(forgetting["lm_loss_after"] - forgetting["lm_loss_before"])
     assert forgetting["increase"] != 0.0
+    # `predict` on a finished E2E run decodes new MRs as the run decoded its test set
+    from lora_repro.predict import load_run, predict
+
+    mrs = read_lines(run_dir / decoding["mrs"])
+    rows = predict(load_run(run_dir), mrs[:2])
+    assert [r["text"] for r in rows] == mrs[:2] and [r["output"] for r in rows] == outputs[:2]
 
 
 def test_lm_loss_of_a_model_that_knows_nothing_is_log_vocabulary():
