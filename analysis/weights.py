@@ -177,11 +177,11 @@ def pretrained_weights(record: dict) -> dict[str, torch.Tensor]:
     from omegaconf import OmegaConf
     from transformers import set_seed
 
-    from lora_repro.backbone import build_causal_lm, build_classifier
+    from lora_repro.tasks import task_runner
 
     cfg = OmegaConf.create(record["config"])
     set_seed(int(cfg.seed))
-    model = build_causal_lm(cfg.model) if cfg.task.kind == "generation" else build_classifier(cfg.model, cfg.task)
+    model = task_runner(cfg).build_model()  # the task's own model: a classifier, or a causal LM
     return {k: v.detach() for k, v in model.state_dict().items()}
 
 
