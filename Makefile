@@ -104,7 +104,7 @@ params:
 
 
 # The claims decided at small scale (experiments/claims): results/<scale>/claims.md. scale=core (the
-# default: SST-2, CoLA, STS-B, ~10 CPU hours, resumable: re-run the same command) or scale=full.
+# default: SST-2, CoLA, STS-B, 12-30 CPU hours, resumable: re-run the same command) or scale=full.
 ## the claims study (committed evidence; ARGS=scale=full for the full tier)
 claims:
 	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.study claims $(ARGS)
