@@ -539,6 +539,11 @@ def run_on_devices(study: Study, jobs: list[PlannedRun], devices: list[str], out
     lock = threading.Lock()
     stopping = threading.Event()
 
+    def say(line: str) -> None:  # whole lines: two jobs starting at once must not interleave
+        with lock:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
     def one(job: PlannedRun) -> int:
         device = free.get()
         try:
@@ -546,7 +551,7 @@ def run_on_devices(study: Study, jobs: list[PlannedRun], devices: list[str], out
                 return 1
             cmd = [sys.executable, "-m", "lora_repro.train", f"study={study.name}", *job.overrides]
             log_file = logs / (job.run.replace("/", "__") + ".log")
-            print(f"[device {device}] start {job.run}", flush=True)
+            say(f"[device {device}] start {job.run}")
             with open(log_file, "w", encoding="utf-8") as out:
                 child = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT,
                                          env={**os.environ, "CUDA_VISIBLE_DEVICES": device})
@@ -555,7 +560,7 @@ def run_on_devices(study: Study, jobs: list[PlannedRun], devices: list[str], out
                 code = child.wait()
                 with lock:
                     live.discard(child)
-            print(f"[device {device}] {'done' if code == 0 else f'failed (exit {code}; {log_file})'} {job.run}", flush=True)
+            say(f"[device {device}] {'done' if code == 0 else f'failed (exit {code}; {log_file})'} {job.run}")
             return code
         finally:
             free.put(device)

@@ -8,6 +8,7 @@ resumes from its last checkpoint (resume=false starts over). In a multirun a fai
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 import warnings
@@ -251,7 +252,8 @@ def precheck(argv: list[str]) -> bool:
             continue  # a job that fails validation is recorded as failed and the sweep goes on
         validate(cfg)
         folder = run_dir(cfg)
-        RunDirLock(folder).check_free()  # before Hydra writes .hydra/ into a folder a live job holds
+        if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 locks the folder (and checks it)
+            RunDirLock(folder).check_free()  # before Hydra writes .hydra/ into a folder a live job holds
         if finished_record(folder) and not cfg.overwrite and not lacks_weights(cfg, folder):
             print(f"already done (status ok), skipping: {folder}  [overwrite=true re-runs it]")
             return False
