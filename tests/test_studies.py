@@ -35,21 +35,25 @@ NAMED = {"claims", "demo", "demo_e2e", "efficiency", "loraplus_glue", "loraplus_
          "rank_sweep", "table2_glue", "table3_e2e", "table5_targets"}
 
 
-def test_every_study_is_there_and_plans_for_every_choice_of_its_params():
+def test_every_named_study_is_there():
     assert NAMED <= set(STUDIES)
-    for name in STUDIES:
-        for choice in param_choices(name):
-            study = load_study(name, choice)
-            assert str(study.spec["description"]).strip() and study.spec.get("cost"), name
-            runs = plan(study, [])
-            if study.is_command:
-                assert not runs and "{results}" in study.spec["command"]
-                continue
-            assert runs, name
-            # Two rows may share a run only where their recipes are the same (one folder, one run).
-            planned = [r for r in runs if r.run_dir is not None]  # tuned studies: the rest wait for a choice
-            assert len({(r.run_dir, r.experiment) for r in planned}) == len(planned), name
-            assert study.spec.get("results"), name
+
+
+# One case per study and choice of its params, so the pytest-xdist workers share the planning.
+@pytest.mark.parametrize("name, choice", [(n, c) for n in STUDIES for c in param_choices(n)],
+                         ids=lambda v: v if isinstance(v, str) else ",".join(f"{k}={x}" for k, x in v.items()) or "-")
+def test_every_study_plans_for_every_choice_of_its_params(name, choice):
+    study = load_study(name, choice)
+    assert str(study.spec["description"]).strip() and study.spec.get("cost"), name
+    runs = plan(study, [])
+    if study.is_command:
+        assert not runs and "{results}" in study.spec["command"]
+        return
+    assert runs, name
+    # Two rows may share a run only where their recipes are the same (one folder, one run).
+    planned = [r for r in runs if r.run_dir is not None]  # tuned studies: the rest wait for a choice
+    assert len({(r.run_dir, r.experiment) for r in planned}) == len(planned), name
+    assert study.spec.get("results"), name
 
 
 def test_planned_folders_are_the_canonical_run_folders():
