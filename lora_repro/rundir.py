@@ -271,8 +271,11 @@ class RunDirLock:
         if self.path.exists():
             alive, who = self._holder_alive()
             if alive:
-                raise FolderInUse(f"run folder {self.path.parent} is in use by process {who} (lock file "
-                                  f"{self.path}; if no job is running there, delete it)")
+                raise self._in_use(who)
+
+    def _in_use(self, who: str) -> FolderInUse:
+        return FolderInUse(f"run folder {self.path.parent} is in use by process {who} (lock file {self.path}; "
+                           f"if no job is running there, delete it)")
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.HEARTBEAT_S):
@@ -289,8 +292,7 @@ class RunDirLock:
             except FileExistsError:
                 alive, who = self._holder_alive()
                 if alive:
-                    raise FolderInUse(f"run folder {self.path.parent} is in use by process {who} (lock file "
-                                      f"{self.path}; if no job is running there, delete it)") from None
+                    raise self._in_use(who) from None
                 if who != "?":
                     print(f"taking over a stale lock of process {who}: {self.path}", file=sys.stderr)
                 self.path.unlink(missing_ok=True)

@@ -61,21 +61,27 @@ def test_a_run_with_heldout_rows_keeps_the_dev_metrics_names_and_adds_heldout_on
 
 
 # ------------------------------------------------------------------------------------ tuned studies
-@pytest.fixture
-def tuned_study(tmp_path, monkeypatch):
+def write_study(tmp_path, monkeypatch, **changes):
     experiments = tmp_path / "experiments"
-    (experiments / "t").mkdir(parents=True)
+    (experiments / "t").mkdir(parents=True, exist_ok=True)
     data_dir = write_sst2_dir(tmp_path / "SST-2", n_train=96, n_dev=32)
     spec = {
         "description": "a tuned study", "cost": "none",
         "common": [*TINY, f"task.data_dir={data_dir}", "task.heldout_rows=32", f"output_root={tmp_path / 'out'}"],
         "variants": {"a": ["method=lora"], "b": ["method=lora", "method.r=2"]},
         "seeds": [1, 2],
-        "tune": {"key": "train.lr", "values": {"lora": [1.0e-3, 3.0e-3]}, "share": {"b": "a"}},
-        "results": ["claims"],
+        "tune": {"key": "train.lr", "values": {"lora": [1.0e-3, 3.0e-3]}, "seed": 0, "extend": {"factor": 3, "times": 2}},
+        "results": ["claims"], **changes,
     }
     (experiments / "t" / "study.yaml").write_text(json.dumps(spec))
     monkeypatch.setattr(study_module, "EXPERIMENTS_DIR", experiments)
+    return spec
+
+
+@pytest.fixture
+def tuned_study(tmp_path, monkeypatch):
+    write_study(tmp_path, monkeypatch,
+                tune={"key": "train.lr", "values": {"lora": [1.0e-3, 3.0e-3]}, "share": {"b": "a"}})
     return load_study("t")
 
 
@@ -237,23 +243,6 @@ def test_a_run_records_what_the_constant_predictor_scores(tmp_path, sst2_dir):
 
 
 # ------------------------------------------------------------------- the claims protocol's planner
-def write_study(tmp_path, monkeypatch, **changes):
-    experiments = tmp_path / "experiments"
-    (experiments / "t").mkdir(parents=True, exist_ok=True)
-    data_dir = write_sst2_dir(tmp_path / "SST-2", n_train=96, n_dev=32)
-    spec = {
-        "description": "a tuned study", "cost": "none",
-        "common": [*TINY, f"task.data_dir={data_dir}", "task.heldout_rows=32", f"output_root={tmp_path / 'out'}"],
-        "variants": {"a": ["method=lora"], "b": ["method=lora", "method.r=2"]},
-        "seeds": [1, 2],
-        "tune": {"key": "train.lr", "values": {"lora": [1.0e-3, 3.0e-3]}, "seed": 0, "extend": {"factor": 3, "times": 2}},
-        "results": ["claims"], **changes,
-    }
-    (experiments / "t" / "study.yaml").write_text(json.dumps(spec))
-    monkeypatch.setattr(study_module, "EXPERIMENTS_DIR", experiments)
-    return spec
-
-
 def test_a_tuning_seed_reports_nothing_and_every_reporting_seed_runs_the_choice(tmp_path, monkeypatch):
     write_study(tmp_path, monkeypatch, tune={"key": "train.lr", "values": {"lora": [1.0e-3, 3.0e-3]}, "seed": 0})
     runs = plan(load_study("t"), [])
