@@ -19,6 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceC
 
 from . import PROJECT_ROOT
 from .errors import ConfigError
+from .kinds import kind_of
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +131,7 @@ def arch_config(model_cfg: Any, **overrides: Any):
 
 
 def head_kwargs(task_cfg: Any) -> dict[str, Any]:
-    if task_cfg.kind == "regression":
-        return {"num_labels": 1, "problem_type": "regression"}
-    return {"num_labels": int(task_cfg.num_labels), "problem_type": "single_label_classification"}
+    return kind_of(task_cfg).head_kwargs(task_cfg)
 
 
 def build_classifier(model_cfg: Any, task_cfg: Any) -> nn.Module:

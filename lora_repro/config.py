@@ -17,11 +17,9 @@ from .arch import arch_of
 from .backbone import check_model_config
 from .data import check_task_config
 from .errors import ConfigError
-from .generation import check_generation_config
+from .kinds import kind_of
 from .methods import Method
-from .metrics import check_metric_names
 from .rundir import resolve_init_from
-from .tasks import KINDS
 
 GROUPS = ("model", "method", "task", "train", "logger", "experiment")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -308,12 +306,7 @@ def validate(cfg: DictConfig) -> Method:
     check_train_config(cfg.train)
     check_task_config(cfg.task)
     check_watch(cfg.train, cfg.task)
-    if cfg.task.kind not in KINDS:
-        raise ConfigError(f"task.kind={cfg.task.kind!r}; valid: {', '.join(KINDS)}")
-    if cfg.task.kind == "generation":
-        check_generation_config(cfg.task)
-    else:
-        check_metric_names(cfg.task)
+    kind_of(cfg.task).check(cfg.task)
     check_model_config(cfg.model)
     check_positions(cfg.model, cfg.task)
     mode = cfg.logger.wandb.mode

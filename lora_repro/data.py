@@ -11,15 +11,15 @@ import importlib.util
 import io
 import json
 import logging
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from datasets import Dataset, Value
+from datasets import Dataset
 
 from .errors import ConfigError, DataError
+from .kinds import kind_of
 
 log = logging.getLogger(__name__)
 
@@ -35,31 +35,6 @@ class TaskData:
 
 
 # --------------------------------------------------------------------------------------- TSV files
-def _parse_label(raw: str, tsv_cfg: Any, kind: str, where: str, num_labels: int | None = None) -> int | float:
-    raw = raw.strip()
-    if kind == "regression":
-        try:
-            value = float(raw)
-        except ValueError:
-            raise DataError(f"{where}: label {raw!r} is not a number (regression task)") from None
-        if not math.isfinite(value):
-            raise DataError(f"{where}: label {raw!r} is not a finite number")
-        return value
-    names = tsv_cfg.get("label_names")
-    if names:
-        try:
-            return list(names).index(raw)
-        except ValueError:
-            raise DataError(f"{where}: label {raw!r} is not one of {list(names)}") from None
-    try:
-        label = int(raw)
-    except ValueError:
-        raise DataError(f"{where}: label {raw!r} is not an integer class id") from None
-    if num_labels is not None and not 0 <= label < num_labels:
-        raise DataError(f"{where}: label {label} is outside the task's classes 0..{num_labels - 1}")
-    return label
-
-
 MAX_LINE_BYTES = 1 << 20  # 1 MiB: no sentence, passage or E2E reference comes near it
 
 
@@ -100,7 +75,8 @@ def read_tsv(path: Path, task_cfg: Any) -> Dataset:
     fields = list(task_cfg.text_fields)
     rows: dict[str, list] = {f: [] for f in fields + ["label"]}
     skipped = 0
-    num_labels = int(task_cfg.num_labels) if task_cfg.kind == "classification" and not tsv.get("label_names") else None
+    kind, names = kind_of(task_cfg), tsv.get("label_names")
+    num_labels = kind.label_count(task_cfg, names)
     with io.StringIO(read_text(path), newline="") as handle:
         reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader, None) if tsv.header else None
@@ -134,7 +110,7 @@ def read_tsv(path: Path, task_cfg: Any) -> Dataset:
             first_row = False
             for field in fields:
                 rows[field].append(row[index[field]])
-            rows["label"].append(_parse_label(row[index["label"]], tsv, task_cfg.kind, where, num_labels))
+            rows["label"].append(kind.parse_label(row[index["label"]], where, names, num_labels))
     if skipped:
         log.warning("%s: skipped %d malformed rows", path, skipped)
     if not rows["label"]:
@@ -289,7 +265,7 @@ def load_hub(task_cfg: Any) -> TaskData:
                             f"(task.columns maps each field to one)")
         ds = ds.select_columns(list(wanted.values()))
         ds = ds.rename_columns({hub: field for field, hub in wanted.items() if hub != field})
-        splits[name] = ds.cast_column("label", Value("int64")) if task_cfg.kind != "regression" else ds
+        splits[name] = kind_of(task_cfg).cast_labels(ds)
     return _task_data(splits)
 
 
@@ -324,7 +300,7 @@ def read_jsonl(path: Path, task_cfg: Any) -> Dataset:
                 raise DataError(f"{where}: label {label!r} is not one of {values}")
             rows["label"].append(values.index(label))
         else:
-            rows["label"].append(_parse_label(str(label), {}, task_cfg.kind, where, int(task_cfg.num_labels)))
+            rows["label"].append(kind_of(task_cfg).parse_label(str(label), where, None, int(task_cfg.num_labels)))
     if not rows["label"]:
         raise DataError(f"{path} has no data rows")
     return Dataset.from_dict(rows)

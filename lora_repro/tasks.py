@@ -20,6 +20,7 @@ from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
 from .backbone import build_causal_lm, build_classifier
 from .data import HELDOUT_SPLIT, TaskData, load_task
 from .errors import ConfigError
+from .kinds import kind_of
 from .generation import (decode, general_text, group_references, lm_loss, smoothed_causal_lm_loss, tokenize_lm,
                          write_decoded)
 from .metrics import constant_metrics, make_compute_metrics, predictions_from_logits
@@ -66,7 +67,7 @@ def constant_scores(eval_dataset: Any, task_cfg: Any, reported: str | None) -> d
     out = {}
     for split, ds in splits.items():
         prefix = "" if split is None or split == reported else f"{split}_"
-        for name, value in constant_metrics(list(task_cfg.metrics), ds["labels"], task_cfg.kind).items():
+        for name, value in constant_metrics(list(task_cfg.metrics), ds["labels"], task_cfg).items():
             out[prefix + name] = value
     return out
 
@@ -177,7 +178,7 @@ class ClassificationTask:
         ds = splits[name] if isinstance(splits, dict) else splits
         out = trainer.predict(ds)
         logits = out.predictions[0] if isinstance(out.predictions, tuple) else out.predictions
-        predicted = predictions_from_logits(logits, self.cfg.task.kind)
+        predicted = predictions_from_logits(logits, self.cfg.task)
         as_value = (lambda v: round(float(v), 4)) if predicted.dtype.kind == "f" else int  # scores or class ids
         predicted, labels = [as_value(v) for v in predicted], [as_value(v) for v in out.label_ids]
         return {"split": name, "labels": labels, "predictions": predicted}
@@ -264,11 +265,9 @@ class GenerationTask:
             forgetting.update(lm_loss_after=after, increase=after - forgetting["lm_loss_before"])
 
 
-KINDS = {"classification": ClassificationTask, "regression": ClassificationTask, "generation": GenerationTask}
+# lora_repro.kinds.TaskKind.runner -> the class that trains and scores that kind of task.
+RUNNERS = {"sequence_classifier": ClassificationTask, "causal_lm": GenerationTask}
 
 
 def task_runner(cfg: DictConfig) -> ClassificationTask | GenerationTask:
-    try:
-        return KINDS[cfg.task.kind](cfg)
-    except KeyError:
-        raise ConfigError(f"task.kind={cfg.task.kind!r}; valid: {', '.join(KINDS)}") from None
+    return RUNNERS[kind_of(cfg.task).runner](cfg)

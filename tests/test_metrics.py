@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from lora_repro.metrics import compute_metrics, metric_keys, predictions_from_logits
 from lora_repro.tasks import evaluations, strip_eval_prefix
@@ -27,8 +28,8 @@ def test_pearson_and_spearman_by_hand():
 
 def test_regression_predictions_are_the_single_logit():
     logits = np.array([[0.5], [4.25]])
-    assert predictions_from_logits(logits, "regression").tolist() == [0.5, 4.25]
-    assert predictions_from_logits(np.array([[0.1, 0.9], [2.0, -1.0]]), "classification").tolist() == [1, 0]
+    assert predictions_from_logits(logits, OmegaConf.create({"kind": "regression"})).tolist() == [0.5, 4.25]
+    assert predictions_from_logits(np.array([[0.1, 0.9], [2.0, -1.0]]), OmegaConf.create({"kind": "classification"})).tolist() == [1, 0]
 
 
 def test_mnli_matched_and_mismatched_are_both_recorded():

@@ -109,7 +109,7 @@ def _perturbed(method_overrides: list[str], model: list[str]):
     import torch
 
     from lora_repro.assembly import build
-    from lora_repro.backbone import build_causal_lm, build_classifier
+    from lora_repro.tasks import task_runner
     from lora_repro.config import validate
     from transformers import set_seed
 
@@ -117,7 +117,7 @@ def _perturbed(method_overrides: list[str], model: list[str]):
 
     cfg = compose_cfg(*model, *method_overrides)
     set_seed(0)
-    base = (build_causal_lm(cfg.model) if cfg.task.kind == "generation" else build_classifier(cfg.model, cfg.task)).eval()
+    base = task_runner(cfg).build_model().eval()
     set_seed(0)
     built = build(cfg, validate(cfg))
     torch.manual_seed(1)

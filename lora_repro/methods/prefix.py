@@ -29,6 +29,7 @@ from torch import nn
 from ..arch import arch_of
 from ..backbone import find_blocks, hidden_size
 from ..errors import ConfigError
+from ..kinds import kind_of
 from .base import Method, freeze_all
 
 IGNORE_INDEX = -100
@@ -179,7 +180,7 @@ class VirtualTokens(Method):
             raise ConfigError("method.n_prefix + method.n_infix must be > 0")
 
     def check(self, model_cfg: Any, task_cfg: Any) -> None:
-        if model_cfg.get("decoder") and task_cfg.kind in ("classification", "regression"):
+        if model_cfg.get("decoder") and kind_of(task_cfg).classifier:
             # GPT2ForSequenceClassification finds the last real token from input_ids, which a
             # model fed inputs_embeds cannot give it.
             raise ConfigError(f"{self.name} on decoder {model_cfg.name} supports language-modelling tasks only, not {task_cfg.name}")

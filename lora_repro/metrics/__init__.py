@@ -19,26 +19,24 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 }
 
 
-def predictions_from_logits(logits: np.ndarray, kind: str) -> np.ndarray:
-    if kind == "regression":
-        return np.asarray(logits, dtype=np.float64).reshape(-1)
-    return np.asarray(logits).argmax(axis=-1)
+def predictions_from_logits(logits: np.ndarray, task_cfg: Any) -> np.ndarray:
+    from ..kinds import kind_of
+
+    return kind_of(task_cfg).predictions(logits)
 
 
 def compute_metrics(names: list[str], predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {name: METRICS[name](predictions, labels) for name in names}
 
 
-def constant_metrics(names: list[str], labels: np.ndarray, kind: str) -> dict[str, float]:
+def constant_metrics(names: list[str], labels: np.ndarray, task_cfg: Any) -> dict[str, float]:
     """What a model that always predicts the same thing scores on these labels: the majority class
     (the best constant) for classification, the mean for regression, whose correlations are
     undefined and count as 0. A run that does not beat this has learned nothing."""
+    from ..kinds import kind_of
+
     labels = np.asarray(labels)
-    if kind == "regression":
-        constant = np.full(labels.shape, float(labels.mean()))
-    else:
-        values, counts = np.unique(labels, return_counts=True)
-        constant = np.full(labels.shape, values[counts.argmax()])
+    constant = kind_of(task_cfg).constant_predictions(labels)
     out = {}
     for name in names:
         if name in ("pearson", "spearman"):
@@ -51,11 +49,10 @@ def constant_metrics(names: list[str], labels: np.ndarray, kind: str) -> dict[st
 def make_compute_metrics(task_cfg: Any) -> Callable[[Any], dict[str, float]]:
     """A `compute_metrics` for transformers.Trainer (takes an EvalPrediction)."""
     names = list(task_cfg.metrics)
-    kind = task_cfg.kind
 
     def _compute(eval_pred: Any) -> dict[str, float]:
         logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-        return compute_metrics(names, predictions_from_logits(logits, kind), np.asarray(eval_pred.label_ids))
+        return compute_metrics(names, predictions_from_logits(logits, task_cfg), np.asarray(eval_pred.label_ids))
 
     return _compute
 
