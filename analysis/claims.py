@@ -254,20 +254,30 @@ def compare(claim: Claim, a: pd.DataFrame, b: pd.DataFrame, margin: float, edges
                         f"t-interval" + (f"; {why}" if why else "")}
     diff = paired(a.score.to_dict(), b.score.to_dict())
     status, why = decide(claim.test, diff, margin)
-    p_refute = refutation_pvalue(claim.test, diff, margin) if status == REFUTED else 1.0
     status, dev_note, dev_info = dev_check(status, claim.test, a, b, str(a.metric.iloc[0]), margin)
-    failed_gate = "; ".join(w for w in (gate(a.reset_index()), gate(b.reset_index())) if w)
-    edge = [x for x in (claim.arm, claim.baseline) if edges.get((x, task))]
+    decided = decision(claim.test, diff, margin, status, why, [a, b], [claim.arm, claim.baseline], task, edges)
+    notes = "; ".join(n for n in (decided.pop("why"), dev_note) if n)
+    return {**row, **decided, **dev_info,
+            "what": f"mean paired difference {claim.arm} − {claim.baseline}, points, 95% t-interval, margin {margin:g}"
+                    + (f"; {notes}" if notes else "")}
+
+
+def decision(test: str, diff: Any, margin: float, status: str, why: str, sides: list[pd.DataFrame], names: list[str],
+             task: str, edges: dict) -> dict:
+    """What every paired comparison reports: the interval of the mean difference, and the verdict
+    after the two checks that overrule the test, in this order: an arm that fails the validity gate
+    makes the task not evaluable; an arm whose chosen lr sits at an end of the grid it tried makes
+    it not tested as specified. The refutation p-value counts only for a refutation (Holm)."""
+    failed_gate = "; ".join(w for w in (gate(x.reset_index()) for x in sides) if w)
+    edge = [n for n in names if edges.get((n, task))]
     if failed_gate:
         status, why = NOT_EVALUABLE, failed_gate
     elif edge:
         status, why = NOT_AS_SPECIFIED, (f"{', '.join(edge)}: the chosen lr is the {edges[(edge[0], task)]} after the "
                                          f"grid extended itself, so the arm's best lr may lie beyond")
-    notes = "; ".join(n for n in (why, dev_note) if n)
-    return {**row, "n_pairs": diff.n, "median": diff.mean.estimate, "low": diff.mean.low, "high": diff.mean.high,
-            "verdict": status, "p_refute": p_refute if status == REFUTED else 1.0, **dev_info,
-            "what": f"mean paired difference {claim.arm} − {claim.baseline}, points, 95% t-interval, margin {margin:g}"
-                    + (f"; {notes}" if notes else "")}
+    return {"n_pairs": diff.n, "median": diff.mean.estimate, "low": diff.mean.low, "high": diff.mean.high,
+            "verdict": status, "p_refute": refutation_pvalue(test, diff, margin) if status == REFUTED else 1.0,
+            "why": why}
 
 
 def compare_improves(claim: Claim, sides: list[pd.DataFrame], margin: float, edges: dict) -> dict:
@@ -282,17 +292,10 @@ def compare_improves(claim: Claim, sides: list[pd.DataFrame], margin: float, edg
     before, after = gap(a, b), gap(a2, b2)
     diff = paired(after, before)
     status, why = decide("superior", diff, margin)
-    p_refute = refutation_pvalue("superior", diff, margin) if status == REFUTED else 1.0
-    failed_gate = "; ".join(w for w in (gate(x.reset_index()) for x in sides) if w)
-    edge = [n for n in names if edges.get((n, task))]
-    if failed_gate:
-        status, why = NOT_EVALUABLE, failed_gate
-    elif edge:
-        status, why = NOT_AS_SPECIFIED, f"{', '.join(edge)}: the chosen lr is at an end of the grid tried"
+    decided = decision("superior", diff, margin, status, why, sides, names, task, edges)
+    why = decided.pop("why")
     mean = lambda d: float(np.mean(list(d.values()))) if d else math.nan  # noqa: E731
-    return {"arm": claim.arm, "baseline": claim.baseline, "task": task, "margin": margin, "n_pairs": diff.n,
-            "median": diff.mean.estimate, "low": diff.mean.low, "high": diff.mean.high, "verdict": status,
-            "p_refute": p_refute if status == REFUTED else 1.0,
+    return {"arm": claim.arm, "baseline": claim.baseline, "task": task, "margin": margin, **decided,
             "what": f"({names[2]} − {names[3]}) − ({names[0]} − {names[1]}): gap {mean(before):+.2f} → {mean(after):+.2f} "
                     f"points, mean paired change, 95% t-interval" + (f"; {why}" if why else "")}
 

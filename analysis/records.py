@@ -5,10 +5,14 @@ lora_repro.record.RunRecord. Nothing here imports torch or composes a config."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from omegaconf import OmegaConf
+
+from lora_repro import CONF_DIR
 
 from lora_repro.evidence import committed_path, read_manifest, released, slim_record
 from lora_repro.record import RECORD_NAME, iter_records, read_run_record
@@ -16,26 +20,30 @@ from lora_repro.studyspec import PROJECT_ROOT, experiments_dir
 
 
 # A run's main metric is its task yaml's `main_metric`, read from the record's config: the one the
-# run was tuned and early-stopped on is the one reported. Records without a config (hand-made,
-# very old) fall back to what the papers report: MNLI matched accuracy, MCC for CoLA, Pearson for
-# STS-B, BLEU for E2E, accuracy elsewhere.
-TABLE2_METRIC = {"mnli": "matched_accuracy", "cola": "mcc", "stsb": "pearson", "e2e": "BLEU"}
-DEFAULT_METRIC = "accuracy"
+# run was tuned and early-stopped on is the one reported, and no table in analysis/ keeps a second
+# list of them. A record without a config (hand-made) gets what its task's yaml names now; one whose
+# task has no yaml here has no main score and is listed as such.
+NO_METRIC = "main_metric"  # what a record without task.main_metric is reported as missing
 
 
-def task_metric(task: str) -> str:
-    return TABLE2_METRIC.get(task, DEFAULT_METRIC)
+@functools.lru_cache(maxsize=None)
+def catalogue_metric(task: str) -> str:
+    """conf/task/<task>.yaml's main_metric (a plain yaml read: no composition, no torch)."""
+    path = CONF_DIR / "task" / f"{task}.yaml"
+    if not path.is_file():
+        return NO_METRIC
+    return str(OmegaConf.load(path).get("main_metric") or NO_METRIC)
 
 
 def record_metric(record: dict) -> str:
-    """The main metric a record's own task config names (task_metric when it has none)."""
-    return ((record.get("config") or {}).get("task") or {}).get("main_metric") or task_metric(str(record.get("task")))
+    """The main metric a record's own task config names (its task yaml's, for a record without one)."""
+    return ((record.get("config") or {}).get("task") or {}).get("main_metric") or catalogue_metric(str(record.get("task")))
 
 
 def row_metric(row: dict) -> str:
     """The main metric of a flattened record row (flatten() stores it)."""
     metric = row.get("main_metric")
-    return str(metric) if isinstance(metric, str) and metric else task_metric(str(row.get("task")))
+    return str(metric) if isinstance(metric, str) and metric else catalogue_metric(str(row.get("task")))
 
 
 def main_score(row: dict) -> float | None:
@@ -119,8 +127,9 @@ def collect(items) -> Records:
                                   **(labels[0] if labels else {})})
         else:
             rows.append({**flatten(record, path), **(labels[0] if labels else {})})
-    no_score = [(row["path"], f"{row_metric(row)} is "
-                 f"{row.get('metric.' + row_metric(row), 'absent')}") for row in rows if main_score(row) is None]
+    no_score = [(row["path"], "its config names no task.main_metric" if row_metric(row) == NO_METRIC else
+                 f"{row_metric(row)} is {row.get('metric.' + row_metric(row), 'absent')}")
+                for row in rows if main_score(row) is None]
     return Records(ok=pd.DataFrame(rows), failed=failed, unreadable=unreadable, no_score=no_score,
                    failed_labels=failed_labels)
 

@@ -329,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="count records from uncommitted code or other branches (written to results/unreleased/)")
     parser.add_argument("--scratch", default=None, metavar="OUTPUT_ROOT",
                         help="a study run with --scratch: its manifest and records under this output_root")
+    parser.add_argument("--skip", action="append", default=[], choices=["weights"],
+                        help="do not rebuild results/weights/ (the SVDs of every saved checkpoint here take "
+                             "minutes); its committed files are kept")
     args, rest = parser.parse_known_args(argv)
     names = study_names() if args.all else [args.name] if args.name else []
     if not names:
@@ -341,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if problems else 0
         for name in names:
             written = build(name, rest, allow_unreleased=args.allow_unreleased,
-                            scratch_root=Path(args.scratch) if args.scratch else None)
+                            scratch_root=Path(args.scratch) if args.scratch else None, skip=tuple(args.skip))
             for path in written:
                 path = Path(path).resolve()
                 print(f"wrote {path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path}")

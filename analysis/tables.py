@@ -19,7 +19,13 @@ from .stats import median_ci, paired
 from .table3 import build_table3, table3_markdown
 
 PAPER_DIR = Path(__file__).resolve().parent / "paper"
-GLUE_TASKS = ["mnli", "sst2", "mrpc", "cola", "qnli", "qqp", "rte", "stsb"]
+AVERAGE = "avg"  # the published table's average column, over every other task column of the table
+
+
+def published_tasks(paper: pd.DataFrame) -> list[str]:
+    """The published table's task columns in its own order (Table 2: MNLI ... STS-B), its average
+    left out: the columns come from analysis/paper/table2.csv, not from a list kept here."""
+    return [t for t in dict.fromkeys(paper.task) if t != AVERAGE]
 
 
 # A table row: runs of the same model, method, size and recipe (the conf/experiment file, "-" for
@@ -87,15 +93,17 @@ def match_published(model: str, method: str, adapted: int, setting: str, paper: 
     return same if not same.empty else rows.iloc[0:0]
 
 
-def task_order(task: str) -> tuple:
-    return (task not in GLUE_TASKS, GLUE_TASKS.index(task) if task in GLUE_TASKS else task)
+def task_order(columns: list[str]):
+    """Sort key: the published columns in their order, then other tasks by name, the average last."""
+    return lambda task: (task == AVERAGE, task not in columns, columns.index(task) if task in columns else task)
 
 
 def build_table2(records: Records) -> pd.DataFrame:
     """Long format: one row per (row key, task) with ours, published and the difference; an "avg"
-    row only over a complete set of the 8 GLUE tasks, as the paper's Avg."""
+    row only over a complete set of the published table's tasks (8 for GLUE), as the paper's Avg."""
     agg = aggregate(run_scores(records))
     paper = published_table2()
+    columns = published_tasks(paper)
     rows = []
     for (model, method, adapted, experiment, variant), group in agg.groupby(ROW_KEY):
         setting = group.paper_setting.iloc[0]
@@ -107,10 +115,10 @@ def build_table2(records: Records) -> pd.DataFrame:
                "params": millions(adapted),
                "published_row": published.row.iloc[0] if len(published) else None}
         ours = {r["task"]: (r["median"], r["spread"], int(r["n"])) for r in group.to_dict("records")}
-        glue = [ours[t][0] for t in GLUE_TASKS if t in ours]
-        if len(glue) == len(GLUE_TASKS):
-            ours["avg"] = (sum(glue) / len(glue), None, min(ours[t][2] for t in GLUE_TASKS))
-        for task in sorted(set(ours) | set(pub), key=task_order):
+        scored = [ours[t][0] for t in columns if t in ours]
+        if len(scored) == len(columns):
+            ours[AVERAGE] = (sum(scored) / len(scored), None, min(ours[t][2] for t in columns))
+        for task in sorted(set(ours) | set(pub), key=task_order(columns)):
             median, spread, n = ours.get(task, (None, None, 0))
             rows.append({**key, "task": task, "median": median, "spread": spread, "n_seeds": n,
                          "published": pub.get(task),
@@ -129,16 +137,24 @@ def cell(r: pd.Series) -> str:
     return f"{ours} [paper {r['published']:.1f}{diff}]"
 
 
+def metric_note(records: Records) -> str:
+    """Which metric each task's cells are: the runs' own task.main_metric, from their records."""
+    df = records.ok
+    if df.empty or "main_metric" not in df:
+        return ""
+    pairs = df[df.task != "e2e"].groupby("task", sort=True).main_metric.agg(lambda s: "/".join(sorted(set(s))))
+    return " Metric (each task's main_metric): " + ", ".join(f"{t} {m}" for t, m in pairs.items()) + "." if len(pairs) else ""
+
+
 def to_markdown(table: pd.DataFrame, records: Records) -> str:
     lines = ["# Table 2 layout from your runs", "",
              "Cells: median over seeds at the best evaluation, x100, ±std (seeds) [published value, difference]. "
-             "— = no finished run. MNLI = matched accuracy, CoLA = MCC, STS-B = Pearson, others accuracy.", ""]
+             "— = no finished run." + metric_note(records), ""]
     if table.empty:
         lines.append("No finished runs found.")
     else:
-        tasks = [t for t in GLUE_TASKS if t in set(table.task)] + sorted(set(table.task) - set(GLUE_TASKS) - {"avg"})
-        tasks += ["avg"] if "avg" in set(table.task) else []
-        lines.append("| Model & Method | # Trainable Params | " + " | ".join(t.upper() if t != "avg" else "Avg." for t in tasks) + " |")
+        tasks = sorted(set(table.task), key=task_order(published_tasks(published_table2())))
+        lines.append("| Model & Method | # Trainable Params | " + " | ".join(t.upper() if t != AVERAGE else "Avg." for t in tasks) + " |")
         lines.append("|---|---|" + "---|" * len(tasks))
         for (model, method, adapted, experiment, variant), group in table.groupby(ROW_KEY, sort=False):
             cells = {row["task"]: cell(pd.Series(row)) for row in group.to_dict("records")}
