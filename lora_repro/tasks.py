@@ -111,19 +111,23 @@ class ClassificationTask:
     def collator(self, tokenizer: Any):
         return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple(self.cfg))
 
-    def before_training(self, model: torch.nn.Module, tokenizer: Any, record: dict) -> None:
-        pass
+    def before_training(self, model: torch.nn.Module, tokenizer: Any) -> dict[str, Any]:
+        """Record parts measured on the model before training (none for classifiers)."""
+        return {}
 
     def compute_metrics(self):
         return make_compute_metrics(self.cfg.task)
 
-    def results(self, trainer: Any, model: torch.nn.Module, tokenizer: Any, run_dir: Path, record: dict) -> None:
+    def results(self, trainer: Any, model: torch.nn.Module, tokenizer: Any, run_dir: Path,
+                selected: dict | None, before: dict[str, Any]) -> dict[str, Any]:
+        """The record's parts from the trained model: metrics at the reported step, the best
+        evaluation, the curve, the constant predictor's scores, kept predictions. `selected`: the
+        step early stopping restored (None without early stopping)."""
         key = f"eval_{self.cfg.task.main_metric}"
         splits = list(trainer.eval_dataset) if isinstance(trainer.eval_dataset, dict) else []
         dev = [s for s in splits if s != HELDOUT_SPLIT]
         reported = dev[0] if HELDOUT_SPLIT in splits and len(dev) == 1 else None
         history = evaluations(trainer.state.log_history, key, reported)
-        selected = record.get("selected")
         if not selected and (not history or history[-1]["step"] != trainer.state.global_step):
             trainer.evaluate()
             history = evaluations(trainer.state.log_history, key, reported)
@@ -136,12 +140,13 @@ class ClassificationTask:
         else:
             final = history[-1]
         best = max(history, key=lambda e: e[key]) if history else final
-        record["eval_curve"] = [{"step": e["step"], "epoch": e["epoch"], **strip_eval_prefix(e)} for e in curve]
-        record["metrics"] = strip_eval_prefix(final)
-        record["best_metrics"] = {**strip_eval_prefix(best), "step": best["step"], "epoch": best["epoch"]}
-        record["constant_metrics"] = constant_scores(trainer.eval_dataset, self.cfg.task, reported)
+        parts = {"eval_curve": [{"step": e["step"], "epoch": e["epoch"], **strip_eval_prefix(e)} for e in curve],
+                 "metrics": strip_eval_prefix(final),
+                 "best_metrics": {**strip_eval_prefix(best), "step": best["step"], "epoch": best["epoch"]},
+                 "constant_metrics": constant_scores(trainer.eval_dataset, self.cfg.task, reported)}
         if self.cfg.train.get("keep_predictions"):
-            record["predictions"] = self.predictions(trainer, reported)
+            parts["predictions"] = self.predictions(trainer, reported)
+        return parts
 
     def predict(self, model: torch.nn.Module, tokenizer: Any, texts: list[str]) -> list[dict[str, Any]]:
         """Classification: the class id, its name where the task has names, and the probabilities;
@@ -214,13 +219,14 @@ class GenerationTask:
         evals = {k: tokenize_lm(v, tokenizer, self.cfg.task, k) for k, v in self.raw.evals.items() if k not in decode_splits}
         return TaskData(train=tokenize_lm(self.raw.train, tokenizer, self.cfg.task, "train"), evals=evals)
 
-    def before_training(self, model: torch.nn.Module, tokenizer: Any, record: dict) -> None:
+    def before_training(self, model: torch.nn.Module, tokenizer: Any) -> dict[str, Any]:
         """Forgetting, part one: the LM loss on general text before this fine-tuning
         (`task.forgetting_rows`; "LoRA learns less and forgets less", Biderman et al. 2024)."""
         rows = self.cfg.task.get("forgetting_rows")
-        if rows:
-            text, sentences = general_text(int(rows))
-            record["forgetting"] = {"text": text, "lm_loss_before": lm_loss(model, tokenizer, sentences)}
+        if not rows:
+            return {}
+        text, sentences = general_text(int(rows))
+        return {"forgetting": {"text": text, "lm_loss_before": lm_loss(model, tokenizer, sentences)}}
 
     def collator(self, tokenizer: Any):
         # Pads input_ids with the pad token and labels with -100, on the right (training batches).
@@ -230,16 +236,18 @@ class GenerationTask:
     def compute_metrics(self):
         return None
 
-    def results(self, trainer: Any, model: torch.nn.Module, tokenizer: Any, run_dir: Path, record: dict) -> None:
+    def results(self, trainer: Any, model: torch.nn.Module, tokenizer: Any, run_dir: Path,
+                selected: dict | None, before: dict[str, Any]) -> dict[str, Any]:
+        """The record's parts: the validation-loss curve, then (on the main process) the decoded
+        splits' E2E metrics and files, and forgetting's part two."""
         from .metrics.e2e import SCORER_MODE, e2e_scores
 
-        record["eval_loss_curve"] = [
+        parts: dict[str, Any] = {"eval_loss_curve": [
             [e["step"], {k[len("eval_"):]: v for k, v in e.items() if k.endswith("loss")}]
             for e in evaluations(trainer.state.log_history, None)
-        ] or None
+        ] or None}
         if not trainer.is_world_process_zero():
-            record["metrics"] = {}  # one process decodes and scores; under DDP the others are done
-            return
+            return {**parts, "metrics": {}}  # one process decodes and scores; under DDP the others are done
         task_cfg = self.cfg.task
         gen = task_cfg.generation
         metrics: dict[str, float] = {}
@@ -257,12 +265,12 @@ class GenerationTask:
             decoding[split] = {**files, "mrs_decoded": len(mrs), "n_references": sum(len(r) for r in refs),
                                "decode_s": result.seconds, "new_tokens": result.new_tokens,
                                "mrs_per_s": len(mrs) / result.seconds if result.seconds else None}
-        record["metrics"] = metrics
-        record["decoding"] = {"settings": dict(gen), "scorer": SCORER_MODE, **decoding}
-        forgetting = record.get("forgetting")
+        parts.update(metrics=metrics, decoding={"settings": dict(gen), "scorer": SCORER_MODE, **decoding})
+        forgetting = before.get("forgetting")
         if forgetting:  # part two: the same text after training
             after = lm_loss(model, tokenizer, general_text(int(task_cfg.forgetting_rows))[1])
-            forgetting.update(lm_loss_after=after, increase=after - forgetting["lm_loss_before"])
+            parts["forgetting"] = {**forgetting, "lm_loss_after": after, "increase": after - forgetting["lm_loss_before"]}
+        return parts
 
 
 # lora_repro.kinds.TaskKind.runner -> the class that trains and scores that kind of task.

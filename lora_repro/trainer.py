@@ -548,7 +548,8 @@ def run(cfg: DictConfig, method: Method, run_dir: str | Path, experiment: str | 
             watchers = [w for w in (best, keeper) if w is not None]
             trainer = make_trainer(cfg, built, data, tokenizer, optimizer, run_dir,
                                    wandb_run.report_to if wandb_run else [], [clock, tensors, *watchers])
-            built.task.before_training(built.model, tokenizer, record)
+            before = built.task.before_training(built.model, tokenizer)
+            record.update(before)
             phases.mark("setup_s")
             train_out = trainer.train(resume_from_checkpoint=last)
             if best is not None:
@@ -557,7 +558,7 @@ def run(cfg: DictConfig, method: Method, run_dir: str | Path, experiment: str | 
                     record["selected"]["stopped_at_step"] = trainer.state.global_step
             phases.mark("train_s")
             trainer.eval_dataset = eval_dataset(data.evals)  # the end of the run evaluates every split
-            built.task.results(trainer, built.model, tokenizer, run_dir, record)
+            record.update(built.task.results(trainer, built.model, tokenizer, run_dir, record.get("selected"), before))
             phases.mark("results_s")
             record["throughput"] = throughput(trainer, train_out)
             record["train_loss_curve"] = [[e["step"], e["loss"]] for e in trainer.state.log_history if "loss" in e]
