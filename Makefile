@@ -111,7 +111,7 @@ claims:
 
 # Two jobs at a time, one thread each (--devices names two slots; no GPU is used): the runs are
 # short and mostly start-up, so two at once nearly halve the wall time.
-## the claims pipeline on a reduced grid (~2 min; its verdicts mean nothing)
+## the claims pipeline on a reduced grid (~2-3 min; its verdicts mean nothing)
 claims-quick:
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m lora_repro.study claims scale=quick --scratch --devices cpu0,cpu1 $(ARGS)
 	@grep -q "^| claim |" outputs/scratch/claims/results/quick/claims.md && echo "claims-quick: report written to outputs/scratch/claims/results/quick/claims.md"

@@ -131,3 +131,51 @@ def test_offline_a_hub_task_without_its_files_stops_before_loading_a_model(tmp_p
     assert out.stderr.strip().splitlines()[-1].startswith(
         "error: task cola reads nyu-mll/glue from the hub, which is offline here (HF_HUB_OFFLINE=1)")
     assert "task.data_dir=DIR" in out.stderr and not (tmp_path / "runs").exists()
+
+
+def test_the_readme_lists_every_config_of_every_group():
+    """The README's Configs table is hand-written: a new yaml that it does not name (literally, or
+    by a `paper_gpt2_*` / `adapter_{p_3m,h_6m}` pattern) fails here instead of going unmentioned."""
+    import fnmatch
+    import itertools
+    import re
+
+    from lora_repro import CONF_DIR, PROJECT_ROOT
+
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    configs = readme[readme.index("## Configs"):readme.index("### Methods")]
+    patterns = set()
+    for name in re.findall(r"`([a-z0-9_*{},]+)`", configs):
+        parts = re.split(r"\{([^}]*)\}", name)  # brace groups expand as a shell would
+        choices = [part.split(",") if i % 2 else [part] for i, part in enumerate(parts)]
+        patterns.update("".join(c) for c in itertools.product(*choices))
+    missing = [f"{group}/{path.stem}" for group in ("model", "method", "task", "train", "experiment")
+               for path in sorted((CONF_DIR / group).glob("*.yaml"))
+               if not path.stem.startswith("_") and not any(fnmatch.fnmatch(path.stem, p) for p in patterns)]
+    assert missing == []
+
+
+def test_costs_quoted_in_readme_and_makefile_are_the_study_yaml_s():
+    """A study's cost is written once, in its study.yaml; the README's study table and `make help`
+    quote it, and every figure they quote must be one the study.yaml states."""
+    import re
+
+    from omegaconf import OmegaConf
+
+    from lora_repro import PROJECT_ROOT
+
+    numbers = lambda text: set(re.findall(r"\d+(?:\.\d+)?", text))  # noqa: E731
+    cost = {p.parent.name: str(OmegaConf.load(p).get("cost") or "")
+            for p in (PROJECT_ROOT / "experiments").glob("*/study.yaml")}
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    disagree = []
+    for name, cell in re.findall(r"^\| `([a-z0-9_]+)` \|.*\| ([^|]*) \|$", readme, flags=re.M):
+        if name in cost and not numbers(cell) <= numbers(cost[name]):
+            disagree.append(f"README {name}: {cell.strip()!r} vs study.yaml {cost[name]!r}")
+    makefile = (PROJECT_ROOT / "Makefile").read_text()
+    for doc, body in re.findall(r"^## (.*)\n[a-z][a-z0-9-]*:\n((?:\t.*\n)+)", makefile, flags=re.M):
+        study = re.search(r"lora_repro\.study (\w+)", body)
+        quoted = re.findall(r"~([\d-]+) min", doc)
+        if study and quoted and study.group(1) in cost and not numbers(quoted[0]) <= numbers(cost[study.group(1)]):
+            disagree.append(f"Makefile {study.group(1)}: {doc!r} vs study.yaml {cost[study.group(1)]!r}")
+    assert disagree == []
