@@ -34,6 +34,7 @@ import pandas as pd
 from lora_repro.record import read_run_record
 from lora_repro.studyspec import Claim, claims_of
 
+from .published import is_row, table_spec
 from .records import Records, row_metric
 from .stats import (NOT_AS_SPECIFIED, NOT_EVALUABLE, REFUTED, SUPPORTED, UNDECIDED, beats_constant, decide,
                     dev_sampled, holm, mean_ci, median_ci, paired, refutation_pvalue)
@@ -361,8 +362,10 @@ def intruder_rows(path: Path = INTRUDERS_CSV) -> list[dict]:
     if not path.is_file():
         return []
     df = pd.read_csv(path)
-    ft = df[df.method == "full_ft"]
-    lora = df[df.method != "full_ft"]
+    baseline = table_spec("intruders")["baseline"]
+    is_baseline = pd.Series([is_row(r, baseline) for r in df.to_dict("records")], index=df.index, dtype=bool)
+    ft, lora = df[is_baseline], df[~is_baseline]
+    base_name = "/".join(str(v) for v in baseline.values())
     shared = sorted(set(ft.type) & set(lora.type))
     if ft.empty or lora.empty or not shared:
         return []
@@ -370,13 +373,13 @@ def intruder_rows(path: Path = INTRUDERS_CSV) -> list[dict]:
     rows = []
     for r, group in lora.groupby("r"):
         lora_counts = per_seed(group, "intruders")
-        for baseline, counts in (("full_ft", per_seed(ft, "intruders")), ("random ΔW", per_seed(group, "random_intruders"))):
+        for against, counts in ((base_name, per_seed(ft, "intruders")), ("random ΔW", per_seed(group, "random_intruders"))):
             diff = paired(lora_counts, counts)
             status, why = decide("superior", diff, INTRUDER_MARGIN)
             size = (f"; median ‖ΔW‖/‖W‖ {group[group.type.isin(shared)].relative_norm.median():.4f} (LoRA), "
-                    f"{ft[ft.type.isin(shared)].relative_norm.median():.4f} (full FT): an update this small leaves "
+                    f"{ft[ft.type.isin(shared)].relative_norm.median():.4f} ({base_name}): an update this small leaves "
                     f"W's top directions in place" if "relative_norm" in df else "")
-            rows.append({"claim": f"LoRA (r={int(r)}) has more intruder dimensions than {baseline} "
+            rows.append({"claim": f"LoRA (r={int(r)}) has more intruder dimensions than {against} "
                                   f"(Shuttleworth et al. 2024; intruders study, W_{'/W_'.join(shared)})",
                          "measured": f"{np.mean(list(lora_counts.values())):.2f} vs {np.mean(list(counts.values())):.2f} "
                                      f"per matrix; difference {diff.mean.fmt(2, signed=True)}" + (f"; {why}" if why else "")

@@ -25,7 +25,7 @@ import pandas as pd  # noqa: E402
 
 from .records import Records, main_score  # noqa: E402
 from .records import row_metric  # noqa: E402
-from .tables import PAPER_DIR  # noqa: E402
+from .published import published, table_spec  # noqa: E402
 
 
 def save(fig, path: Path) -> Path:
@@ -103,10 +103,11 @@ def plot_loraplus(df: pd.DataFrame, out: Path) -> list[Path]:
 
 def published_points() -> pd.DataFrame:
     """Table 2 (GLUE) and Table 3 (E2E BLEU) published values with their printed sizes."""
-    paper = pd.read_csv(PAPER_DIR / "table2.csv")
-    paper = paper[paper.task != "avg"].copy()
-    e2e = pd.read_csv(PAPER_DIR / "table3.csv")
-    e2e = e2e[e2e.metric == "BLEU"].assign(task="e2e")
+    paper = published("table2")
+    paper = paper[paper.task != table_spec("table2")["average"]].copy()
+    spec = table_spec("table3")
+    e2e = published("table3")
+    e2e = e2e[e2e.metric == spec["plot_metric"]].assign(task=spec["task"])
     paper = pd.concat([paper, e2e[["table", "row", "model", "method", "params", "task", "value"]]], ignore_index=True)
     paper["adapted"] = paper.params.str.rstrip("M").astype(float) * 1e6
     return paper

@@ -5,9 +5,41 @@ paper row (older records, your own recipes) fall back to each table's size heuri
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+from typing import Any
+
 import pandas as pd
+from omegaconf import OmegaConf
 
 from lora_repro.paper_rows import published_row
+
+PAPER_DIR = Path(__file__).resolve().parent / "paper"
+
+
+@functools.lru_cache(maxsize=None)
+def table_spec(name: str) -> dict[str, Any]:
+    """analysis/paper/tables.yaml's entry for one table: which runs it reads (task kinds, method
+    family), its published CSV, average column, baseline and reference rows."""
+    specs = OmegaConf.to_container(OmegaConf.load(PAPER_DIR / "tables.yaml"))
+    return specs[name]
+
+
+def published(name: str) -> pd.DataFrame:
+    """The published values of a table spec (its CSV in analysis/paper/)."""
+    return pd.read_csv(PAPER_DIR / table_spec(name)["published"])
+
+
+def of_kinds(df: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The runs of `df` whose task kind the table reads."""
+    if df.empty or "kind" not in df:
+        return df
+    return df[df.kind.isin(table_spec(name)["kinds"])]
+
+
+def is_row(row: Any, match: dict[str, Any]) -> bool:
+    """Whether a run (a dict or a row key's fields) is the spec's named row, e.g. {method: full_ft}."""
+    return all(row.get(k) == v for k, v in match.items())
 
 
 def by_paper_row(paper: pd.DataFrame, paper_row: str | None, paper_fit: str | None, model: str) -> pd.DataFrame | None:

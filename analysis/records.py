@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from omegaconf import OmegaConf
@@ -27,17 +28,30 @@ NO_METRIC = "main_metric"  # what a record without task.main_metric is reported 
 
 
 @functools.lru_cache(maxsize=None)
-def catalogue_metric(task: str) -> str:
-    """conf/task/<task>.yaml's main_metric (a plain yaml read: no composition, no torch)."""
+def catalogue_task(task: str) -> dict:
+    """conf/task/<task>.yaml over the task files its `defaults` name (`_glue`): a plain yaml read,
+    no composition, no torch; {} for a task with no yaml here."""
     path = CONF_DIR / "task" / f"{task}.yaml"
     if not path.is_file():
-        return NO_METRIC
-    return str(OmegaConf.load(path).get("main_metric") or NO_METRIC)
+        return {}
+    own = OmegaConf.load(path)
+    bases = [CONF_DIR / "task" / f"{d}.yaml" for d in own.get("defaults") or [] if isinstance(d, str) and d != "_self_"]
+    merged = OmegaConf.merge(*[OmegaConf.load(b) for b in bases if b.is_file()], own)
+    return OmegaConf.to_container(merged)
+
+
+def catalogue_metric(task: str) -> str:
+    return str(catalogue_task(task).get("main_metric") or NO_METRIC)
+
+
+def record_task(record: dict, key: str) -> Any:
+    """A task fact (main_metric, kind) from the record's own config, else from its task's yaml."""
+    return ((record.get("config") or {}).get("task") or {}).get(key) or catalogue_task(str(record.get("task"))).get(key)
 
 
 def record_metric(record: dict) -> str:
     """The main metric a record's own task config names (its task yaml's, for a record without one)."""
-    return ((record.get("config") or {}).get("task") or {}).get("main_metric") or catalogue_metric(str(record.get("task")))
+    return record_task(record, "main_metric") or NO_METRIC
 
 
 def row_metric(row: dict) -> str:
@@ -92,6 +106,7 @@ def flatten(record: dict, path: Path) -> dict:
     row["device"] = record.get("device") or "unknown"
     row["record_file"] = str(path)
     row["main_metric"] = record_metric(record)
+    row["kind"] = record_task(record, "kind")
     row["path"] = str(path.parent)
     hparams = record.get("hparams") or {}
     info = record.get("method_info") or {}

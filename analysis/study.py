@@ -41,12 +41,11 @@ from lora_repro.studyspec import (experiments_dir, PROJECT_ROOT, RESULT_KINDS, S
                                   split_args, study_names)
 
 from .plots import make_plots, scores
+from .published import is_row, of_kinds, table_spec
 from .records import Records, load_study_records
 from .table3 import E2E_METRICS, SCALE, published_table3
 from .tables import millions, write_stats, write_table2, write_table3
 
-# The published row the offline E2E demo is set beside (Table 3, GPT-2 M + LoRA).
-E2E_REFERENCE_ROW = ("gpt2_medium", "lora")
 
 
 def mib(value: Any) -> str:
@@ -82,10 +81,10 @@ def timing_table(records: Records) -> str:
 def e2e_vs_paper(records: Records) -> str:
     """Each E2E run's five metrics beside the published GPT-2 M LoRA row (analysis/paper/table3.csv)."""
     paper = published_table3()
-    model, method = E2E_REFERENCE_ROW
-    ref = paper[(paper.model == model) & (paper.method == method)]
+    reference = table_spec("table3")["reference"]  # the published row an offline E2E run is set beside
+    ref = paper[[is_row(r, reference) for r in paper.to_dict("records")]]
     published = {m: v / SCALE[m] for m, v in zip(ref.metric, ref.value)}
-    ok = records.ok[records.ok.task == "e2e"] if not records.ok.empty else records.ok
+    ok = of_kinds(records.ok, "table3")
     if ok.empty:
         return "No finished E2E run yet.\n"
     lines = []

@@ -11,10 +11,9 @@ import math
 
 import pandas as pd
 
-from .published import by_paper_row
+from .published import by_paper_row, of_kinds, published
 from .records import Records
 
-PAPER_DIR = __import__("pathlib").Path(__file__).resolve().parent / "paper"
 E2E_METRICS = ["BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr"]
 SCALE = {"BLEU": 100.0, "NIST": 1.0, "METEOR": 100.0, "ROUGE_L": 100.0, "CIDEr": 1.0}
 HEADERS = {"BLEU": "BLEU", "NIST": "NIST", "METEOR": "MET", "ROUGE_L": "ROUGE-L", "CIDEr": "CIDEr"}
@@ -22,15 +21,15 @@ ROW_KEY = ["model", "method", "adapted", "experiment", "variant"]
 
 
 def published_table3() -> pd.DataFrame:
-    return pd.read_csv(PAPER_DIR / "table3.csv")
+    return published("table3")
 
 
-def run_scores(records: Records, task: str = "e2e") -> pd.DataFrame:
-    """One row per ok E2E run and metric (scaled as the paper prints it)."""
+def run_scores(records: Records) -> pd.DataFrame:
+    """One row per ok run of a generation task and metric (scaled as the paper prints it)."""
     df = records.ok
     rows = []
     if not df.empty:
-        for r in df[df.task == task].to_dict("records"):
+        for r in of_kinds(df, "table3").to_dict("records"):
             for metric in E2E_METRICS:
                 value = r.get(f"metric.{metric}")
                 if value is None or pd.isna(value):

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from .published import published, table_spec
 from .records import Records, main_score
 from .stats import median_ci
 from .tables import save_table
 
-PAPER = Path(__file__).resolve().parent / "paper" / "table5.csv"
 # Projection names -> the paper's symbols (BERT/RoBERTa names, then Llama-style ones).
 SYMBOL = {"query": "W_q", "key": "W_k", "value": "W_v", "attention.output.dense": "W_o",
           "q_proj": "W_q", "k_proj": "W_k", "v_proj": "W_v", "o_proj": "W_o"}
@@ -37,7 +37,7 @@ def build_table5(records: Records) -> pd.DataFrame:
     if not df.empty and "hp.target_modules" in df:
         for r in df.to_dict("records"):
             kind, score = weight_type(r.get("hp.target_modules")), main_score(r)
-            if kind is None or score is None or r.get("family") != "lora":
+            if kind is None or score is None or r.get("family") != table_spec("table5")["family"]:
                 continue
             rows.append({"weight_type": kind, "rank": int(r["hp.r"]), "task": r["task"], "seed": r["seed"],
                          "score": 100.0 * score})
@@ -52,7 +52,7 @@ def build_table5(records: Records) -> pd.DataFrame:
 
 
 def table5_markdown(table: pd.DataFrame) -> str:
-    paper = pd.read_csv(PAPER)
+    paper = published("table5")
     kinds = list(dict.fromkeys(table.weight_type)) or ORDER
     lines = ["# Table 5 layout from your runs", "",
              "Which weight matrices to adapt at one budget. Ours: median over seeds at the best evaluation, x100, "

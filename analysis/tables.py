@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from .published import by_paper_row
+from .published import PAPER_DIR, by_paper_row, is_row, of_kinds, published, table_spec
 from .records import Records, main_score
 from .stats import median_ci, paired
 from .table3 import build_table3, table3_markdown
 
-PAPER_DIR = Path(__file__).resolve().parent / "paper"
-AVERAGE = "avg"  # the published table's average column, over every other task column of the table
+AVERAGE = table_spec("table2")["average"]  # the published column averaging every other task column
 
 
 def published_tasks(paper: pd.DataFrame) -> list[str]:
@@ -43,7 +42,7 @@ def run_scores(records: Records) -> pd.DataFrame:
     if df.empty:
         return pd.DataFrame(columns=[*ROW_KEY, "task", "seed", "score"])
     rows = []
-    for r in df[df.task != "e2e"].to_dict("records"):
+    for r in of_kinds(df, "table2").to_dict("records"):
         value = main_score(r)
         if value is None:  # listed in records.no_score, named under the table
             continue
@@ -78,7 +77,7 @@ def aggregate(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def published_table2() -> pd.DataFrame:
-    return pd.read_csv(PAPER_DIR / "table2.csv")
+    return published("table2")
 
 
 def match_published(model: str, method: str, adapted: int, setting: str, paper: pd.DataFrame) -> pd.DataFrame:
@@ -142,7 +141,7 @@ def metric_note(records: Records) -> str:
     df = records.ok
     if df.empty or "main_metric" not in df:
         return ""
-    pairs = df[df.task != "e2e"].groupby("task", sort=True).main_metric.agg(lambda s: "/".join(sorted(set(s))))
+    pairs = of_kinds(df, "table2").groupby("task", sort=True).main_metric.agg(lambda s: "/".join(sorted(set(s))))
     return " Metric (each task's main_metric): " + ", ".join(f"{t} {m}" for t, m in pairs.items()) + "." if len(pairs) else ""
 
 
@@ -193,7 +192,8 @@ def build_stats(records: Records) -> tuple[pd.DataFrame, pd.DataFrame]:
         rows = {key: dict(zip(g.seed, g.score)) for key, g in group.groupby(ROW_KEY, sort=True)}
         if len(rows) < 2:
             continue
-        base = next((k for k in rows if k[1] == "full_ft"), next(iter(rows)))
+        baseline = table_spec("table2")["baseline"]
+        base = next((k for k in rows if is_row(dict(zip(ROW_KEY, k)), baseline)), next(iter(rows)))
         for key, seeds in rows.items():
             if key == base:
                 continue

@@ -64,3 +64,17 @@ def test_no_module_compares_a_task_kind_by_name():
             if re.search(r"(task|task_cfg)\.kind\s*(==|!=|in\b)|[\"'](regression|classification)[\"']", line):
                 offenders.append(f"{path.relative_to(PROJECT_ROOT)}:{n}: {line.strip()}")
     assert offenders == []
+
+
+def test_analysis_names_no_task_model_or_method():
+    """Which runs a table reads, its baseline and reference rows are data (analysis/paper/tables.yaml,
+    the published CSVs, the records' own config), so a new task, model or method needs no analysis edit."""
+    names = {p.stem for group in ("task", "model", "method") for p in (PROJECT_ROOT / "conf" / group).glob("*.yaml")
+             if not p.stem.startswith("_")}
+    offenders = []
+    for path in sorted((PROJECT_ROOT / "analysis").glob("*.py")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            quoted = set(re.findall(r"[\"']([a-z0-9_]+)[\"']", line))
+            if quoted & names:
+                offenders.append(f"{path.name}:{n}: {sorted(quoted & names)}")
+    assert offenders == []
