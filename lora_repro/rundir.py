@@ -218,6 +218,19 @@ def check_writable(output_root: str) -> None:
         raise ConfigError(f"output_root={output_root} is not writable ({probe} does not accept new files)")
 
 
+def check_run_dir_writable(folder: Path) -> None:
+    """A run folder that exists (a re-run with overwrite=true, a resume) but cannot be written is one
+    line before Hydra opens train.log in it (probe 57: two tracebacks from the logging set-up)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    blocked = [p for p in (folder, *(folder / n for n in ("train.log", RECORD_NAME))) if p.exists()
+               and not os.access(p, os.W_OK)]
+    if blocked:
+        raise ConfigError(f"run folder {folder} is not writable ({blocked[0]} is read-only): make it writable "
+                          f"(chmod -R u+w), or run into another output_root=")
+
+
 class RunDirLock:
     """An exclusive lock file in the run folder (O_EXCL create) holding "host pid". Its holder
     touches it every HEARTBEAT_S seconds; a lock is stale (taken over, with a message) when its

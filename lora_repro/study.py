@@ -265,6 +265,21 @@ def measured_throughput(output_root: str | Path) -> dict[tuple[str, str], float]
     return {key: statistics.median(values) for key, values in rates.items()}
 
 
+def same_recipe_notes(runs: list[PlannedRun]) -> list[str]:
+    """One note per set of variants that plan exactly the same run folders (probe C4: `a:
+    [method=lora]` and `b: [method=lora]`): one run serves both, and each counts it, which may not
+    be what was meant."""
+    folders: dict[str, set[str]] = {}
+    for r in runs:
+        if r.run:
+            folders.setdefault(r.group[1], set()).add(str(r.run))
+    same: dict[frozenset, list[str]] = {}
+    for variant, planned in folders.items():
+        same.setdefault(frozenset(planned), []).append(variant)
+    return [f"note: variants {', '.join(sorted(v))} have the same recipe: each of their {len(f)} run folders "
+            f"is trained once and counts for every one of them" for f, v in same.items() if len(v) > 1 and all(v)]
+
+
 def describe(study: Study, runs: list[PlannedRun], throughput: dict[tuple[str, str], float],
              output_root: Path | None = None) -> str:
     lines = [f"study {study.name}" + (f" ({', '.join(f'{k}={v}' for k, v in study.params.items())})" if study.params else "")
@@ -279,6 +294,7 @@ def describe(study: Study, runs: list[PlannedRun], throughput: dict[tuple[str, s
                  f"{len(done)} already done (skipped), {len(pending)} to run"
                  + (f", {len(no_data)} left out (data folder missing: {sorted({r.task for r in no_data})})" if no_data else "")
                  + ".")
+    lines += same_recipe_notes(runs)
     if done and output_root is not None:
         commits: dict[str, int] = {}
         for r in done:

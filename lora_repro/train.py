@@ -25,7 +25,8 @@ from .data import check_hub_answers, check_hub_reachable
 from .errors import ConfigError, FolderInUse, RecordNotWritten, one_line
 from .record import RECORD_NAME
 from .paper_rows import paper_fit
-from .rundir import RunDirLock, check_writable, finished_record, lacks_weights, register_resolvers
+from .rundir import (RunDirLock, check_run_dir_writable, check_writable, finished_record, lacks_weights,
+                     register_resolvers)
 
 log = logging.getLogger("lora_repro")
 register_resolvers()
@@ -252,11 +253,12 @@ def precheck(argv: list[str]) -> bool:
             continue  # a job that fails validation is recorded as failed and the sweep goes on
         validate(cfg)
         folder = run_dir(cfg)
-        if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 locks the folder (and checks it)
-            RunDirLock(folder).check_free()  # before Hydra writes .hydra/ into a folder a live job holds
         if finished_record(folder) and not cfg.overwrite and not lacks_weights(cfg, folder):
             print(f"already done (status ok), skipping: {folder}  [overwrite=true re-runs it]")
             return False
+        check_run_dir_writable(folder)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 locks the folder (and checks it)
+            RunDirLock(folder).check_free()  # before Hydra writes .hydra/ into a folder a live job holds
     return True
 
 

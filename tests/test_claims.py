@@ -457,3 +457,16 @@ def test_a_claim_whose_arms_have_not_run_says_so_rather_than_undecided():
     claim = Claim("LoRA matches FT", "noninferior", "lora", "full_ft")
     rows, verdict = evaluate_claim(claim, runs_frame([{"arm": "head_only", "seed": 1, "score": 50.0}]))
     assert rows == [] and verdict == "not run yet"
+
+
+def test_variants_with_the_same_recipe_are_named_when_planned(tmp_path, monkeypatch):
+    """Probe C4: two variants that plan the same folders share one run each; the plan says so."""
+    from lora_repro.study import describe, same_recipe_notes
+
+    write_study(tmp_path, monkeypatch, tune=None, variants={"a": ["method=lora"], "b": ["method=lora"],
+                                                         "c": ["method=lora", "method.r=2"]})
+    study = load_study("t")
+    runs = plan(study, [])
+    assert same_recipe_notes(runs) == ["note: variants a, b have the same recipe: each of their 2 run folders is "
+                                       "trained once and counts for every one of them"]
+    assert same_recipe_notes(runs)[0] in describe(study, runs, {})

@@ -394,3 +394,24 @@ def test_a_runaway_line_and_a_utf16_file_are_named_before_parsing(tmp_path):
     (tmp_path / "u16.tsv").write_bytes("sentence\tlabel\n".encode("utf-16"))
     with pytest.raises(DataError, match=r"u16.tsv: UTF-16 .*iconv -f utf-16 -t utf-8"):
         read_text(tmp_path / "u16.tsv")
+
+
+def test_a_run_folder_that_cannot_be_written_is_one_line_before_hydra_opens_its_log(tmp_path, monkeypatch):
+    """Probe 2026-11-29 row 57: overwrite=true on a read-only finished folder gave two tracebacks
+    from Hydra's logging set-up. Read-only is simulated (these tests may run as root, where chmod
+    does not stop writes)."""
+    import lora_repro.rundir as rundir
+    from lora_repro.rundir import run_dir
+    from lora_repro.train import precheck
+
+    args = [*TINY, f"task.data_dir={write_sst2_dir(tmp_path / 'data')}", f"output_root={tmp_path}", "overwrite=true"]
+    folder = run_dir(compose_job(args))
+    folder.mkdir(parents=True)
+    (folder / "train.log").write_text("an earlier run\n")
+    real_access = os.access
+    monkeypatch.setattr(rundir.os, "access", lambda p, mode: Path(p).name != "train.log" and real_access(p, mode))
+    with pytest.raises(ConfigError, match=r"run folder .* is not writable \(.*train.log is read-only\): make it "
+                                          r"writable \(chmod -R u\+w\), or run into another output_root="):
+        precheck(args)
+    monkeypatch.setattr(rundir.os, "access", real_access)
+    assert precheck(args) is True  # writable: nothing to say
