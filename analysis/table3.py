@@ -11,13 +11,14 @@ import math
 
 import pandas as pd
 
-from .published import by_paper_row, of_kinds, published
+from .published import by_paper_row, published, table_spec
 from .records import Records
+from .scores import ROW_KEY
+from .scores import run_scores as scores_of
 
-E2E_METRICS = ["BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr"]
-SCALE = {"BLEU": 100.0, "NIST": 1.0, "METEOR": 100.0, "ROUGE_L": 100.0, "CIDEr": 1.0}
-HEADERS = {"BLEU": "BLEU", "NIST": "NIST", "METEOR": "MET", "ROUGE_L": "ROUGE-L", "CIDEr": "CIDEr"}
-ROW_KEY = ["model", "method", "adapted", "experiment", "variant"]
+SCALE = {metric: float(scale) for metric, scale in table_spec("table3")["metrics"].items()}  # as the paper prints
+E2E_METRICS = list(SCALE)
+HEADERS = {"METEOR": "MET", "ROUGE_L": "ROUGE-L"}  # the paper's column headers, where not the metric's name
 
 
 def published_table3() -> pd.DataFrame:
@@ -25,21 +26,9 @@ def published_table3() -> pd.DataFrame:
 
 
 def run_scores(records: Records) -> pd.DataFrame:
-    """One row per ok run of a generation task and metric (scaled as the paper prints it)."""
-    df = records.ok
-    rows = []
-    if not df.empty:
-        for r in of_kinds(df, "table3").to_dict("records"):
-            for metric in E2E_METRICS:
-                value = r.get(f"metric.{metric}")
-                if value is None or pd.isna(value):
-                    continue
-                rows.append({"model": r["model"], "method": r["method"], "adapted": int(r["params.adapted"]),
-                             "experiment": r.get("experiment") or "-", "variant": r.get("variant") or "",
-                             "seed": r["seed"], "metric": metric, "score": SCALE[metric] * float(value),
-                             "paper_row": r.get("paper_row"), "paper_fit": r.get("paper_fit")})
-    columns = [*ROW_KEY, "seed", "metric", "score", "paper_row", "paper_fit"]
-    return pd.DataFrame(rows, columns=columns).drop_duplicates(subset=[*ROW_KEY, "seed", "metric"], keep="last")
+    """One row per ok run of a generation task and metric, scaled as the paper prints it
+    (analysis.scores.run_scores, the one scoring function)."""
+    return scores_of(records, "table3").rename(columns={"column": "metric"})
 
 
 def match_published(model: str, method: str, adapted: int, paper: pd.DataFrame) -> pd.DataFrame:
@@ -103,7 +92,7 @@ def table3_markdown(table: pd.DataFrame) -> str:
              "CIDEr raw. — = no finished run. The paper's rows are joined only for the same model (GPT-2 M/L).", ""]
     if table.empty:
         return "\n".join(lines + ["No finished E2E runs found."]) + "\n"
-    lines.append("| Model & Method | # Trainable Params | " + " | ".join(HEADERS[m] for m in E2E_METRICS) + " | paper row |")
+    lines.append("| Model & Method | # Trainable Params | " + " | ".join(HEADERS.get(m, m) for m in E2E_METRICS) + " | paper row |")
     lines.append("|---|---|" + "---|" * (len(E2E_METRICS) + 1))
     for key, group in table.groupby(ROW_KEY, sort=False):
         model, method, adapted, experiment, variant = key

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .published import published, table_spec
-from .records import Records, main_score
+from .published import published
+from .records import Records
+from .scores import run_scores as scores_of
 from .stats import median_ci
 from .tables import save_table
 
@@ -32,15 +33,12 @@ def weight_type(targets) -> str | None:
 
 def build_table5(records: Records) -> pd.DataFrame:
     """One row per (weight type, rank, task): median, CI, seeds."""
-    df = records.ok
     rows = []
-    if not df.empty and "hp.target_modules" in df:
-        for r in df.to_dict("records"):
-            kind, score = weight_type(r.get("hp.target_modules")), main_score(r)
-            if kind is None or score is None or r.get("family") != table_spec("table5")["family"]:
-                continue
-            rows.append({"weight_type": kind, "rank": int(r["hp.r"]), "task": r["task"], "seed": r["seed"],
-                         "score": 100.0 * score})
+    for r in scores_of(records, "table5").to_dict("records"):  # the one scoring function (x100, best evaluation)
+        kind = weight_type(r.get("hp.target_modules"))
+        if kind is not None:
+            rows.append({"weight_type": kind, "rank": int(r["hp.r"]), "task": r["column"], "seed": r["seed"],
+                         "score": r["score"]})
     scores = pd.DataFrame(rows, columns=["weight_type", "rank", "task", "seed", "score"])
     out = []
     for (kind, rank, task), group in scores.groupby(["weight_type", "rank", "task"]):

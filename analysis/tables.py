@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .published import PAPER_DIR, by_paper_row, is_row, of_kinds, published, table_spec
-from .records import Records, main_score
+from .published import by_paper_row, is_row, of_kinds, published, table_spec
+from .records import Records
+from .scores import ROW_KEY
+from .scores import run_scores as scores_of
 from .stats import median_ci, paired
 from .table3 import build_table3, table3_markdown
 
@@ -27,40 +29,14 @@ def published_tasks(paper: pd.DataFrame) -> list[str]:
     return [t for t in dict.fromkeys(paper.task) if t != AVERAGE]
 
 
-# A table row: runs of the same model, method, size and recipe (the conf/experiment file, "-" for
-# none). Runs of different recipes are never pooled into one median.
-ROW_KEY = ["model", "method", "adapted", "experiment", "variant"]
-
-
 def millions(n: float) -> str:
     return f"{n / 1e6:.1f}M" if n >= 5e4 else f"{n / 1e6:.2f}M"
 
 
 def run_scores(records: Records) -> pd.DataFrame:
-    """One row per ok run: model, method, size (adapted params), task, seed, score (x100, best eval)."""
-    df = records.ok
-    if df.empty:
-        return pd.DataFrame(columns=[*ROW_KEY, "task", "seed", "score"])
-    rows = []
-    for r in of_kinds(df, "table2").to_dict("records"):
-        value = main_score(r)
-        if value is None:  # listed in records.no_score, named under the table
-            continue
-        rows.append({"model": r["model"], "method": r["method"], "adapted": int(r["params.adapted"]),
-                     "experiment": r.get("experiment") or "-", "variant": r.get("variant") or "",
-                     "task": r["task"], "seed": r["seed"], "paper_setting": r.get("paper_setting") or "paper",
-                     "paper_row": r.get("paper_row"), "paper_fit": r.get("paper_fit"),
-                     "score": 100.0 * float(value), "path": str(r.get("path") or r.get("record_file") or "")})
-    # One recipe and seed counts once, even if it was run twice (e.g. in two output folders): the
-    # record whose folder sorts last, and a note when the copies disagree (probe F15).
-    frame = pd.DataFrame(rows, columns=[*ROW_KEY, "task", "seed", "paper_setting", "paper_row", "paper_fit", "score",
-                                        "path"]).sort_values("path", kind="stable")
-    for _, copies in frame.groupby([*ROW_KEY, "task", "seed"], dropna=False):
-        if len(copies) > 1 and copies.score.nunique() > 1:
-            print(f"note: {len(copies)} records of one recipe and seed disagree ("
-                  + ", ".join(f"{p}: {v:.2f}" for p, v in zip(copies.path, copies.score))
-                  + f"); the table counts {copies.path.iloc[-1]}", file=sys.stderr)
-    return frame.drop_duplicates(subset=[*ROW_KEY, "task", "seed"], keep="last").drop(columns="path")
+    """One row per ok run of a Table 2 task: ROW_KEY, task, seed, score (x100, best evaluation) and
+    the paper labels (analysis.scores.run_scores, the one scoring function)."""
+    return scores_of(records, "table2").rename(columns={"column": "task"})
 
 
 def aggregate(scores: pd.DataFrame) -> pd.DataFrame:
