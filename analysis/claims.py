@@ -434,7 +434,8 @@ def protocol_lines(runs: pd.DataFrame, tuning: pd.DataFrame) -> list[str]:
                    f"{t.get('heldout_rows')} held-out training rows, up to {tr.get('epochs')} epochs of batch "
                    f"{tr.get('batch_size')}, max length {t.get('max_length')}; "
                    + (f"early stopping on {stop.get('metric')} (patience {stop.get('patience')} evaluations, at least "
-                      f"{stop.get('min_evals')}), evaluated every {tr.get('eval_every')} steps, dev scored at the "
+                      f"{stop.get('min_evals')}" + (", counted once it beats the constant predictor" if stop.get("above_constant") else "")
+                      + f"), evaluated every {tr.get('eval_every')} steps, dev scored at the "
                       f"selected step" if stop else f"dev scored after the last epoch (evaluated every {tr.get('eval_every')})")
                    + f"; reporting seeds {', '.join(map(str, seeds))}"
                    + (f"; lr tuned on seed {', '.join(str(int(s)) for s in tuning_seeds)}" if tuning_seeds else ""))

@@ -29,6 +29,7 @@ from .assembly import Built, build
 from .config import check_early_stopping
 from .errors import ConfigError, DataError, RecordNotWritten, TrainingDiverged, one_line
 from .methods import Method
+from .metrics import constant_metrics
 from .profiling import LiveTensorBytes, PeakMemory, tensor_bytes
 from .provenance import device, git_branch, git_commit
 from .paper_rows import paper_fit
@@ -181,9 +182,14 @@ class BestState(TrainerCallback):
     format, and ours hold only the trainable tensors. After training, `restore` puts the best
     weights back, so the reported evaluation and the saved weights are those of the selected step."""
 
-    def __init__(self, model: torch.nn.Module, metric: str, patience: int, min_evals: int = 1, mode: str = "max"):
+    def __init__(self, model: torch.nn.Module, metric: str, patience: int, min_evals: int = 1, mode: str = "max",
+                 floor: float | None = None):
         self.model, self.key, self.patience, self.min_evals = model, f"eval_{metric}", patience, min_evals
         self.sign = 1.0 if mode == "max" else -1.0
+        # With a floor (the constant predictor's score on the watched split), patience counts only once
+        # the best score has beaten it: a run still on the majority-class plateau (CoLA's MCC 0 for the
+        # first epoch) trains on, to the epoch cap, instead of stopping before it has learned anything.
+        self.floor = floor
         self.best: float | None = None
         self.best_step: int | None = None
         self.state: dict[str, torch.Tensor] | None = None
@@ -197,7 +203,7 @@ class BestState(TrainerCallback):
         if self.best is None or self.sign * value > self.sign * self.best:
             self.best, self.best_step, self.bad = float(value), state.global_step, 0
             self.state = {n: p.detach().to("cpu", copy=True) for n, p in self.model.named_parameters() if p.requires_grad}
-        else:
+        elif self.floor is None or self.sign * self.best > self.sign * self.floor:
             self.bad += 1
         if self.evals >= self.min_evals and self.bad >= self.patience:
             control.should_training_stop = True
@@ -213,13 +219,21 @@ class BestState(TrainerCallback):
                 "evaluations": self.evals}
 
 
-def early_stopping(cfg: DictConfig, model: torch.nn.Module) -> BestState | None:
+def early_stopping(cfg: DictConfig, model: torch.nn.Module, evals: dict[str, Any] | None = None) -> BestState | None:
     spec = cfg.train.get("early_stopping")
     if not spec:
         return None
     check_early_stopping(spec)
+    floor = None
+    if spec.get("above_constant"):  # the constant predictor's score on the watched split
+        split, metric = next(((s, str(spec.metric)[len(s) + 1:]) for s in (evals or {}) if str(spec.metric).startswith(f"{s}_")),
+                             (None, None))
+        if split is None:
+            raise ConfigError(f"train.early_stopping.above_constant: {spec.metric} names no evaluated split "
+                              f"({', '.join(evals or {})})")
+        floor = constant_metrics([metric], evals[split]["labels"], cfg.task)[metric]
     return BestState(model, str(spec.metric), int(spec.get("patience", 4)), int(spec.get("min_evals", 1)),
-                     str(spec.get("mode", "max")))
+                     str(spec.get("mode", "max")), floor)
 
 
 class KillAtStep(TrainerCallback):
@@ -542,7 +556,7 @@ def run(cfg: DictConfig, method: Method, run_dir: str | Path, experiment: str | 
                 log.warning("resuming a run whose first %s steps ran at code %s; this process runs %s (both are "
                             "recorded)", record["resumed_from_step"], earlier, record["git_commit"])
             tensors = TensorMemory(built.model)
-            best = early_stopping(cfg, built.model)
+            best = early_stopping(cfg, built.model, data.evals)
             # train.keep_best watches one metric without stopping (patience past any schedule).
             keeper = BestState(built.model, str(cfg.train.keep_best), 10**9) if cfg.train.get("keep_best") else None
             watchers = [w for w in (best, keeper) if w is not None]

@@ -275,3 +275,28 @@ def test_a_finished_run_merges_into_a_plain_transformers_model_with_the_same_log
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main([str(tmp_path / "run"), "--merge", str(tmp_path / "m2"), "--push", "me/x"]) == 2
     assert "HF_HUB_OFFLINE=1 is set (no network)" in capsys.readouterr().err
+
+
+def test_early_stopping_above_constant_waits_out_the_majority_class_plateau():
+    """CoLA's held-out MCC sits at 0 (the constant predictor's score) for the first epoch; plain
+    patience stops there, above_constant keeps training until the score has beaten the constant."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from lora_repro.trainer import BestState
+
+    curve = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.12, 0.2, 0.18, 0.19, 0.17]
+
+    def stopped_at(floor):
+        model = torch.nn.Linear(2, 1)
+        best = BestState(model, "heldout_mcc", patience=3, min_evals=2, floor=floor)
+        for step, value in enumerate(curve, start=1):
+            control = SimpleNamespace(should_training_stop=False)
+            best.on_evaluate(None, SimpleNamespace(global_step=step), control, metrics={"eval_heldout_mcc": value})
+            if control.should_training_stop:
+                return step, best.best_step
+        return None, best.best_step
+
+    assert stopped_at(None) == (4, 1)      # three evaluations without improvement on the plateau
+    assert stopped_at(0.0) == (11, 8)      # waits for 0.12 > 0, then three without improvement past 0.2
