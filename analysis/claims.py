@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lora_repro.metrics import split_metric
 from lora_repro.record import read_run_record
 from lora_repro.studyspec import Claim, claims_of
 
@@ -67,7 +68,9 @@ def final_runs(records: Records, scale: str) -> pd.DataFrame:
         record = record or {}
         curve_points = record.get("eval_curve") or []
         # Steps-to-target reads the held-out curve where the run watched it (train.watch), else dev.
-        key = f"heldout_{metric}" if any(f"heldout_{metric}" in e for e in curve_points) else metric
+        task_cfg = (record.get("config") or {}).get("task") or {}
+        held = split_metric(task_cfg, "heldout") if task_cfg.get("splits") else f"heldout_{metric}"
+        key = held if any(held in e for e in curve_points) else metric
         kept = record.get("predictions") or {}
         rows.append({"arm": r["arm"], "task": r["task"], "seed": int(r["seed"]), "metric": metric,
                      "config": record.get("config") or {},
@@ -96,7 +99,10 @@ def tuning_table(records: Records, scale: str) -> pd.DataFrame:
     rows = []
     for r in candidates.to_dict("records"):
         metric = row_metric(r)
-        held, dev = r.get(f"metric.heldout_{metric}"), r.get(f"metric.{metric}")
+        # MNLI's main metric names its split (matched_accuracy); its held-out score is heldout_accuracy.
+        held = next((r.get(k) for k in (f"metric.heldout_{metric}", f"metric.heldout_{metric.split('_', 1)[-1]}")
+                     if r.get(k) is not None), None)
+        dev = r.get(f"metric.{metric}")
         rows.append({"arm": r["arm"], "task": r["task"], "lr": float(r.get("train.lr")),
                      "chosen": chosen.get((r["arm"], r["task"])) == str(r.get("tuned")),
                      "heldout": None if held is None or pd.isna(held) else round(100 * held, 2),

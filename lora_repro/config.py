@@ -232,6 +232,40 @@ def check_watch(train: Any, task: Any) -> None:
     if "heldout" in watch and not task.get("heldout_rows"):
         raise ConfigError("train.watch names the heldout split but task.heldout_rows is not set: set "
                           "task.heldout_rows=N (training rows held out for choosing), or watch another split")
+    unknown = [w for w in watch if w not in evaluated_splits(task)]
+    if unknown:
+        raise ConfigError(f"train.watch={list(watch)}: no split named {', '.join(unknown)} (this task evaluates "
+                          f"{', '.join(evaluated_splits(task))})")
+
+
+def evaluated_splits(task: Any) -> list[str]:
+    """The splits a run of this task evaluates: every active split but train, and the held-out slice
+    of the training rows when task.heldout_rows is set."""
+    from .data import HELDOUT_SPLIT, active_splits
+
+    return [s for s in active_splits(task) if s != "train"] + ([HELDOUT_SPLIT] if task.get("heldout_rows") else [])
+
+
+def check_stopping_metric(train: Any, task: Any) -> None:
+    """train.early_stopping.metric must be a metric the Trainer reports during training, named as
+    the record names it: one that is not (a typo, a split the task lacks) would never stop the run
+    and never select a step, silently (a probe of our own). Classification and regression only:
+    causal-LM runs report losses."""
+    spec = train.get("early_stopping")
+    if not spec or not kind_of(task).classifier:
+        return
+    from .metrics import metric_keys
+
+    valid = metric_keys(list(task.metrics), evaluated_splits(task))
+    if spec.get("metric") not in valid:
+        raise ConfigError(f"train.early_stopping.metric={spec.get('metric')!r} is not a metric this run reports "
+                          f"during training; valid: {', '.join(valid)}")
+
+
+def check_sample_seed(task: Any) -> None:
+    seed = task.get("train_sample_seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
+        raise ConfigError(f"task.train_sample_seed must be an integer in [0, 2**32) or null, got {seed!r}")
 
 
 def check_train_config(train: Any) -> None:
@@ -306,6 +340,10 @@ def validate(cfg: DictConfig) -> Method:
     check_train_config(cfg.train)
     check_task_config(cfg.task)
     check_watch(cfg.train, cfg.task)
+    check_stopping_metric(cfg.train, cfg.task)
+    check_sample_seed(cfg.task)
+    if cfg.train.get("keep_predictions") is not None and not isinstance(cfg.train.keep_predictions, bool):
+        raise ConfigError(f"train.keep_predictions must be true or false, got {cfg.train.keep_predictions!r}")
     kind_of(cfg.task).check(cfg.task)
     check_model_config(cfg.model)
     check_positions(cfg.model, cfg.task)

@@ -115,7 +115,8 @@ def shared_data_dir(*, _root_: Any) -> str | None:
 def register_resolvers() -> None:
     """`${run_subdir:}` in conf/hydra/default.yaml names each run's folder (Hydra's run and sweep
     dirs), from run_subdir above; `${world_size:}` is train.world_size; `${shared_data:}` the task's
-    offline folder; `${paper:<key>}` a value of the recipe's paper row (lora_repro/paper_rows.py)."""
+    offline folder; `${paper:<key>}` a value of the recipe's paper row (lora_repro/paper_rows.py); `${heldout_metric:}`
+    the task's main metric on the held-out slice."""
     from .paper_rows import paper_value
 
     if not OmegaConf.has_resolver("paper"):
@@ -126,6 +127,15 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("run_subdir", lambda *, _root_: run_subdir(_root_))
     if not OmegaConf.has_resolver("world_size"):
         OmegaConf.register_new_resolver("world_size", world_size)
+    if not OmegaConf.has_resolver("heldout_metric"):
+        OmegaConf.register_new_resolver("heldout_metric", lambda *, _root_: heldout_metric(_root_.task))
+
+
+def heldout_metric(task: Any) -> str:
+    """The task's main metric on the held-out slice (lora_repro.metrics.split_metric)."""
+    from .metrics import split_metric
+
+    return split_metric(task, "heldout")
 
 
 def readable_safetensors(path: Path) -> bool:

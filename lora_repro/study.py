@@ -60,6 +60,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import PROJECT_ROOT
 from .config import compose_config, compose_job, instantiate_method
 from .errors import ConfigError
+from .metrics import split_metric
 from .record import iter_records
 from .evidence import (Drift, ManifestRow, find_drift, merge_rows, prune_records, read_committed, read_manifest, sync,
                        write_manifest)
@@ -210,7 +211,7 @@ def tuned_runs(study: Study, tune: Tune, overrides: list[str], cfg: DictConfig, 
     # The tuning seed: tune.seed (never a reporting seed), else the first seed, whose chosen
     # candidate then doubles as that seed's final run.
     tuning_seed = seeds[0] if tune.seed is None else tune.seed
-    metric = f"{tune.split}_{cfg.task.main_metric}"
+    metric = split_metric(cfg.task, tune.split)
     trials = [run(value, tuning_seed, "tune", candidate=True) for value in candidates]
     chosen = choose(study, trials, metric, Path(str(cfg.output_root)))
     # A best candidate at an end of those tried adds one beyond it (tune.extend), until the optimum

@@ -272,6 +272,10 @@ def main() -> None:
     datasets.disable_progress_bars()
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     flags, overrides = hydra_flags(sys.argv[1:])
+    missing = [d for d in EXTRA_CONF_DIRS if not Path(d).expanduser().is_dir()]
+    if missing:  # a typo there would silently compose without the user's own files
+        sys.exit(f"error: LORA_REPRO_CONF_DIRS names {', '.join(missing)}, which is not a folder; fix the path or "
+                 f"unset it")
     given = config_dirs(flags)
     if EXTRA_CONF_DIRS and not given:  # from $LORA_REPRO_CONF_DIRS: Hydra's own composition searches them too
         sys.argv += searchpath_override()

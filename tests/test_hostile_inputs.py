@@ -415,3 +415,36 @@ def test_a_run_folder_that_cannot_be_written_is_one_line_before_hydra_opens_its_
         precheck(args)
     monkeypatch.setattr(rundir.os, "access", real_access)
     assert precheck(args) is True  # writable: nothing to say
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.watch=[nope]", r"train.watch=\['nope'\]: no split named nope \(this task evaluates validation\)"),
+    ("task.train_sample_seed=-1", r"task.train_sample_seed must be an integer in \[0, 2\*\*32\) or null, got -1"),
+    ("train.early_stopping={metric: nope_accuracy, patience: 2}",
+     r"train.early_stopping.metric='nope_accuracy' is not a metric this run reports during training; valid: accuracy"),
+    ("train.keep_predictions=maybe", r"train.keep_predictions must be true or false, got 'maybe'"),
+])
+def test_own_probe_settings_that_would_fail_late_or_silently_are_one_line_up_front(override, message):
+    """Probes of our own (2026-11-30): an unknown watched split failed after the model loaded; an
+    early-stopping metric the Trainer never reports never stopped a run and selected nothing,
+    silently; a negative sampling seed and a non-boolean keep_predictions were taken as given."""
+    with pytest.raises(ConfigError, match=message):
+        validate(compose_cfg(*TINY, override))
+
+
+def test_the_claims_recipe_stops_mnli_on_the_metric_the_trainer_reports():
+    """MNLI's main metric names its split (matched_accuracy): `heldout_${task.main_metric}` gave
+    heldout_matched_accuracy, which the Trainer never reports, so early stopping never fired."""
+    for task, key in (("mnli", "heldout_accuracy"), ("cola", "heldout_mcc"), ("stsb", "heldout_pearson")):
+        cfg = compose_job(["experiment=claims", f"task={task}"])
+        assert cfg.train.early_stopping.metric == key
+        validate(cfg)
+
+
+def test_a_missing_user_config_folder_is_named(tmp_path):
+    env = {**os.environ, "LORA_REPRO_CONF_DIRS": str(tmp_path / "nope"), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-m", "lora_repro.train", *TINY], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == (f"error: LORA_REPRO_CONF_DIRS names {tmp_path / 'nope'}, which is not "
+                                                   f"a folder; fix the path or unset it")

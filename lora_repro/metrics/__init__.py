@@ -74,6 +74,16 @@ def check_metric_names(task_cfg: Any) -> None:
         raise ConfigError(f"task.main_metric={task_cfg.main_metric!r} is not one of {valid_main}")
 
 
+def split_metric(task_cfg: Any, split: str) -> str:
+    """The task's main metric on another split, as the Trainer and the record name it: `heldout_mcc`
+    for CoLA; for MNLI, whose main metric names its own split (`matched_accuracy`), `heldout_accuracy`."""
+    main = str(task_cfg["main_metric"])
+    for name in task_cfg["splits"]:
+        if main.startswith(f"{name}_"):
+            main = main[len(name) + 1:]
+    return f"{split}_{main}"
+
+
 def metric_keys(names: list[str], eval_splits: list[str]) -> list[str]:
     """Record keys: plain metric names for one eval split, `<split>_<metric>` for several (MNLI)."""
     if len(eval_splits) == 1:
