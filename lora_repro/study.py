@@ -665,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
             runs, root, evidence = [], None, None
         else:
             # Where this machine keeps the study's runs: the study may set output_root itself.
-            root = Path(str(compose_config([*study.common(), *extra]).output_root))
+            root = Path(str(compose_job([*study.common(), *extra]).output_root))  # one line for a bad override
             evidence = Evidence(study, extra, root, keep=args.keep, rerun=args.rerun, write=not args.dry_run)
             runs = evidence.replan()
     except ConfigError as exc:

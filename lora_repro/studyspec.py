@@ -119,6 +119,12 @@ def load_study(name: str, assignments: dict[str, str] | None = None) -> Study:
     spec = read_spec(name)
     options = param_options(spec)
     params = {key: str((assignments or {}).get(key, choices[0])) for key, choices in options.items()}
+    # A value the study does not list (probe of our own: `scale=huge` read as "no lookup entry
+    # 'lookup.common.huge'"); a free param (one choice, e.g. model=) takes any value.
+    wrong = [f"{k}={v}" for k, v in params.items() if len(options[k]) > 1 and v not in options[k]]
+    if wrong:
+        raise ConfigError(f"study {name}: {', '.join(wrong)} is not one of its choices ("
+                          + "; ".join(f"{k}: {', '.join(v)}" for k, v in options.items()) + ")")
     spec.params = params
     try:
         resolved = OmegaConf.to_container(spec, resolve=True)

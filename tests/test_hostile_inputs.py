@@ -448,3 +448,17 @@ def test_a_missing_user_config_folder_is_named(tmp_path):
     assert out.returncode == 1
     assert out.stderr.strip().splitlines()[-1] == (f"error: LORA_REPRO_CONF_DIRS names {tmp_path / 'nope'}, which is not "
                                                    f"a folder; fix the path or unset it")
+
+
+def test_a_study_param_value_it_does_not_list_and_an_unknown_extra_override_are_one_line():
+    """Own probes: `claims scale=huge` said "Interpolation key 'lookup.common.huge' not found";
+    `demo scale=huge` (a study without that param) printed two tracebacks from the planner."""
+    from lora_repro.study import load_study
+
+    with pytest.raises(ConfigError, match=r"^study claims: scale=huge is not one of its choices \(scale: core, full, "
+                                          r"quick\)$"):
+        load_study("claims", {"scale": "huge"})
+    out = subprocess.run([sys.executable, "-m", "lora_repro.study", "demo", "scale=huge", "--dry-run"],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("error: scale is not a setting the root has: ")
