@@ -128,14 +128,9 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("world_size"):
         OmegaConf.register_new_resolver("world_size", world_size)
     if not OmegaConf.has_resolver("heldout_metric"):
-        OmegaConf.register_new_resolver("heldout_metric", lambda *, _root_: heldout_metric(_root_.task))
+        from .metrics import split_metric
 
-
-def heldout_metric(task: Any) -> str:
-    """The task's main metric on the held-out slice (lora_repro.metrics.split_metric)."""
-    from .metrics import split_metric
-
-    return split_metric(task, "heldout")
+        OmegaConf.register_new_resolver("heldout_metric", lambda *, _root_: split_metric(_root_.task, "heldout"))
 
 
 def readable_safetensors(path: Path) -> bool:

@@ -226,8 +226,10 @@ def early_stopping(cfg: DictConfig, model: torch.nn.Module, evals: dict[str, Any
     check_early_stopping(spec)
     floor = None
     if spec.get("above_constant"):  # the constant predictor's score on the watched split
-        split, metric = next(((s, str(spec.metric)[len(s) + 1:]) for s in (evals or {}) if str(spec.metric).startswith(f"{s}_")),
-                             (None, None))
+        evals, key = evals or {}, str(spec.metric)
+        # The Trainer names one evaluated split's metrics plainly (`accuracy`), several as `<split>_<metric>`.
+        split, metric = ((next(iter(evals)), key) if len(evals) == 1 else
+                         next(((s, key[len(s) + 1:]) for s in evals if key.startswith(f"{s}_")), (None, None)))
         if split is None:
             raise ConfigError(f"train.early_stopping.above_constant: {spec.metric} names no evaluated split "
                               f"({', '.join(evals or {})})")

@@ -300,3 +300,15 @@ def test_early_stopping_above_constant_waits_out_the_majority_class_plateau():
 
     assert stopped_at(None) == (4, 1)      # three evaluations without improvement on the plateau
     assert stopped_at(0.0) == (11, 8)      # waits for 0.12 > 0, then three without improvement past 0.2
+
+
+def test_above_constant_reads_the_floor_of_a_run_with_one_evaluated_split():
+    """With one evaluated split the Trainer names its metrics plainly (`accuracy`): the floor is
+    that split's constant-predictor score."""
+    import torch
+
+    from lora_repro.trainer import early_stopping
+
+    cfg = compose_cfg(*TINY, "train.early_stopping={metric: accuracy, patience: 2, above_constant: true}")
+    evals = {"validation": {"labels": [1, 1, 1, 0]}}
+    assert early_stopping(cfg, torch.nn.Linear(2, 1), evals).floor == 0.75
