@@ -24,7 +24,6 @@ arms.csv, paired.csv, tuning.csv and curves.png."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

@@ -35,7 +35,7 @@ from typing import Any
 import pandas as pd
 
 from lora_repro.errors import ConfigError
-from lora_repro.evidence import manifest_path, read_manifest
+from lora_repro.evidence import manifest_path
 from lora_repro.record import CHECKPOINT_FILE, read_run_record
 from lora_repro.studyspec import (experiments_dir, PROJECT_ROOT, RESULT_KINDS, Study, load_study, results_dir,
                                   split_args, study_names)

@@ -10,7 +10,7 @@ from typing import Any
 
 import hydra
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from . import CONF_DIR
 from .arch import arch_of
@@ -41,6 +41,12 @@ def compose_config(overrides: list[str], conf_dir: str | None = None) -> DictCon
     """The project's config composed outside a Hydra app (tools, tests): the same files and
     override syntax as `python -m lora_repro.train` (`conf_dir`: another copy of conf/; folders in
     EXTRA_CONF_DIRS are searched too)."""
+    return compose_with_choices(overrides, conf_dir)[0]
+
+
+def compose_with_choices(overrides: list[str], conf_dir: str | None = None) -> tuple[DictConfig, dict[str, str]]:
+    """The config and the option chosen in each group ({"model": "minilm_l6", "experiment": ...}),
+    from one composition: a run's recipe label is its difference from those named defaults."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -49,7 +55,13 @@ def compose_config(overrides: list[str], conf_dir: str | None = None) -> DictCon
     register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir or CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides) + searchpath_override())
+        cfg = compose(config_name="config", overrides=list(overrides) + searchpath_override(),
+                      return_hydra_config=True)
+    choices = {k: v for k, v in OmegaConf.to_container(cfg.hydra.runtime.choices).items()
+               if not k.startswith("hydra/")}
+    with open_dict(cfg):
+        del cfg["hydra"]  # Hydra's own settings are no part of a run (and resolve only inside a Hydra app)
+    return cfg, choices
 
 
 # Mappings whose keys are passed on as they are (peft's LoraConfig, transformers' model config), so
@@ -118,8 +130,13 @@ def unknown_key_hint(overrides: list[str]) -> str:
 def compose_job(overrides: list[str]) -> DictConfig:
     """The job's config, resolved, or one ConfigError line (an experiment without an entry for
     the chosen task, a key that does not exist, a value of the wrong type)."""
+    return compose_job_with_choices(overrides)[0]
+
+
+def compose_job_with_choices(overrides: list[str]) -> tuple[DictConfig, dict[str, str]]:
+    """compose_job, and the option chosen in each config group."""
     try:
-        cfg = compose_config(overrides)
+        cfg, choices = compose_with_choices(overrides)
         OmegaConf.to_container(cfg, resolve=True)
     except ConfigError:
         raise
@@ -142,7 +159,7 @@ def compose_job(overrides: list[str]) -> DictConfig:
         raise ConfigError(f"{first} (the experiment or task you chose does not cover this combination, or a "
                           f"key is misspelt)") from None
     check_added_keys(overrides, cfg)
-    return cfg
+    return cfg, choices
 
 
 def group_options(group: str) -> list[str]:

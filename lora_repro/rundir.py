@@ -94,6 +94,11 @@ def run_dir(cfg: Any) -> Path:
     return Path(str(cfg.output_root)) / run_subdir(cfg)
 
 
+def is_main_process() -> bool:
+    """Rank 0 under torchrun / accelerate launch (and any single-process run)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def world_size() -> int | None:
     """How many processes train this run (torchrun / accelerate set WORLD_SIZE), None for one: the
     effective batch is per-device x processes x accumulation, so a run on 2 processes is another

@@ -55,10 +55,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from . import PROJECT_ROOT
-from .config import compose_config, compose_job, instantiate_method
+from .config import compose_job, instantiate_method
 from .errors import ConfigError
 from .metrics import split_metric
 from .record import iter_records

@@ -35,7 +35,7 @@ from .provenance import device, git_branch, git_commit
 from .paper_rows import paper_fit
 from .record import BEST_FILE, CHECKPOINT_FILE, TRAINABLE_FILE, RunRecord, new_record, write_record
 from .ui import show_progress
-from .rundir import config_hash, readable_safetensors, resolve_init_from
+from .rundir import config_hash, is_main_process, readable_safetensors, resolve_init_from
 
 log = logging.getLogger(__name__)
 TRAINER_DIR = "trainer"  # the Trainer's resumable checkpoints inside a run folder
@@ -364,11 +364,6 @@ def save_trainable(state: dict[str, torch.Tensor], run_dir: Path, save: bool) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path))
     return path.stat().st_size
-
-
-def is_main_process() -> bool:
-    """Rank 0 under torchrun / accelerate launch (and any single-process run)."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def start_record(cfg: DictConfig, method: Method, experiment: str | None, overrides: str) -> RunRecord:

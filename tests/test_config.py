@@ -138,11 +138,10 @@ def test_slurm_launcher_config_composes():
     launcher = cfg.hydra.launcher
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert (launcher.partition, launcher.gpus_per_node, launcher.tasks_per_node) == ("gpu", 1, 1)
-    # Jobs land in the canonical run folders (lora_repro.rundir.run_dir).
-    from lora_repro.rundir import run_dir
-
-    assert f"{cfg.hydra.sweep.dir}/{cfg.hydra.sweep.subdir}" == str(run_dir(cfg))
-    assert cfg.hydra.run.dir == str(run_dir(cfg))
+    # Hydra makes no run folder and saves nothing of its own: its output dir is output_root, and the
+    # job (lora_repro.job.execute) makes the canonical run folder once the config is validated.
+    assert cfg.hydra.run.dir == cfg.hydra.sweep.dir == str(cfg.output_root) and cfg.hydra.sweep.subdir == "."
+    assert cfg.hydra.output_subdir is None and cfg.hydra.job_logging.root is None
 
 
 def test_a_null_split_is_not_an_evaluation_split():

@@ -156,20 +156,22 @@ def test_already_done_is_decided_before_hydra_touches_the_folder(tmp_path):  # [
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
 
 
-def test_a_job_refused_for_a_live_lock_leaves_the_running_jobs_hydra_files_alone(tmp_path):
+def test_a_job_refused_for_a_live_lock_leaves_the_running_jobs_files_alone(tmp_path):
     """Probe D7: `overwrite=true` while another process runs the folder used to rewrite that run's
-    .hydra/overrides.yaml before being refused; the live lock is now checked first."""
+    .hydra/overrides.yaml before being refused; now nothing of the folder is written before its
+    lock is taken (Hydra writes no files there at all)."""
     import socket
 
     folder = write_sst2_dir(tmp_path / "SST-2", n_train=32, n_dev=16)
     args = [*TINY, f"task.data_dir={folder}", "train.max_steps=2", f"output_root={tmp_path / 'out'}"]
     assert run_cli(*args).returncode == 0
     run_dir = next((tmp_path / "out").rglob("record.json")).parent
-    overrides = (run_dir / ".hydra" / "overrides.yaml").read_text()
     (run_dir / ".lock").write_text(f"{socket.gethostname()} {os.getppid()}\n")  # a live process holds it
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in run_dir.rglob("*") if p.is_file()}
     proc = run_cli(*args, "overwrite=true")
     assert proc.returncode != 0 and "is in use by process" in proc.stderr
-    assert (run_dir / ".hydra" / "overrides.yaml").read_text() == overrides
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in run_dir.rglob("*") if p.is_file()} == before
+    assert not (run_dir / ".hydra").exists()
 
 
 def test_a_sweep_job_another_launcher_is_running_is_skipped_without_an_error(tmp_path):
@@ -396,25 +398,26 @@ def test_a_runaway_line_and_a_utf16_file_are_named_before_parsing(tmp_path):
         read_text(tmp_path / "u16.tsv")
 
 
-def test_a_run_folder_that_cannot_be_written_is_one_line_before_hydra_opens_its_log(tmp_path, monkeypatch):
+def test_a_run_folder_that_cannot_be_written_is_one_line_before_its_log_is_opened(tmp_path, monkeypatch):
     """Probe 2026-11-29 row 57: overwrite=true on a read-only finished folder gave two tracebacks
-    from Hydra's logging set-up. Read-only is simulated (these tests may run as root, where chmod
+    from the logging set-up. Read-only is simulated (these tests may run as root, where chmod
     does not stop writes)."""
     import lora_repro.rundir as rundir
-    from lora_repro.rundir import run_dir
-    from lora_repro.train import precheck
+    from lora_repro.config import compose_job_with_choices
+    from lora_repro.job import execute, prepare
 
     args = [*TINY, f"task.data_dir={write_sst2_dir(tmp_path / 'data')}", f"output_root={tmp_path}", "overwrite=true"]
-    folder = run_dir(compose_job(args))
-    folder.mkdir(parents=True)
-    (folder / "train.log").write_text("an earlier run\n")
+    job = prepare(*compose_job_with_choices(args), args)
+    job.run_dir.mkdir(parents=True)
+    (job.run_dir / "train.log").write_text("an earlier run\n")
     real_access = os.access
     monkeypatch.setattr(rundir.os, "access", lambda p, mode: Path(p).name != "train.log" and real_access(p, mode))
     with pytest.raises(ConfigError, match=r"run folder .* is not writable \(.*train.log is read-only\): make it "
                                           r"writable \(chmod -R u\+w\), or run into another output_root="):
-        precheck(args)
+        execute(job)
+    assert (job.run_dir / "train.log").read_text() == "an earlier run\n" and not (job.run_dir / ".lock").exists()
     monkeypatch.setattr(rundir.os, "access", real_access)
-    assert precheck(args) is True  # writable: nothing to say
+    assert rundir.check_run_dir_writable(job.run_dir) is None  # writable: nothing to say
 
 
 @pytest.mark.parametrize("override, message", [

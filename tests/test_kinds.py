@@ -1,7 +1,6 @@
 """Task kinds are objects (lora_repro.kinds), not strings compared across modules."""
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -27,7 +27,7 @@ def launch(output_root: Path, sst2_dir: Path, *extra: str, env: dict | None = No
 
 
 def only_run_dir(output_root: Path) -> Path:
-    dirs = [p.parent for p in output_root.rglob(".hydra")]
+    dirs = [p.parent for p in output_root.rglob("train.log")]
     assert len(dirs) == 1, dirs
     return dirs[0]
 
