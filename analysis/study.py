@@ -7,6 +7,8 @@ the study's committed manifest (runs.csv) and records (records/), as its `result
   method_table  methods.md: one line per run, the demo's comparison table
   e2e_vs_paper  e2e_vs_paper.md: each E2E run's five metrics beside the paper's GPT-2 M LoRA row
   weights       weights/: Section 7's subspace similarity, Table 7 and spectra (analysis.weights)
+  <table>       a paper table of the pivot layout in analysis/paper/tables.yaml (table5): <table>.{md,csv}
+                (analysis.layouts)
 
 and always summary.json: the runs planned / ok / failed / missing, the code versions and devices they
 ran on, and one row per recipe with its median main metric. A study with no finished run yet gets
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import functools
 import json
 import shutil
 import subprocess
@@ -41,6 +44,7 @@ from lora_repro.studyspec import (experiments_dir, PROJECT_ROOT, RESULT_KINDS, S
                                   split_args, study_names)
 
 from .plots import make_plots, scores
+from .layouts import write_pivot
 from .published import is_row, of_kinds, table_spec
 from .records import Records, load_study_records
 from .table3 import E2E_METRICS, SCALE, published_table3
@@ -196,7 +200,7 @@ def _build_into(name: str, study: Study, records: Records, out: Path, planned: b
         (out / "NO_RUNS.md").write_text(no_runs_note(name, records, planned))
         written.append(out / "NO_RUNS.md")
     else:
-        for item in dict.fromkeys(BUILDERS[w] for w in wanted):
+        for item in dict.fromkeys(builder(w) for w in wanted):
             written += item(records, out, study)
     # A study whose results are written per choice of a param (claims: results/<scale>/) keeps a
     # summary there for each choice that has runs (the default choice when none has), counting that
@@ -291,11 +295,10 @@ def _weights(records: Records, out: Path, study: Study) -> list[Path]:
     return analyse_records(records, out / "weights")
 
 
-def _table5(records: Records, out: Path, study: Study) -> list[Path]:
-    from .table5 import write_table5
-
-    print(write_table5(records, out))
-    return [out / "table5.md", out / "table5.csv"]
+def _pivot(name: str, records: Records, out: Path, study: Study) -> list[Path]:
+    """A paper table of the pivot layout (analysis/paper/tables.yaml; e.g. table5)."""
+    print(write_pivot(records, out, name))
+    return [out / f"{name}.md", out / f"{name}.csv"]
 
 
 def _claims(records: Records, out: Path, study: Study) -> list[Path]:
@@ -313,9 +316,14 @@ def _claims(records: Records, out: Path, study: Study) -> list[Path]:
 
 # Results written into results/<value of this param>/ rather than results/.
 PER_CHOICE = {"claims": "scale"}
-BUILDERS = {"claims": _claims, "table2": _table2, "table5": _table5, "table3": _table3, "weights": _weights, "plots": _plots,
+BUILDERS = {"claims": _claims, "table2": _table2, "table3": _table3, "weights": _weights, "plots": _plots,
             "method_table": _method_table, "e2e_vs_paper": _e2e_vs_paper}
 assert set(BUILDERS) == set(RESULT_KINDS), "lora_repro.studyspec.RESULT_KINDS lists what BUILDERS builds"
+
+
+def builder(name: str):
+    """The builder of a result kind: its own, or the pivot layout's for a paper table of that layout."""
+    return BUILDERS[name] if name in BUILDERS else functools.partial(_pivot, name)
 
 
 def main(argv: list[str] | None = None) -> int:

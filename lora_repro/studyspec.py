@@ -22,8 +22,15 @@ KNOWN_KEYS = {"description", "cost", "params", "paper_rows", "lookup", "common",
               "train_sizes", "results", "command", "tune", "only", "claims", "margins"}
 TUNE_KEYS = {"key", "values", "share", "split", "seed", "extend"}
 # What `results:` may ask for: analysis.study builds each (a test checks the two lists agree), so a
-# typo is refused when the study is read, before any run trains.
-RESULT_KINDS = ("claims", "table2", "table5", "table3", "weights", "plots", "method_table", "e2e_vs_paper")
+# typo is refused when the study is read, before any run trains. Besides these, every paper table of
+# the pivot layout in analysis/paper/tables.yaml is a result of its own name (e.g. table5).
+RESULT_KINDS = ("claims", "table2", "table3", "weights", "plots", "method_table", "e2e_vs_paper")
+TABLES_FILE = PROJECT_ROOT / "analysis" / "paper" / "tables.yaml"
+
+
+def result_kinds() -> tuple[str, ...]:
+    specs = OmegaConf.to_container(OmegaConf.load(TABLES_FILE)) if TABLES_FILE.is_file() else {}
+    return RESULT_KINDS + tuple(n for n, s in specs.items() if isinstance(s, dict) and s.get("layout") == "pivot")
 
 
 def experiments_dir() -> Path:
@@ -265,9 +272,10 @@ def check_shape(name: str, spec: dict[str, Any], known_arms: set[str] | None = N
     for key in ("common", "first", "results"):
         if not isinstance(spec.get(key) or [], list):
             raise ConfigError(f"{where}: {key} must be a list, got {spec[key]!r}")
-    unknown = sorted(set(spec.get("results") or []) - set(RESULT_KINDS))
+    known = result_kinds()
+    unknown = sorted(set(spec.get("results") or []) - set(known))
     if unknown:
-        raise ConfigError(f"{where}: results {unknown} are not known; known: {', '.join(RESULT_KINDS)}")
+        raise ConfigError(f"{where}: results {unknown} are not known; known: {', '.join(known)}")
     seeds = spec.get("seeds") or []
     if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
         raise ConfigError(f"{where}: seeds must be a list of integers >= 0, got {seeds!r}")
