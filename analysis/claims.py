@@ -323,12 +323,12 @@ def evaluate_claim(claim: Claim, runs: pd.DataFrame, margins: dict[str, float] |
         empty = [n for n, side in zip(names, sides) if side.empty]
         if empty:
             rows.append({"arm": claim.arm, "baseline": claim.baseline, "task": task, "verdict": UNDECIDED, "n_pairs": 0,
-                         "p_refute": 1.0, "what": f"no finished runs of {', '.join(empty)}"})
+                         "p_refute": 1.0, "what": f"no finished runs of {', '.join(empty)}", "missing": True})
             continue
         margin = float(margins.get(task, DEFAULT_MARGIN))
         rows.append(compare_improves(claim, sides, margin, edges) if claim.test == "improves"
                     else compare(claim, a, b, margin, edges))
-    if not rows:
+    if all(r.get("missing") for r in rows):  # no task has every arm of the claim: nothing was compared
         return rows, NOT_RUN
     refuted = [i for i, r in enumerate(rows) if r["verdict"] == REFUTED]
     survives = holm([r["p_refute"] for r in rows]) if refuted else []
@@ -467,6 +467,7 @@ def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict
         pair_rows += [{"claim": claim.id, **r} for r in rows]
         unit = "x" if claim.test == "lr_ratio" else ""
         measured = "; ".join(
+            f"{r['task']}: {r['what']}" if r.get("missing") else
             f"{r['task']}: {fmt(r.get('median'), 2 if unit else 1, not unit)}{unit}"
             + (f" [{fmt(r.get('low'), 1, True)}, {fmt(r.get('high'), 1, True)}] (n={r['n_pairs']})" if r.get("n_pairs") else "")
             + ("" if r["verdict"] == verdict else f" {r['verdict']}") for r in rows) or "no runs yet"

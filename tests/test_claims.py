@@ -432,7 +432,12 @@ def test_a_gap_that_shrinks_with_model_size_is_decided_on_the_change_per_seed():
     assert "gap -2.94 → -0.56" in out[0]["what"]
     missing = runs_frame([r for r in rows if r["arm"] != "lora_big"])
     out, verdict = evaluate_claim(claim, missing)
-    assert verdict == "undecided" and "no finished runs of lora_big" in out[0]["what"]
+    # No task has every arm: nothing was compared, so the claim is not run yet (not "undecided").
+    assert verdict == "not run yet" and "no finished runs of lora_big" in out[0]["what"]
+    two_tasks = pd.concat([runs_frame(rows).assign(task="cola"), missing])
+    out, verdict = evaluate_claim(claim, two_tasks, {"cola": 1.0, "sst2": 1.0})
+    # One task compared, one not yet: the claim waits for it (undecided), whatever the first says.
+    assert [r["verdict"] for r in out] == ["supported", "undecided"] and verdict == "undecided"
 
 
 def test_two_records_of_one_recipe_and_seed_that_disagree_are_named_and_one_counts(tmp_path, capsys):
