@@ -98,3 +98,27 @@ def test_a_finished_run_is_returned_without_writing_its_folder(tmp_path):
     before = {p: p.stat().st_mtime_ns for p in prepared.run_dir.rglob("*")}
     assert job.execute(prepared)["metrics"] == {"accuracy": 0.75}
     assert {p: p.stat().st_mtime_ns for p in prepared.run_dir.rglob("*")} == before
+
+
+@pytest.mark.slow
+def test_a_sweep_through_hydras_submitit_launcher_runs_the_same_jobs(tmp_path, sst2_dir):
+    """The SLURM path's mechanics without SLURM: Hydra's submitit launcher (its local executor)
+    pickles the job function and runs each job in a process of its own; the jobs land in the same
+    canonical folders, with the same recipe label, as the local loop's."""
+    import json
+    import os
+    import subprocess
+
+    args = [*TINY, f"task.data_dir={sst2_dir}", "train.max_steps=2", "save_checkpoint=false",
+            f"output_root={tmp_path / 'out'}", "seed=1,2"]
+    proc = subprocess.run([sys.executable, "-m", "lora_repro.train", "-m", "hydra/launcher=submitit_local",
+                           "hydra.launcher.timeout_min=10", *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = {json.loads(p.read_text())["seed"]: p for p in (tmp_path / "out").rglob("record.json")}
+    assert sorted(records) == [1, 2]
+    expected = job.run_dir(compose_cfg(*[a for a in args if not a.startswith("seed=")], "seed=1"))
+    assert records[1].parent == expected and not (expected / ".hydra").exists()
+    record = json.loads(records[2].read_text())
+    assert record["status"] == "ok" and record["overrides"] == "task.max_length=16 train.max_steps=2 train.warmup_ratio=0.0"
+    assert (records[2].parent / "train.log").stat().st_size > 0
