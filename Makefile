@@ -128,9 +128,9 @@ test:
 test-fast:
 	$(PY) -m pytest -q $(XDIST) -m "not shared and not slow"
 
-## real-data checks on ../shared/data
+## real-data checks on ../shared/data (two workers; -rP prints each check's measured numbers)
 check-shared:
-	$(PY) -m pytest -q -s -m shared
+	$(PY) -m pytest -q -rP $(XDIST) -m shared
 
 # Tables and plots of one study (STUDY=mini: into experiments/mini/results/) or of every record
 # under a runs folder (RUNS=outputs, the default: into results/).
