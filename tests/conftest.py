@@ -63,3 +63,14 @@ TINY = [
     "model=tiny_bert", "task=sst2", "logger.wandb.mode=disabled", "train.batch_size=16",
     "train.eval_batch_size=64", "train.logging_steps=4", "task.max_length=16", "train.warmup_ratio=0.0",
 ]
+
+
+def run_train(monkeypatch, *argv: str) -> None:
+    """`python -m lora_repro.train ARGV` in this process (no interpreter start-up and imports: the
+    entry point's own code path, as a subprocess would run it; a one-line error is SystemExit's code)."""
+    import sys
+
+    import lora_repro.train as train
+
+    monkeypatch.setattr(sys, "argv", ["lora_repro.train", *argv])
+    train.main()

@@ -1,8 +1,5 @@
 """Bad config values stop with one clear line before any model or data is loaded."""
 
-import subprocess
-import sys
-
 import pytest
 
 from lora_repro.config import check_group_overrides, group_options, validate
@@ -75,18 +72,17 @@ def test_defaults_are_valid():
     assert method.name == "lora" and method.r == 8
 
 
-def test_command_line_prints_one_error_line_and_loads_nothing(tmp_path):
+def test_command_line_prints_one_error_line_and_loads_nothing(tmp_path, monkeypatch):
+    from .conftest import run_train
+
     for args, expected in [
         (["method.r=0"], "error: method.r must be > 0, got 0"),
         (["method=nope"], "error: unknown method 'nope'; valid: " + ", ".join(group_options("method"))),
     ]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "lora_repro.train", f"output_root={tmp_path}", *args],
-            capture_output=True, text=True, timeout=120,
-        )
-        assert proc.returncode != 0
-        assert proc.stderr.strip().splitlines()[-1] == expected
-        assert not list(tmp_path.rglob("record.json"))
+        with pytest.raises(SystemExit) as exc:
+            run_train(monkeypatch, f"output_root={tmp_path}", *args)
+        assert exc.value.code == expected
+        assert not any(tmp_path.iterdir())
 
 
 def test_paper_experiment_looks_up_table_9_settings_per_task():

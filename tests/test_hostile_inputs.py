@@ -114,13 +114,16 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
                           timeout=300, env=env, cwd=cwd)
 
 
-def test_a_config_error_leaves_no_folder(tmp_path):  # [65]
-    proc = run_cli(f"output_root={tmp_path}", "method.r=0")
-    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1] == "error: method.r must be > 0, got 0"
+def test_a_config_error_leaves_no_folder(tmp_path, monkeypatch):  # [65]
+    from .conftest import run_train
+
+    with pytest.raises(SystemExit) as exc:
+        run_train(monkeypatch, f"output_root={tmp_path}", "method.r=0")
+    assert exc.value.code == "error: method.r must be > 0, got 0"
     assert not any(tmp_path.iterdir())
-    proc = run_cli(f"output_root={tmp_path}", "experiment=paper_roberta_base_lora", "paper_row=nope")
-    assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
-    assert "paper_row=nope is not a row of analysis/paper/hparams.yaml" in proc.stderr
+    with pytest.raises(SystemExit) as exc:
+        run_train(monkeypatch, f"output_root={tmp_path}", "experiment=paper_roberta_base_lora", "paper_row=nope")
+    assert "\n" not in exc.value.code and "paper_row=nope is not a row of analysis/paper/hparams.yaml" in exc.value.code
     assert not any(tmp_path.iterdir())
 
 
