@@ -21,18 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from omegaconf import OmegaConf
-
-from .published import PAPER_DIR, published, table_spec
+from .published import published, table_spec
 from .records import Records
 from .scores import run_scores
 from .stats import median_ci
-
-
-def pivot_tables() -> list[str]:
-    """The entries of tables.yaml with the pivot layout (each one is a study result of its own name)."""
-    specs = OmegaConf.to_container(OmegaConf.load(PAPER_DIR / "tables.yaml"))
-    return [name for name, spec in specs.items() if isinstance(spec, dict) and spec.get("layout") == "pivot"]
 
 
 def plain(value: Any) -> str:

@@ -57,11 +57,15 @@ def compose_with_choices(overrides: list[str], conf_dir: str | None = None) -> t
     with initialize_config_dir(config_dir=str(conf_dir or CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=list(overrides) + searchpath_override(),
                       return_hydra_config=True)
-    choices = {k: v for k, v in OmegaConf.to_container(cfg.hydra.runtime.choices).items()
-               if not k.startswith("hydra/")}
+    choices = group_choices(cfg.hydra.runtime.choices)
     with open_dict(cfg):
         del cfg["hydra"]  # Hydra's own settings are no part of a run (and resolve only inside a Hydra app)
     return cfg, choices
+
+
+def group_choices(runtime_choices: Any) -> dict[str, str]:
+    """Hydra's runtime.choices without its own groups (hydra/launcher, ...): the project's groups."""
+    return {k: v for k, v in OmegaConf.to_container(runtime_choices).items() if not k.startswith("hydra/")}
 
 
 # Mappings whose keys are passed on as they are (peft's LoraConfig, transformers' model config), so

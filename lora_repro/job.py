@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from .config import compose_config, searchpath_override, validate
 from .data import check_hub_answers, check_hub_reachable
+from .evidence import flat
 from .methods import Method
 from .paper_rows import paper_fit
 from .rundir import (RunDirLock, check_run_dir_writable, check_writable, finished_record, is_main_process,
@@ -36,7 +37,6 @@ class Job:
     run_dir: Path
     experiment: str | None  # the conf/experiment file, if any
     recipe: str  # how the recipe differs from its named defaults, e.g. "method.r=4 train.lr=0.001"
-    overrides: list[str] = field(default_factory=list)  # as typed
 
 
 def prepare(cfg: DictConfig, choices: dict[str, str], overrides: list[str]) -> Job:
@@ -45,8 +45,7 @@ def prepare(cfg: DictConfig, choices: dict[str, str], overrides: list[str]) -> J
     fit = paper_fit(cfg)
     if fit and fit != "exact":
         log.warning("%s: not a published setting (the record's paper_fit says so)", fit)
-    return Job(cfg, method, run_dir(cfg), choices.get("experiment"), recipe_variant(cfg, choices, overrides),
-               list(overrides))
+    return Job(cfg, method, run_dir(cfg), choices.get("experiment"), recipe_variant(cfg, choices, overrides))
 
 
 def preflight(cfg: DictConfig, probed: set[str]) -> None:
@@ -134,16 +133,6 @@ def log_into(path: Path) -> Iterator[None]:
     finally:
         root.removeHandler(handler)
         handler.close()
-
-
-def flat(node: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 _BASES: dict[tuple[str, ...], DictConfig] = {}

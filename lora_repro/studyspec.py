@@ -28,9 +28,14 @@ RESULT_KINDS = ("claims", "table2", "table3", "weights", "plots", "method_table"
 TABLES_FILE = PROJECT_ROOT / "analysis" / "paper" / "tables.yaml"
 
 
-def result_kinds() -> tuple[str, ...]:
+def pivot_tables() -> tuple[str, ...]:
+    """The paper tables of the pivot layout in tables.yaml (analysis/layouts.py builds each)."""
     specs = OmegaConf.to_container(OmegaConf.load(TABLES_FILE)) if TABLES_FILE.is_file() else {}
-    return RESULT_KINDS + tuple(n for n, s in specs.items() if isinstance(s, dict) and s.get("layout") == "pivot")
+    return tuple(n for n, s in specs.items() if isinstance(s, dict) and s.get("layout") == "pivot")
+
+
+def result_kinds() -> tuple[str, ...]:
+    return RESULT_KINDS + pivot_tables()
 
 
 def experiments_dir() -> Path:

@@ -23,7 +23,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from . import CONF_DIR
-from .config import EXTRA_CONF_DIRS, check_group_overrides, compose_job_with_choices, searchpath_override
+from .config import (EXTRA_CONF_DIRS, check_group_overrides, compose_job_with_choices, group_choices,
+                     searchpath_override)
 from .errors import ConfigError, FolderInUse, RecordNotWritten, one_line
 from .job import execute, main_metric, preflight, prepare, setup_logging
 from .record import RECORD_NAME
@@ -90,9 +91,8 @@ def hydra_job(cfg: DictConfig) -> float | None:
     folder: conf/hydra/default.yaml). Under Hydra's printing flags this never runs."""
     setup_logging()
     hydra_cfg = HydraConfig.get()
-    choices = {k: v for k, v in OmegaConf.to_container(hydra_cfg.runtime.choices).items()
-               if not k.startswith("hydra/")}
-    return run_one(cfg, choices, list(hydra_cfg.overrides.task), sweep=hydra_cfg.mode == RunMode.MULTIRUN)
+    return run_one(cfg, group_choices(hydra_cfg.runtime.choices), list(hydra_cfg.overrides.task),
+                   sweep=hydra_cfg.mode == RunMode.MULTIRUN)
 
 
 def compose_jobs(jobs: list[list[str]], sweep: bool) -> list[tuple[DictConfig, dict[str, str], list[str]]]:

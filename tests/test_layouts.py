@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import analysis.published as published
-from analysis.layouts import build_pivot, label_of, pivot_markdown, pivot_tables
+from analysis.layouts import build_pivot, label_of, pivot_markdown
 from analysis.published import table_spec
 from analysis.records import load_records
 from lora_repro.record import RECORD_NAME
@@ -58,7 +58,6 @@ def paper_copy(tmp_path, monkeypatch):
     copy = tmp_path / "paper"
     shutil.copytree(published.PAPER_DIR, copy)
     monkeypatch.setattr(published, "PAPER_DIR", copy)
-    monkeypatch.setattr("analysis.layouts.PAPER_DIR", copy)
     monkeypatch.setattr(studyspec, "TABLES_FILE", copy / "tables.yaml")
     table_spec.cache_clear()
     yield copy
@@ -79,7 +78,7 @@ def test_a_new_table_of_the_pivot_layout_is_one_entry_and_its_csv(paper_copy, tm
                         "title": "Accuracy by rank", "caption": "Ours: median [interval] (seeds)."}
     OmegaConf.save(specs, paper_copy / "tables.yaml")
     (paper_copy / "rank_table.csv").write_text("r,dataset,value\n4,Set A,80.0\n16,Set A,81.5\n")
-    assert "rank_table" in pivot_tables() and "rank_table" in studyspec.result_kinds()
+    assert "rank_table" in studyspec.pivot_tables() and "rank_table" in studyspec.result_kinds()
 
     write_runs(tmp_path / "runs", [(["query", "value"], 16, (0.71, 0.73, 0.75)), (["query", "value"], 4, (0.60, 0.70, 0.80))])
     out = tmp_path / "results"
