@@ -105,15 +105,16 @@ params:
 
 # The claims decided at small scale (experiments/claims): results/<scale>/claims.md. scale=core (the
 # default: SST-2, CoLA, STS-B, 12-30 CPU hours, resumable: re-run the same command) or scale=full.
+# On a CPU machine, ARGS="--devices cpu0,cpu1" trains two runs at once, each on half the cores.
 ## the claims study (committed evidence; ARGS=scale=full for the full tier)
 claims:
 	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.study claims $(ARGS)
 
-# Two jobs at a time, one thread each (--devices names two slots; no GPU is used): the runs are
-# short and mostly start-up, so two at once nearly halve the wall time.
+# Two jobs at a time, each on half the cores (--devices cpu0,cpu1: CPU slots, no GPU is used): the
+# runs are short and mostly start-up, so two at once nearly halve the wall time.
 ## the claims pipeline on a reduced grid (~2-3 min; its verdicts mean nothing)
 claims-quick:
-	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m lora_repro.study claims scale=quick --scratch --devices cpu0,cpu1 $(ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m lora_repro.study claims scale=quick --scratch --devices cpu0,cpu1 $(ARGS)
 	@grep -q "^| claim |" outputs/scratch/claims/results/quick/claims.md && echo "claims-quick: report written to outputs/scratch/claims/results/quick/claims.md"
 
 # The suite runs on TEST_WORKERS pytest-xdist processes, one thread each (tests/conftest.py):

@@ -42,15 +42,20 @@ def git_branch() -> str | None:
 
 @lru_cache(maxsize=1)
 def device() -> str:
-    """The accelerator a run used (its name), else the CPU model and core count."""
+    """The accelerator a run used (its name), else the CPU model, its core count and the threads
+    torch used: on CPU the thread count changes both the speed and the order of floating-point sums,
+    so two records agree bit for bit only at the same count."""
+    threads = ""
     try:
         import torch
 
         if torch.cuda.is_available():
             return f"cuda: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+        count = torch.get_num_threads()
+        threads = f", {count} torch thread{'s' if count != 1 else ''}"
     except ImportError:
         pass
-    return f"cpu: {cpu_model()} ({_cores()} cores)"
+    return f"cpu: {cpu_model()} ({cpu_count()} cores{threads})"
 
 
 def cpu_model() -> str:
@@ -64,7 +69,8 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def _cores() -> int:
+def cpu_count() -> int:
+    """The cores this process may run on."""
     import os
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

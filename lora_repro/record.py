@@ -61,7 +61,7 @@ class RunRecord(TypedDict):
     trainable_sha256: str | None
     git_commit: str | None
     git_branch: str | None          # 'HEAD' when detached; results count runs of main only (evidence.released)
-    device: str | None              # "cuda: <GPU name> xN" or "cpu: <CPU model> (N cores)"
+    device: str | None              # "cuda: <GPU name> xN" or "cpu: <CPU model> (N cores, T torch threads)"
     config: dict[str, Any]
 
 

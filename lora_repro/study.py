@@ -64,7 +64,7 @@ from .metrics import split_metric
 from .record import iter_records
 from .evidence import (Drift, ManifestRow, find_drift, merge_rows, prune_records, read_committed, read_manifest, sync,
                        write_manifest)
-from .provenance import git_commit
+from .provenance import cpu_count, git_commit
 from .rundir import canonical_recipe, config_hash, existing_record, lacks_weights, run_subdir
 from .studyspec import (experiments_dir, STUDY_FILE, Study, Tune, command_line, load_study, param_choices,  # noqa: F401
                         read_spec, results_dir, split_args, study_names)
@@ -525,7 +525,8 @@ def launch(study: Study, runs: list[PlannedRun], extra: list[str], evidence: Evi
 
 
 def visible_devices(spec: str | None) -> list[str]:
-    """--devices: "auto" = every visible CUDA GPU (none: no fan-out), or a list like "0,1,2"."""
+    """--devices: "auto" = every visible CUDA GPU (none: no fan-out), or a list like "0,1,2"; ids
+    that start with "cpu" ("cpu0,cpu1") are CPU slots (device_env)."""
     if not spec:
         return []
     if spec == "auto":
@@ -536,6 +537,25 @@ def visible_devices(spec: str | None) -> list[str]:
     if not devices or len(set(devices)) != len(devices):
         raise ConfigError(f"--devices={spec!r}: give 'auto' or distinct device ids, e.g. --devices 0,1,2,3")
     return devices
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def device_env(device: str, devices: list[str], environ: dict[str, str]) -> dict[str, str]:
+    """The environment of a job run on `device`. A GPU id is made the only visible GPU. A CPU slot
+    ("cpu0") sees no GPU and gets an equal share of the cores as torch threads, unless the caller
+    set OMP_NUM_THREADS: a small model's step does not use many threads well, so N one-thread jobs
+    train more per second than one N-thread job (MiniLM-L6, batch 32, 2 cores: 1.54 against 1.25
+    steps/s, measured with both jobs running)."""
+    if not device.startswith("cpu"):
+        return {**environ, "CUDA_VISIBLE_DEVICES": device}
+    env = {**environ, "CUDA_VISIBLE_DEVICES": ""}
+    if "OMP_NUM_THREADS" not in environ:
+        slots = sum(d.startswith("cpu") for d in devices)
+        share = str(max(1, cpu_count() // max(1, slots)))
+        env.update({name: share for name in THREAD_VARIABLES})
+    return env
 
 
 def run_on_devices(study: Study, jobs: list[PlannedRun], devices: list[str], output_root: Path) -> int:
@@ -571,7 +591,7 @@ def run_on_devices(study: Study, jobs: list[PlannedRun], devices: list[str], out
             say(f"[device {device}] start {job.run}")
             with open(log_file, "w", encoding="utf-8") as out:
                 child = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                         env={**os.environ, "CUDA_VISIBLE_DEVICES": device})
+                                         env=device_env(device, devices, dict(os.environ)))
                 with lock:
                     live.add(child)
                 code = child.wait()
@@ -649,7 +669,8 @@ def main(argv: list[str] | None = None) -> int:
                              "<output_root>/scratch/NAME/results/ (what `make demo` does)")
     parser.add_argument("--devices", default=None,
                         help="run jobs in parallel, one per device at a time: 'auto' (every visible GPU) or ids "
-                             "'0,1,2,3' (each job sees only its own: CUDA_VISIBLE_DEVICES). Default: one job at a time")
+                             "'0,1,2,3' (each job sees only its own: CUDA_VISIBLE_DEVICES), or CPU slots 'cpu0,cpu1' (each job "
+                             "gets an equal share of the cores as threads). Default: one job at a time")
     drift = parser.add_mutually_exclusive_group()
     drift.add_argument("--keep", action="store_true",
                        help="runs whose recipe changed keep their committed records (nothing re-runs them)")

@@ -256,6 +256,35 @@ def test_a_study_fans_out_one_job_per_device(tmp_path):
     assert bad.returncode == 2 and "give 'auto' or distinct device ids" in bad.stderr
 
 
+def test_cpu_slots_share_the_cores_and_gpu_ids_pin_one_gpu(monkeypatch):
+    """--devices cpu0,cpu1: each job sees no GPU and gets half the cores as torch threads, unless the
+    caller set OMP_NUM_THREADS; a GPU id is the job's only visible GPU, threads untouched."""
+    import lora_repro.study as study_module
+    from lora_repro.study import device_env
+
+    monkeypatch.setattr(study_module, "cpu_count", lambda: 8)
+    base = {"PATH": "/bin"}
+    env = device_env("cpu1", ["cpu0", "cpu1"], base)
+    assert env["CUDA_VISIBLE_DEVICES"] == "" and env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "4"
+    assert device_env("cpu0", ["cpu0", "cpu1", "cpu2"], base)["OMP_NUM_THREADS"] == "2"
+    assert device_env("cpu0", [f"cpu{i}" for i in range(16)], base)["OMP_NUM_THREADS"] == "1"  # never 0
+    assert device_env("cpu0", ["cpu0", "cpu1"], {**base, "OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"
+    gpu = device_env("2", ["0", "2"], base)
+    assert gpu == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "2"} and base == {"PATH": "/bin"}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA record names its GPU")
+def test_a_cpu_record_names_its_torch_threads():
+    """On CPU the thread count changes the order of sums, so a record says how many threads it used
+    (the tests run on one)."""
+    from lora_repro.provenance import device
+
+    device.cache_clear()
+    name = device()
+    assert name.startswith("cpu: ") and name.endswith(f"cores, {torch.get_num_threads()} torch thread"
+                                                      + ("s)" if torch.get_num_threads() != 1 else ")"))
+
+
 @pytest.mark.slow
 def test_a_stopped_study_stops_its_training_and_starts_nothing_more(tmp_path):
     """SIGTERM to the launcher reaches the running multirun, and the launcher then exits (130)
