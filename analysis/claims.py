@@ -322,7 +322,9 @@ def evaluate_claim(claim: Claim, runs: pd.DataFrame, margins: dict[str, float] |
         names = [claim.arm, claim.baseline, *(claim.then or ())]
         empty = [n for n, side in zip(names, sides) if side.empty]
         if empty:
-            rows.append({"arm": claim.arm, "baseline": claim.baseline, "task": task, "verdict": UNDECIDED, "n_pairs": 0,
+            # A task waiting for an arm was not compared: "not run yet" there; the claim, which needs
+            # it, stays undecided in combine() (it is neither supported nor refuted).
+            rows.append({"arm": claim.arm, "baseline": claim.baseline, "task": task, "verdict": NOT_RUN, "n_pairs": 0,
                          "p_refute": 1.0, "what": f"no finished runs of {', '.join(empty)}", "missing": True})
             continue
         margin = float(margins.get(task, DEFAULT_MARGIN))

@@ -437,7 +437,7 @@ def test_a_gap_that_shrinks_with_model_size_is_decided_on_the_change_per_seed():
     two_tasks = pd.concat([runs_frame(rows).assign(task="cola"), missing])
     out, verdict = evaluate_claim(claim, two_tasks, {"cola": 1.0, "sst2": 1.0})
     # One task compared, one not yet: the claim waits for it (undecided), whatever the first says.
-    assert [r["verdict"] for r in out] == ["supported", "undecided"] and verdict == "undecided"
+    assert [r["verdict"] for r in out] == ["supported", "not run yet"] and verdict == "undecided"
 
 
 def test_two_records_of_one_recipe_and_seed_that_disagree_are_named_and_one_counts(tmp_path, capsys):
