@@ -261,7 +261,8 @@ def compare(claim: Claim, a: pd.DataFrame, b: pd.DataFrame, margin: float, edges
     diff = paired(a.score.to_dict(), b.score.to_dict())
     status, why = decide(claim.test, diff, margin)
     status, dev_note, dev_info = dev_check(status, claim.test, a, b, str(a.metric.iloc[0]), margin)
-    decided = decision(claim.test, diff, margin, status, why, [a, b], [claim.arm, claim.baseline], task, edges)
+    decided = decision(claim.test, diff, margin, status, why, [a, b], [claim.arm, claim.baseline], task, edges,
+                       gated=[True, claim.gate == "both"])
     notes = "; ".join(n for n in (decided.pop("why"), dev_note) if n)
     return {**row, **decided, **dev_info,
             "what": f"mean paired difference {claim.arm} − {claim.baseline}, points, 95% t-interval, margin {margin:g}"
@@ -269,12 +270,14 @@ def compare(claim: Claim, a: pd.DataFrame, b: pd.DataFrame, margin: float, edges
 
 
 def decision(test: str, diff: Any, margin: float, status: str, why: str, sides: list[pd.DataFrame], names: list[str],
-             task: str, edges: dict) -> dict:
+             task: str, edges: dict, gated: list[bool] | None = None) -> dict:
     """What every paired comparison reports: the interval of the mean difference, and the verdict
     after the two checks that overrule the test, in this order: an arm that fails the validity gate
     makes the task not evaluable; an arm whose chosen lr sits at an end of the grid it tried makes
-    it not tested as specified. The refutation p-value counts only for a refutation (Holm)."""
-    failed_gate = "; ".join(w for w in (gate(x.reset_index()) for x in sides) if w)
+    it not tested as specified. `gated`: which sides the gate applies to (default: all; a claim with
+    gate: arm leaves its control out). The refutation p-value counts only for a refutation (Holm)."""
+    gated = gated or [True] * len(sides)
+    failed_gate = "; ".join(w for w, on in zip((gate(x.reset_index()) for x in sides), gated) if w and on)
     edge = [n for n in names if edges.get((n, task))]
     if failed_gate:
         status, why = NOT_EVALUABLE, failed_gate
@@ -508,7 +511,8 @@ def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict
              "t-interval; non-inferiority and superiority read the one-sided 95% / 97.5% bounds, equivalence the "
              "90% interval (TOST), each against the task's margin and checked against the signed-rank "
              "(Hodges-Lehmann) interval and, where predictions were kept, the two-way bootstrap over seeds and "
-             "dev examples. Both arms must beat the constant predictor (validity gate); an arm tuned to an end of "
+             "dev examples. Both arms must beat the constant predictor (validity gate; against a control, such as "
+             "training the head alone, only the arm must); an arm tuned to an end of "
              "its grid is 'not tested as specified'. A claim is supported when every evaluable task supports it "
              "(at least min_tasks), refuted when a task's refutation survives Holm's correction over the claim's "
              "tasks, else undecided.", "", "## Verdicts", "", verdict_md,

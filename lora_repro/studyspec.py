@@ -183,7 +183,12 @@ class Tune:
 # ------------------------------------------------------------------------------ claims
 PAIRED_TESTS = ("noninferior", "superior", "equivalent")
 TESTS = PAIRED_TESTS + ("identical", "fewer_steps", "lr_ratio", "improves")
-CLAIM_KEYS = {"id", "claim", "source", "test", "arm", "baseline", "min_tasks", "ratio", "then"}
+CLAIM_KEYS = {"id", "claim", "source", "test", "arm", "baseline", "min_tasks", "ratio", "then", "gate"}
+# Which arms of a paired comparison must beat the constant predictor (the validity gate): "both", or
+# "arm" for a superiority claim against a control that may itself sit at chance (the head-only
+# control on CoLA): "beats the control" then asks whether the arm learned more than the control, and
+# a control at chance is a finding, not a broken baseline. A claim of matching a baseline always gates both.
+GATES = ("both", "arm")
 CLAIM_TESTS = TESTS
 
 
@@ -198,6 +203,7 @@ class Claim:
     min_tasks: int = 1         # tasks that must pass the validity gate for a claim-level verdict
     ratio: tuple[float, float] | None = None   # lr_ratio: the range of lr(arm) / lr(baseline) the claim states
     then: tuple[str, str] | None = None        # improves: (arm, baseline) at the other setting (e.g. a larger model)
+    gate: str = "both"         # one of GATES: the arms that must beat the constant predictor
 
 
 def claims_of(spec: dict[str, Any], where: str = STUDY_FILE, known_arms: set[str] | None = None) -> list[Claim]:
@@ -211,7 +217,7 @@ def claims_of(spec: dict[str, Any], where: str = STUDY_FILE, known_arms: set[str
         name = f"{where}: claims[{i}]"
         if not isinstance(entry, dict) or not {"claim", "test", "arm", "baseline"} <= set(entry):
             raise ConfigError(f"{name} must be a mapping with claim, test, arm, baseline (and optional id, source, "
-                              f"min_tasks, ratio); got {entry!r}")
+                              f"min_tasks, ratio, then, gate); got {entry!r}")
         unknown = sorted(set(entry) - CLAIM_KEYS)
         if unknown:
             raise ConfigError(f"{name}: unknown key(s) {unknown}; valid: {', '.join(sorted(CLAIM_KEYS))}")
@@ -229,11 +235,15 @@ def claims_of(spec: dict[str, Any], where: str = STUDY_FILE, known_arms: set[str
         if entry["test"] == "lr_ratio" and not (isinstance(ratio, list) and len(ratio) == 2
                                                 and 0 < float(ratio[0]) < float(ratio[1])):
             raise ConfigError(f"{name}: an lr_ratio claim needs ratio: [low, high] with 0 < low < high, got {ratio!r}")
+        gate = str(entry.get("gate") or "both")
+        if gate not in GATES or (gate == "arm" and entry["test"] != "superior"):
+            raise ConfigError(f"{name}: gate {gate!r}: give 'both' (the default), or 'arm' on a superior claim whose "
+                              f"baseline is a control (a claim of matching a baseline at chance would hold trivially)")
         out.append(Claim(claim=str(entry["claim"]), test=str(entry["test"]), arm=str(entry["arm"]),
                          baseline=str(entry["baseline"]), source=str(entry.get("source") or ""),
                          id=str(entry.get("id") or f"claim{i}"), min_tasks=int(entry.get("min_tasks") or 1),
                          ratio=(float(ratio[0]), float(ratio[1])) if ratio else None,
-                         then=(str(then[0]), str(then[1])) if then else None))
+                         then=(str(then[0]), str(then[1])) if then else None, gate=gate))
     return out
 
 

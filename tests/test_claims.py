@@ -12,8 +12,9 @@ import pytest
 from analysis.claims import Claim, evaluate_claim, steps_to
 from analysis.stats import median_ci, paired
 from lora_repro import studyspec as study_module
+from lora_repro.studyspec import claims_of
 from lora_repro.data import HELDOUT_SPLIT, load_task
-from lora_repro.errors import DataError
+from lora_repro.errors import ConfigError, DataError
 from lora_repro.record import RECORD_NAME
 from lora_repro.study import load_study, plan
 
@@ -217,6 +218,27 @@ def test_two_arms_that_both_predict_the_majority_class_are_not_evaluable_not_sup
     learned = runs_frame([{"arm": arm, "seed": s, "score": 80.0 + 0.1 * s, "constant": 50.9}
                           for arm in ("lora", "full_ft") for s in range(1, 6)])
     assert evaluate_claim(claim, learned)[1] == "supported"
+
+
+def test_a_control_at_chance_is_beaten_only_when_the_claim_gates_the_arm_alone():
+    """head-only on CoLA sits at chance (MCC ~4; the committed core tier). "Full FT beats the head
+    alone" is then decidable: gate: arm applies the validity gate to full FT only. The default gates
+    both; the arm itself at chance is still not evaluable; gate: arm is refused on a claim of
+    matching, where a control at chance would make the claim hold trivially."""
+    rows = [{"arm": "full_ft", "seed": s, "score": 15.0 + s, "constant": 0.0} for s in range(1, 8)]
+    rows += [{"arm": "head_only", "seed": s, "score": 3.0 + 0.5 * s, "constant": 0.0} for s in range(1, 8)]
+    control = Claim("FT beats the head alone", "superior", "full_ft", "head_only", gate="arm")
+    out, verdict = evaluate_claim(control, runs_frame(rows), {"sst2": 2.5})
+    assert verdict == "supported" and out[0]["median"] == pytest.approx(14.0)  # 12 + 0.5 x mean seed 4
+    both = Claim("FT beats the head alone", "superior", "full_ft", "head_only")
+    out, verdict = evaluate_claim(both, runs_frame(rows), {"sst2": 2.5})
+    assert verdict == "not evaluable" and "head_only did not learn: 3/7 seeds" in out[0]["what"]
+    flat = [dict(r, score=1.0 + 0.1 * r["seed"]) if r["arm"] == "full_ft" else r for r in rows]
+    assert evaluate_claim(control, runs_frame(flat), {"sst2": 2.5})[1] == "not evaluable"
+    spec = {"variants": {"lora": [], "head_only": []},
+            "claims": [{"claim": "x", "test": "noninferior", "arm": "lora", "baseline": "head_only", "gate": "arm"}]}
+    with pytest.raises(ConfigError, match="gate 'arm'.*'arm' on a superior claim"):
+        claims_of(spec)
 
 
 def test_a_glue_level_claim_needs_enough_evaluable_tasks():
