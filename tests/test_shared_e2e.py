@@ -49,13 +49,14 @@ def test_the_lora_authors_files_parse_completely():
 def test_smollm2_lora_learns_e2e_from_the_real_training_split(tmp_path):
     """`make demo-e2e` in small: the authors' training split, their tokenized test references."""
     cfg = compose_cfg(
-        "experiment=demo_e2e", "task.max_train_samples=320", "task.generation.max_mrs=20",
+        # 20 steps on 160 references: BLEU 0.50, ROUGE-L 0.65 (40 steps on 320: 0.57, 0.69, 50 s more of CI)
+        "experiment=demo_e2e", "task.max_train_samples=160", "task.generation.max_mrs=20",
         "task.generation.num_beams=4", "train.warmup_steps=5", "train.logging_steps=10",
     )
     record = run(cfg, validate(cfg), tmp_path / "run")
     metrics = record["metrics"]
     assert record["config"]["task"]["data_dir"].endswith("e2e/lora_format")
-    print("E2E test, first 20 MRs (SmolLM2-135M + LoRA r=4, 40 steps on 320 training refs, beam 4): "
+    print("E2E test, first 20 MRs (SmolLM2-135M + LoRA r=4, 20 steps on 160 training refs, beam 4): "
           + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     assert record["status"] == "ok" and record["params"]["adapted"] == 230_400
     assert all(math.isfinite(v) for v in metrics.values())

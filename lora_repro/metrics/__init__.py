@@ -6,16 +6,44 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+# scipy.stats and sklearn.metrics are imported where a metric is computed, not here: together they
+# cost every process that imports the config (each run, each study) about a second of start-up.
+
+
+def _accuracy(p: np.ndarray, y: np.ndarray) -> float:
+    from sklearn.metrics import accuracy_score
+
+    return float(accuracy_score(y, p))
+
+
+def _f1(p: np.ndarray, y: np.ndarray) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(y, p))  # binary F1 of class 1, as GLUE reports for MRPC/QQP
+
+
+def _mcc(p: np.ndarray, y: np.ndarray) -> float:
+    from sklearn.metrics import matthews_corrcoef
+
+    return float(matthews_corrcoef(y, p))
+
+
+def _pearson(p: np.ndarray, y: np.ndarray) -> float:
+    from scipy.stats import pearsonr
+
+    return float(pearsonr(p, y)[0])
+
+
+def _spearman(p: np.ndarray, y: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(p, y)[0])
+
 
 # name -> fn(predictions, labels). Predictions are class ids (classification) or floats (regression).
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "accuracy": lambda p, y: float(accuracy_score(y, p)),
-    "f1": lambda p, y: float(f1_score(y, p)),  # binary F1 of class 1, as GLUE reports for MRPC/QQP
-    "mcc": lambda p, y: float(matthews_corrcoef(y, p)),
-    "pearson": lambda p, y: float(pearsonr(p, y)[0]),
-    "spearman": lambda p, y: float(spearmanr(p, y)[0]),
+    "accuracy": _accuracy, "f1": _f1, "mcc": _mcc, "pearson": _pearson, "spearman": _spearman,
 }
 
 
