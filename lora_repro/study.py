@@ -282,7 +282,7 @@ def same_recipe_notes(runs: list[PlannedRun]) -> list[str]:
 
 
 def describe(study: Study, runs: list[PlannedRun], throughput: dict[tuple[str, str], float],
-             output_root: Path | None = None) -> str:
+             output_root: Path | None = None, devices: list[str] | None = None) -> str:
     lines = [f"study {study.name}" + (f" ({', '.join(f'{k}={v}' for k, v in study.params.items())})" if study.params else "")
              + f": {str(study.spec.get('description', '')).strip().splitlines()[0] if study.spec.get('description') else ''}"]
     if study.is_command:
@@ -320,7 +320,11 @@ def describe(study: Study, runs: list[PlannedRun], throughput: dict[tuple[str, s
         known = len(pending) - sum(f"{r.model}+{r.method}" in unknown for r in pending)
         if known:
             lines.append(f"Estimated training time for {known} of them: {seconds / 3600:.2f} h on this machine (from "
-                         f"the samples/s of earlier records; evaluation and decoding not included).")
+                         f"the samples/s of earlier records; evaluation and decoding not included)"
+                         + (f"; on {len(devices)} devices at once, about {seconds / 3600 / len(devices):.2f} h of wall "
+                            f"time if each job runs as fast as the records did (a CPU slot has fewer threads than a "
+                            f"job that had the machine alone, so there it is a lower bound)." if devices and len(devices) > 1
+                            else "."))
         if unknown:
             lines.append(f"No measured throughput yet for {', '.join(sorted(unknown))}.")
         work = work_by_model(pending)
@@ -694,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(describe(study, runs, measured_throughput(root) if root else {}, root), flush=True)
+    print(describe(study, runs, measured_throughput(root) if root else {}, root, devices), flush=True)
     if args.dry_run or args.plan_only:
         return 0
     try:

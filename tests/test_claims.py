@@ -497,3 +497,17 @@ def test_variants_with_the_same_recipe_are_named_when_planned(tmp_path, monkeypa
     assert same_recipe_notes(runs) == ["note: variants a, b have the same recipe: each of their 2 run folders is "
                                        "trained once and counts for every one of them"]
     assert same_recipe_notes(runs)[0] in describe(study, runs, {})
+
+
+def test_the_cost_line_divides_the_job_time_over_the_devices(tmp_path, monkeypatch):
+    from lora_repro.study import describe
+
+    write_study(tmp_path, monkeypatch, tune=None, variants={"a": ["method=lora", "train.max_steps=4"]})
+    study = load_study("t")
+    runs = plan(study, [])
+    samples = sum(r.samples for r in runs if not r.done)
+    rate = samples / 7200.0  # samples/s at which the pending runs take 2 h of job time
+    alone = describe(study, runs, {(runs[0].model, runs[0].method): rate})
+    assert "2.00 h on this machine" in alone and "wall time" not in alone
+    slots = describe(study, runs, {(runs[0].model, runs[0].method): rate}, devices=["cpu0", "cpu1"])
+    assert "2.00 h on this machine" in slots and "on 2 devices at once, about 1.00 h of wall time" in slots
