@@ -13,7 +13,9 @@ that the study's study.yaml lists under `claims:`, decided from the study's runs
 * Validity: a comparison counts only when both arms beat the constant predictor by GATE_BY points on
   GATE_SHARE of their seeds, else it is "not evaluable". An arm whose chosen learning rate is the
   largest or smallest it tried (after the grid extended itself) was not tuned as the protocol
-  specifies: its comparisons are "not tested as specified".
+  specifies: its comparisons are "not tested as specified". So are those of an arm still rising when
+  its step budget ran out: on at least half its seeds, early stopping never fired and the held-out
+  score gained at least the task's margin over the last quarter of the steps (RISING_SHARE).
 * A claim over several tasks: supported when every evaluable task supports it and at least
   `min_tasks` are evaluable; refuted when a task's refutation survives Holm's correction over the
   claim's tasks; else undecided.
@@ -46,6 +48,13 @@ DEFAULT_MARGIN = 1.0  # points (x100) of the task's main metric, for a task stud
 # least GATE_SHARE of its seeds; else the comparison is "not evaluable", never "supported".
 GATE_BY = {"accuracy": 5.0, "f1": 5.0, "matched_accuracy": 5.0, "mcc": 10.0, "pearson": 30.0, "spearman": 30.0}
 GATE_SHARE = 0.8
+# Convergence (the claims critique, 2.1: "13 of 22 arms still rising"): a run "ran to the cap" when
+# its early stopping never fired (it stopped less than `patience` evaluations after its selected
+# step, or had no early stopping), and is "still rising" when its watched held-out score also gained
+# at least the task's margin over the last quarter of its steps: another quarter of training could
+# move a comparison by a margin. An arm is still rising on a task when RISING_SHARE of its seeds are.
+RISING_SHARE = 0.5
+LATE_SHARE = 0.25
 EFFICIENCY_DIR = Path(__file__).resolve().parents[1] / "experiments" / "efficiency" / "results"
 
 # ------------------------------------------------------------------------------------------ data
@@ -55,7 +64,7 @@ def final_runs(records: Records, scale: str) -> pd.DataFrame:
     kept per-example predictions."""
     df = records.ok
     columns = ["arm", "task", "seed", "score", "curve", "sha", "adapted", "total", "lr", "metric", "config",
-               "constant", "labels", "predictions"]
+               "constant", "labels", "predictions", "to_cap", "late_gain"]
     if df.empty or "arm" not in df:
         return pd.DataFrame(columns=columns)
     df = df[(df["param.scale"] == scale) & (df["role"] == "final")]
@@ -71,10 +80,13 @@ def final_runs(records: Records, scale: str) -> pd.DataFrame:
         held = split_metric(task_cfg, "heldout") if task_cfg.get("splits") else f"heldout_{metric}"
         key = held if any(held in e for e in curve_points) else metric
         kept = record.get("predictions") or {}
+        curve = [(e["step"], 100.0 * e[key]) for e in curve_points if key in e]
+        to_cap, late_gain = convergence(curve, record.get("selected") or {},
+                                        ((record.get("config") or {}).get("train") or {}))
         rows.append({"arm": r["arm"], "task": r["task"], "seed": int(r["seed"]), "metric": metric,
                      "config": record.get("config") or {},
                      "score": 100.0 * float(value) if value is not None and not pd.isna(value) else math.nan,
-                     "curve": [(e["step"], 100.0 * e[key]) for e in curve_points if key in e], "curve_key": key,
+                     "curve": curve, "curve_key": key, "to_cap": to_cap, "late_gain": late_gain,
                      "sha": record.get("trainable_sha256"), "adapted": int(r["params.adapted"]),
                      "total": int(r["params.total"]), "lr": r.get("train.lr"),
                      "constant": 100.0 * (record.get("constant_metrics") or {}).get(metric, math.nan),
@@ -127,17 +139,24 @@ def failed_by_arm(records: Records, scale: str) -> dict[tuple[str, str], int]:
     return counts
 
 
-def arm_table(runs: pd.DataFrame, failed: dict[tuple[str, str], int], planned_seeds: int) -> pd.DataFrame:
+def arm_table(runs: pd.DataFrame, failed: dict[tuple[str, str], int], planned_seeds: int,
+              margins: dict[str, float] | None = None) -> pd.DataFrame:
     rows = []
     for (task, arm), group in runs.groupby(["task", "arm"], sort=False):
         med, mean = median_ci(group.score), mean_ci(group.score)
+        margin = float((margins or {}).get(task, DEFAULT_MARGIN))
+        to_cap = [c is True for c in group.to_cap] if "to_cap" in group else [False] * len(group)
+        gains = list(group.late_gain) if "late_gain" in group else [math.nan] * len(group)
+        capped_gains = [g for c, g in zip(to_cap, gains) if c and not pd.isna(g)]
         rows.append({"arm": arm, "task": task, "metric": group.metric.iloc[0], "lr": group.lr.iloc[0],
                      "adapted": int(group.adapted.iloc[0]),
                      "adapted_pct": 100.0 * group.adapted.iloc[0] / group.total.iloc[0],
                      "median": med.estimate, "ci_low": med.low, "ci_high": med.high, "ci_level": med.level,
                      "mean": mean.estimate, "mean_low": mean.low, "mean_high": mean.high,
                      "constant": float(group.constant.iloc[0]) if "constant" in group else math.nan,
-                     "n_ok": len(group), "n_failed": failed.get((arm, task), 0), "n_planned": planned_seeds})
+                     "n_ok": len(group), "n_failed": failed.get((arm, task), 0), "n_planned": planned_seeds,
+                     "n_to_cap": sum(to_cap), "n_rising": sum(g >= margin for g in capped_gains),
+                     "late_gain_median": float(np.median(capped_gains)) if capped_gains else math.nan})
     seen = {(r["arm"], r["task"]) for r in rows}
     for (arm, task), n in failed.items():
         if (arm, task) not in seen:
@@ -148,6 +167,36 @@ def arm_table(runs: pd.DataFrame, failed: dict[tuple[str, str], int], planned_se
 def steps_to(curve: list[tuple[int, float]], target: float) -> float:
     """The first evaluated step whose score reaches `target` (inf: never)."""
     return next((float(step) for step, score in curve if score >= target), math.inf)
+
+
+def convergence(curve: list[tuple[int, float]], selected: dict, train_cfg: dict) -> tuple[bool | None, float]:
+    """(did the run use its whole step budget, points its watched score gained over the last
+    LATE_SHARE of its steps). None / nan when the record cannot say (no curve)."""
+    if len(curve) < 2:
+        return None, math.nan
+    last = curve[-1][0]
+    stop = train_cfg.get("early_stopping") or {}
+    patience_steps = float(stop.get("patience") or 0) * float(train_cfg.get("eval_every") or 0)
+    step, stopped = selected.get("step"), selected.get("stopped_at_step", last)
+    fired = bool(stop) and step is not None and stopped is not None and stopped - step >= patience_steps > 0
+    before = [score for s, score in curve if s <= (1.0 - LATE_SHARE) * last]
+    if not before:
+        return not fired, math.nan
+    return not fired, max(0.0, max(score for _, score in curve) - max(before))
+
+
+def rising_arms(runs: pd.DataFrame, margins: dict[str, float]) -> dict[tuple[str, str], str]:
+    """(arm, task) -> why, for each arm still rising when its step budget ran out (see RISING_SHARE)."""
+    out: dict[tuple[str, str], str] = {}
+    if runs.empty or "to_cap" not in runs:
+        return out
+    for (arm, task), group in runs.groupby(["arm", "task"], sort=False):
+        margin = float(margins.get(task, DEFAULT_MARGIN))
+        rising = sum(bool(c is True) and g >= margin for c, g in zip(group.to_cap, group.late_gain) if not pd.isna(g))
+        if rising and rising >= RISING_SHARE * len(group):
+            out[(arm, task)] = (f"{arm} was still rising when its step budget ran out ({rising}/{len(group)} seeds "
+                                f"gained ≥ {margin:g} points over the last quarter of their steps)")
+    return out
 
 
 # ---------------------------------------------------------------------------------------- verdicts
@@ -212,7 +261,7 @@ def dev_check(status: str, test: str, a: pd.DataFrame, b: pd.DataFrame, metric: 
     return status, "; ".join(notes), info
 
 
-def compare(claim: Claim, a: pd.DataFrame, b: pd.DataFrame, margin: float, edges: dict) -> dict:
+def compare(claim: Claim, a: pd.DataFrame, b: pd.DataFrame, margin: float, edges: dict, rising: dict | None = None) -> dict:
     """One task's comparison of claim.arm (a) against claim.baseline (b), both indexed by seed."""
     task = a.task.iloc[0]
     row: dict[str, Any] = {"arm": claim.arm, "baseline": claim.baseline, "task": task, "margin": margin, "p_refute": 1.0}
@@ -262,7 +311,7 @@ def compare(claim: Claim, a: pd.DataFrame, b: pd.DataFrame, margin: float, edges
     status, why = decide(claim.test, diff, margin)
     status, dev_note, dev_info = dev_check(status, claim.test, a, b, str(a.metric.iloc[0]), margin)
     decided = decision(claim.test, diff, margin, status, why, [a, b], [claim.arm, claim.baseline], task, edges,
-                       gated=[True, claim.gate == "both"])
+                       gated=[True, claim.gate == "both"], rising=rising)
     notes = "; ".join(n for n in (decided.pop("why"), dev_note) if n)
     return {**row, **decided, **dev_info,
             "what": f"mean paired difference {claim.arm} − {claim.baseline}, points, 95% t-interval, margin {margin:g}"
@@ -270,26 +319,32 @@ def compare(claim: Claim, a: pd.DataFrame, b: pd.DataFrame, margin: float, edges
 
 
 def decision(test: str, diff: Any, margin: float, status: str, why: str, sides: list[pd.DataFrame], names: list[str],
-             task: str, edges: dict, gated: list[bool] | None = None) -> dict:
+             task: str, edges: dict, gated: list[bool] | None = None, rising: dict | None = None) -> dict:
     """What every paired comparison reports: the interval of the mean difference, and the verdict
-    after the two checks that overrule the test, in this order: an arm that fails the validity gate
-    makes the task not evaluable; an arm whose chosen lr sits at an end of the grid it tried makes
-    it not tested as specified. `gated`: which sides the gate applies to (default: all; a claim with
+    after the checks that overrule the test, in this order: an arm that fails the validity gate
+    makes the task not evaluable; an arm whose chosen lr sits at an end of the grid it tried, or
+    that was still rising when its step budget ran out (`rising`, from rising_arms), makes it not
+    tested as specified. `gated`: which sides the gate applies to (default: all; a claim with
     gate: arm leaves its control out). The refutation p-value counts only for a refutation (Holm)."""
     gated = gated or [True] * len(sides)
+    rising = rising or {}
     failed_gate = "; ".join(w for w, on in zip((gate(x.reset_index()) for x in sides), gated) if w and on)
     edge = [n for n in names if edges.get((n, task))]
+    unconverged = [rising[(n, task)] for n in dict.fromkeys(names) if (n, task) in rising]
     if failed_gate:
         status, why = NOT_EVALUABLE, failed_gate
     elif edge:
         status, why = NOT_AS_SPECIFIED, (f"{', '.join(edge)}: the chosen lr is the {edges[(edge[0], task)]} after the "
                                          f"grid extended itself, so the arm's best lr may lie beyond")
+    elif unconverged:
+        status, why = NOT_AS_SPECIFIED, "; ".join(unconverged)
     return {"n_pairs": diff.n, "median": diff.mean.estimate, "low": diff.mean.low, "high": diff.mean.high,
             "verdict": status, "p_refute": refutation_pvalue(test, diff, margin) if status == REFUTED else 1.0,
             "why": why}
 
 
-def compare_improves(claim: Claim, sides: list[pd.DataFrame], margin: float, edges: dict) -> dict:
+def compare_improves(claim: Claim, sides: list[pd.DataFrame], margin: float, edges: dict,
+                     rising: dict | None = None) -> dict:
     """claim.arm - claim.baseline at one setting against the same comparison at another (claim.then:
     e.g. the same two methods on a larger model), paired over seeds (a seed draws the same training
     rows at both): superiority of (then_arm - then_baseline) - (arm - baseline) against 0, margin for
@@ -301,7 +356,7 @@ def compare_improves(claim: Claim, sides: list[pd.DataFrame], margin: float, edg
     before, after = gap(a, b), gap(a2, b2)
     diff = paired(after, before)
     status, why = decide("superior", diff, margin)
-    decided = decision("superior", diff, margin, status, why, sides, names, task, edges)
+    decided = decision("superior", diff, margin, status, why, sides, names, task, edges, rising=rising)
     why = decided.pop("why")
     mean = lambda d: float(np.mean(list(d.values()))) if d else math.nan  # noqa: E731
     return {"arm": claim.arm, "baseline": claim.baseline, "task": task, "margin": margin, **decided,
@@ -312,8 +367,10 @@ def compare_improves(claim: Claim, sides: list[pd.DataFrame], margin: float, edg
 def evaluate_claim(claim: Claim, runs: pd.DataFrame, margins: dict[str, float] | None = None,
                    edges: dict | None = None) -> tuple[list[dict], str]:
     """(one row per task where both arms ran, the claim's verdict). `edges`: (arm, task) -> "largest
-    tried" / "smallest tried" for arms whose choice sits at an end of their grid."""
+    tried" / "smallest tried" for arms whose choice sits at an end of their grid. Arms still rising
+    at their step cap are read from the runs themselves (rising_arms)."""
     margins, edges = margins or {}, edges or {}
+    rising = rising_arms(runs, margins)
     rows = []
     tasks = list(dict.fromkeys(runs.task)) if not runs.empty else []
     for task in tasks:
@@ -331,8 +388,8 @@ def evaluate_claim(claim: Claim, runs: pd.DataFrame, margins: dict[str, float] |
                          "p_refute": 1.0, "what": f"no finished runs of {', '.join(empty)}", "missing": True})
             continue
         margin = float(margins.get(task, DEFAULT_MARGIN))
-        rows.append(compare_improves(claim, sides, margin, edges) if claim.test == "improves"
-                    else compare(claim, a, b, margin, edges))
+        rows.append(compare_improves(claim, sides, margin, edges, rising) if claim.test == "improves"
+                    else compare(claim, a, b, margin, edges, rising))
     if all(r.get("missing") for r in rows):  # no task has every arm of the claim: nothing was compared
         return rows, NOT_RUN
     refuted = [i for i, r in enumerate(rows) if r["verdict"] == REFUTED]
@@ -456,10 +513,10 @@ def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict
     out.mkdir(parents=True, exist_ok=True)
     spec = spec or {}
     runs = final_runs(records, scale)
-    arms = arm_table(runs, failed_by_arm(records, scale), seeds)
+    margins = {str(k): float(v) for k, v in (spec.get("margins") or {}).items()}
+    arms = arm_table(runs, failed_by_arm(records, scale), seeds, margins)
     tuning = tuning_table(records, scale)
     edges = {(t["arm"], t["task"]): t["edge"] for t in tuning.to_dict("records") if t["edge"]}
-    margins = {str(k): float(v) for k, v in (spec.get("margins") or {}).items()}
     # The claims this tier can decide: those whose two arms are among its variants (study.yaml
     # checked every claim against every tier when the study was read).
     variants = set(spec.get("variants") or {})
@@ -513,20 +570,25 @@ def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict
              "(Hodges-Lehmann) interval and, where predictions were kept, the two-way bootstrap over seeds and "
              "dev examples. Both arms must beat the constant predictor (validity gate; against a control, such as "
              "training the head alone, only the arm must); an arm tuned to an end of "
-             "its grid is 'not tested as specified'. A claim is supported when every evaluable task supports it "
+             "its grid is 'not tested as specified', and so is an arm still rising when its step budget ran out "
+             f"(on at least {RISING_SHARE:.0%} of its seeds early stopping never fired and the held-out score "
+             f"gained at least the margin over the last {LATE_SHARE:.0%} of the steps). A claim is supported when every evaluable task supports it "
              "(at least min_tasks), refuted when a task's refutation survives Holm's correction over the claim's "
              "tasks, else undecided.", "", "## Verdicts", "", verdict_md,
              "## Arms", "",
              "| arm | task | lr (chosen on held-out rows) | adapted params (% of model) | median [interval] (coverage) | "
-             "mean [95% t] | constant predictor | seeds ok / failed / planned |", "|---|---|---|---|---|---|---|---|"]
+             "mean [95% t] | constant predictor | seeds ok / failed / planned | ran to the step cap: seeds "
+             "(still rising; median late gain) |", "|---|---|---|---|---|---|---|---|---|"]
     for a in arms.to_dict("records"):
         if not a.get("n_ok"):
-            lines.append(f"| {a['arm']} | {a.get('task', '—')} | — | — | — | — | — | 0 / {a['n_failed']} / {a['n_planned']} |")
+            lines.append(f"| {a['arm']} | {a.get('task', '—')} | — | — | — | — | — | 0 / {a['n_failed']} / {a['n_planned']} | — |")
             continue
         lines.append(f"| {a['arm']} | {a['task']} ({a['metric']}) | {float(a['lr']):.1e} | {a['adapted']:,} "
                      f"({a['adapted_pct']:.2f}%) | {a['median']:.1f} [{a['ci_low']:.1f}, {a['ci_high']:.1f}] "
                      f"({100 * a['ci_level']:.1f}%) | {fmt(a['mean'])} [{fmt(a['mean_low'])}, {fmt(a['mean_high'])}] | "
-                     f"{fmt(a['constant'])} | {a['n_ok']} / {a['n_failed']} / {a['n_planned']} |")
+                     f"{fmt(a['constant'])} | {a['n_ok']} / {a['n_failed']} / {a['n_planned']} | "
+                     f"{a['n_to_cap']} of {a['n_ok']}"
+                     + (f" ({a['n_rising']} rising; {fmt(a['late_gain_median'], 2, True)})" if a['n_to_cap'] else "") + " |")
     lines += ["", "![curves](curves.png)", "", "## Comparisons", "",
               "| claim | arm − baseline | task | mean [95% t-interval] | two-way 90% (seeds x dev rows) | pairs | "
               "verdict |", "|---|---|---|---|---|---|---|"]

@@ -9,7 +9,7 @@ import math
 import pandas as pd
 import pytest
 
-from analysis.claims import Claim, evaluate_claim, steps_to
+from analysis.claims import Claim, convergence, evaluate_claim, steps_to
 from analysis.stats import median_ci, paired
 from lora_repro import studyspec as study_module
 from lora_repro.studyspec import claims_of
@@ -367,6 +367,35 @@ def test_an_arm_tuned_to_the_end_of_its_grid_is_not_tested_as_specified():
     runs = two_tasks({"sst2": [0.0] * 5})
     rows, verdict = evaluate_claim(claim, runs, edges={("lora", "sst2"): "largest tried"})
     assert verdict == "not tested as specified" and "lora: the chosen lr is the largest tried" in rows[0]["what"]
+
+
+def test_a_run_that_used_its_whole_budget_while_still_rising_is_told_from_one_that_stopped_early():
+    train = {"eval_every": 10, "early_stopping": {"patience": 3}}
+    rising = [(10, 50.0), (20, 60.0), (30, 70.0), (40, 80.0)]  # best at the cap; 70 by step 30 (= 75%)
+    assert convergence(rising, {"step": 40, "stopped_at_step": 40}, train) == (True, 10.0)
+    flat = [(s, 70.0) for s in (10, 20, 30, 40, 50, 60)]  # best at 10, patience 3 x 10 steps ran out at 40+
+    assert convergence(flat, {"step": 10, "stopped_at_step": 60}, train) == (False, 0.0)
+    # Without early stopping every run uses its budget; a curve that falls late gained nothing.
+    assert convergence([(10, 50.0), (20, 90.0), (30, 85.0), (40, 80.0)], {}, {"eval_every": 10}) == (True, 0.0)
+    to_cap, gain = convergence([(10, 50.0)], {}, train)  # one evaluation: the record cannot say
+    assert to_cap is None and math.isnan(gain)
+
+
+def test_an_arm_still_rising_at_its_step_cap_on_half_its_seeds_is_not_tested_as_specified():
+    claim = Claim("LoRA matches FT", "noninferior", "lora", "full_ft")
+    runs = two_tasks({"sst2": [0.0, 0.1, -0.1, 0.05]})
+    runs["to_cap"], runs["late_gain"] = True, 0.0
+    assert evaluate_claim(claim, runs)[1] == "supported"  # ran to the cap but flat: converged enough
+    ft = runs.index[runs.arm == "full_ft"]
+    runs.loc[ft[:2], "late_gain"] = 1.5  # 2 of 4 FT seeds gained 1.5 points (margin 1) in their last quarter
+    rows, verdict = evaluate_claim(claim, runs)
+    assert verdict == "not tested as specified"
+    assert "full_ft was still rising when its step budget ran out (2/4 seeds gained ≥ 1 points" in rows[0]["what"]
+    assert evaluate_claim(claim, runs, {"sst2": 2.0})[1] == "supported"  # 1.5 < a 2-point margin
+    runs.loc[ft[1], "late_gain"] = 0.5  # 1 of 4: below RISING_SHARE
+    assert evaluate_claim(claim, runs)[1] == "supported"
+    runs.loc[ft[:2], "late_gain"], runs.loc[ft[:2], "to_cap"] = 1.5, False  # early stopping fired: not rising
+    assert evaluate_claim(claim, runs)[1] == "supported"
 
 
 def test_a_learning_rate_ratio_claim_reads_the_chosen_rates():
