@@ -85,9 +85,11 @@ def config_hash(cfg: Any) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:8]
 
 
-def run_subdir(cfg: Any) -> str:
-    """THE run-folder formula, relative to output_root: one folder per (recipe, seed)."""
-    return f"{RUNS_DIR}/{cfg.task.name}/{cfg.model.name}/{cfg.method.name}/{config_hash(cfg)}_seed{cfg.seed}"
+def run_subdir(cfg: Any, seed: int | None = None, digest: str | None = None) -> str:
+    """THE run-folder formula, relative to output_root: one folder per (recipe, seed). A planner
+    that places one recipe at many seeds passes its seed and its config_hash, computed once."""
+    return (f"{RUNS_DIR}/{cfg.task.name}/{cfg.model.name}/{cfg.method.name}/{digest or config_hash(cfg)}"
+            f"_seed{cfg.seed if seed is None else seed}")
 
 
 def run_dir(cfg: Any) -> Path:

@@ -51,9 +51,9 @@ import signal
 import statistics
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import DictConfig
 
@@ -102,21 +102,51 @@ def recorded(study: Study, output_root: Path, run: str) -> dict | None:
     return committed
 
 
-def placed(study: Study, cfg: DictConfig, seed: int) -> tuple[Path, str, bool]:
+def placed(study: Study, cfg: DictConfig, seed: int, digest: str) -> tuple[Path, str, bool]:
     """(run folder, its path under output_root, done) for a composed job at one seed. A run finished
     here without the weights the study asks for (save_checkpoint=true) is not done: it trains again
-    (a committed record from another machine counts: weights are never committed)."""
-    cfg.seed = seed
-    run = run_subdir(cfg)
+    (a committed record from another machine counts: weights are never committed). `cfg` carries
+    the seed already, `digest` is its config_hash."""
+    run = run_subdir(cfg, seed, digest)
     folder = Path(str(cfg.output_root)) / run
     record = recorded(study, Path(str(cfg.output_root)), run)
     refetch = existing_record(folder) is not None and lacks_weights(cfg, folder)
     return folder, run, bool(record and record.get("status") == "ok" and not cfg.overwrite and not refetch)
 
 
-def plan(study: Study, extra: list[str]) -> list[PlannedRun]:
+@dataclass
+class Composed:
+    """A composed job, placed at any seed: its folder hash and recipe per seed, each computed once
+    (a recipe may read the seed, e.g. task.train_sample_seed: ${seed})."""
+
+    cfg: DictConfig
+    by_seed: dict[int, tuple[str, dict]] = field(default_factory=dict)
+
+    def at(self, seed: int) -> tuple[DictConfig, str, dict]:
+        """(the config with this seed, its folder hash, its recipe)."""
+        self.cfg.seed = seed
+        if seed not in self.by_seed:
+            self.by_seed[seed] = (config_hash(self.cfg), canonical_recipe(self.cfg))
+        return (self.cfg, *self.by_seed[seed])
+
+
+def composed(overrides: list[str], cache: dict[tuple[str, ...], Composed] | None) -> Composed:
+    """compose_job, remembered in `cache` when given. A study that plans again after every finished
+    run (the --devices pool) so composes each recipe once per process: the config files are read
+    when the study starts, like the recipes its drift check compares."""
+    key = tuple(overrides)
+    if cache is None or key not in cache:
+        job = Composed(compose_job(overrides))
+        if cache is None:
+            return job
+        cache[key] = job
+    return cache[key]
+
+
+def plan(study: Study, extra: list[str], cache: dict[tuple[str, ...], Composed] | None = None) -> list[PlannedRun]:
     """Every run of the study, in launch order, with its canonical folder. The config is composed
-    once per combination; the seed does not enter the folder hash, only the folder name."""
+    once per combination (once per study process with a `cache`); the seed does not enter the
+    folder hash, only the folder name."""
     if study.is_command:
         return []
     runs = []
@@ -134,13 +164,14 @@ def plan(study: Study, extra: list[str]) -> list[PlannedRun]:
                     continue  # `only`: this variant runs at other grid values
                 overrides = [*study.common(), *variant, *(f"{k}={v}" for k, v in zip(keys, values)), *extra]
                 try:  # a bad override, key or experiment/task pair: one line, before anything runs
-                    cfg = compose_job([*overrides, f"study={study.name}", f"seed={study.seeds()[0]}"])
-                    source = planned_source(runs, cfg, variant_name, dict(zip(keys, values)))
+                    job = composed([*overrides, f"study={study.name}", f"seed={study.seeds()[0]}"], cache)
+                    source = planned_source(runs, job.cfg, variant_name, dict(zip(keys, values)))
                     if source:  # e.g. MRPC starts from the MNLI run this study planned, seed for seed
                         overrides.append(f"init_from={source}")
-                        cfg = compose_job([*overrides, f"study={study.name}", f"seed={study.seeds()[0]}"])
+                        job = composed([*overrides, f"study={study.name}", f"seed={study.seeds()[0]}"], cache)
                 except ConfigError as exc:
                     raise ConfigError(f"study {study.name}: {exc}") from None
+                cfg = job.cfg
                 samples = _samples(cfg, sizes)
                 # Two rows of a study may plan the same recipe (Table 2's LoRA and LoRA† rows agree on
                 # MNLI and SST-2): one folder, one run, counted in both rows by the analysis.
@@ -151,11 +182,11 @@ def plan(study: Study, extra: list[str]) -> list[PlannedRun]:
                               data_ok=data_ok, group=(index, variant_name), values=dict(zip(keys, values)),
                               experiment=experiment, paper_setting=setting)
                 if tune is not None:
-                    runs += tuned_runs(study, tune, overrides, cfg, variant_name, choices, common)
+                    runs += tuned_runs(study, tune, overrides, cfg, variant_name, choices, common, cache)
                     continue
-                digest, recipe = config_hash(cfg), canonical_recipe(cfg)
                 for seed in study.seeds():
-                    folder, run, done = placed(study, cfg, seed)
+                    seeded, digest, recipe = job.at(seed)
+                    folder, run, done = placed(study, seeded, seed, digest)
                     runs.append(PlannedRun([*overrides, f"seed={seed}"], folder, done=done, seed=seed, run=run,
                                            hash=digest, recipe=recipe, **common))
     return runs
@@ -177,7 +208,8 @@ def planned_source(runs: list[PlannedRun], cfg: DictConfig, variant: str, values
 
 
 def tuned_runs(study: Study, tune: Tune, overrides: list[str], cfg: DictConfig, variant: str,
-               choices: dict[tuple, str | None], common: dict[str, Any]) -> list[PlannedRun]:
+               choices: dict[tuple, str | None], common: dict[str, Any],
+               cache: dict[tuple[str, ...], Composed] | None = None) -> list[PlannedRun]:
     """The runs of one variant (at one set of grid values) of a tuned study: its candidates with
     the first seed, then the other seeds with the chosen value (placeholders while undecided); a
     sharing variant runs every seed with its source's choice."""
@@ -185,21 +217,21 @@ def tuned_runs(study: Study, tune: Tune, overrides: list[str], cfg: DictConfig, 
     grid_key = (tuple(sorted(common["values"].items())),)
     source = tune.share.get(variant)
 
-    composed: dict[str, DictConfig] = {}  # one compose per value; the seed only names the folder
+    by_value: dict[str, Composed] = {}  # one compose per value; the seed only names the folder
 
     def run(value: str | None, seed: int, role: str, candidate: bool = False) -> PlannedRun:
         job = [*overrides, f"{tune.key}={value}"]
         if value is None:
             return PlannedRun([*job, f"seed={seed}"], None, done=False, role=role, tuned=None, seed=seed, **common)
-        if value not in composed:
+        if value not in by_value:
             try:
-                composed[value] = compose_job([*job, f"study={study.name}", f"seed={seed}"])
+                by_value[value] = composed([*job, f"study={study.name}", f"seed={seed}"], cache)
             except ConfigError as exc:
                 raise ConfigError(f"study {study.name}, variant {variant}: {exc}") from None
-        job_cfg = composed[value]
-        folder, path, done = placed(study, job_cfg, seed)
+        seeded, digest, recipe = by_value[value].at(seed)
+        folder, path, done = placed(study, seeded, seed, digest)
         return PlannedRun([*job, f"seed={seed}"], folder, done=done, role=role, tuned=value, seed=seed, run=path,
-                          hash=config_hash(job_cfg), recipe=canonical_recipe(job_cfg), candidate=candidate, **common)
+                          hash=digest, recipe=recipe, candidate=candidate, **common)
 
     if source is not None:
         chosen = choices.get((source, *grid_key))
@@ -389,6 +421,7 @@ class Evidence:
     keep: bool = False          # drifted runs keep their committed records (old recipe)
     rerun: bool = False         # drifted runs run again under the new recipe
     write: bool = True          # False for --dry-run: nothing is written anywhere
+    compose_cache: dict = field(default_factory=dict, repr=False)  # plan(): each recipe composed once
 
     @property
     def folder(self) -> Path:
@@ -402,7 +435,7 @@ class Evidence:
         """Plan, name any drift against the committed manifest, apply --keep, write the manifest
         and sync records both ways. Raises ConfigError when drift needs a choice."""
         if not self.study.committed:
-            runs = plan(self.study, self.extra)
+            runs = plan(self.study, self.extra, self.compose_cache)
             if self.write:
                 self.folder.mkdir(parents=True, exist_ok=True)
                 rows = manifest_rows(self.study, runs, self.extra, git_commit() or "unknown")
@@ -410,7 +443,7 @@ class Evidence:
             return runs
         if self.write:
             sync(self.folder, self.output_root, read_manifest(self.folder))  # what finished here since
-        runs = plan(self.study, self.extra)
+        runs = plan(self.study, self.extra, self.compose_cache)
         commit = (git_commit() or "unknown")
         rows = manifest_rows(self.study, runs, self.extra, commit)
         old = read_manifest(self.folder)
@@ -463,8 +496,8 @@ def keep_old(drift: Drift, runs: list[PlannedRun], rows: list[ManifestRow],
 def launch_tuned(study: Study, evidence: Evidence, extra: list[str], devices: list[str] | None = None) -> int:
     """A tuned study in rounds: whatever can run now (the candidates, then the seeds whose setting
     has been chosen) runs, and the plan is made again, until nothing new can run. Each round
-    launches one Hydra multirun per variant and value set; a run that failed is not retried here
-    (a later `make` retries it)."""
+    launches one Hydra multirun per variant and value set; with --devices, one pool that plans again
+    after every finished run instead. A run that failed is not retried here (a later `make` retries it)."""
     status, attempted = 0, set()
     key = study.tune().key
     while True:
@@ -472,10 +505,17 @@ def launch_tuned(study: Study, evidence: Evidence, extra: list[str], devices: li
                 and r.run_dir not in attempted]
         if not todo:
             return status
-        if devices:  # every run that can run now, one per device at a time; then plan again
-            status = run_on_devices(study, todo, devices, evidence.output_root) or status
-            evidence.after_launch()
+        if devices:  # one pool: after each finished run, plan again and give out what can run now
             attempted.update(r.run_dir for r in todo)
+
+            def refill() -> list[PlannedRun]:  # replan() first copies the record that landed into the study
+                more = [r for r in evidence.replan() if r.run_dir is not None and r.data_ok and not r.done
+                        and r.run_dir not in attempted]
+                attempted.update(r.run_dir for r in more)
+                return more
+
+            status = run_on_devices(study, todo, devices, evidence.output_root, refill) or status
+            evidence.after_launch()
             continue
         groups: dict[tuple, list[PlannedRun]] = {}
         for r in todo:
@@ -564,51 +604,90 @@ def device_env(device: str, devices: list[str], environ: dict[str, str]) -> dict
     return env
 
 
-def run_on_devices(study: Study, jobs: list[PlannedRun], devices: list[str], output_root: Path) -> int:
+def run_on_devices(study: Study, jobs: list[PlannedRun], devices: list[str], output_root: Path,
+                   refill: Callable[[], list[PlannedRun]] | None = None) -> int:
     """Each job in its own process, at most one per device at a time (CUDA_VISIBLE_DEVICES=<id>), so
     a machine with N GPUs trains N runs at once: the local fan-out (on SLURM, Hydra's submitit
     launcher does this). A job's output goes to <output_root>/launch_logs/; one line per start and
-    end here. SIGTERM or SIGINT reaches every running job, which are waited for."""
-    import queue
+    end here. `refill`, called after each finished job (one at a time, while the other devices keep
+    training), returns the jobs that can run now and were not given before: a tuned study's final
+    seeds start as soon as their candidates are in, and no device waits for a round to end. Done when
+    no job is left and none is running. SIGTERM or SIGINT reaches every running job, which are waited
+    for, and nothing new starts."""
     import threading
-    from concurrent.futures import ThreadPoolExecutor
+    from collections import deque
 
-    free: queue.Queue[str] = queue.Queue()
-    for device in devices:
-        free.put(device)
+    pending = deque(jobs)
     logs = output_root / "launch_logs"
     logs.mkdir(parents=True, exist_ok=True)
     live: set[subprocess.Popen] = set()
-    lock = threading.Lock()
+    lock = threading.Condition()
     stopping = threading.Event()
+    codes: list[int] = []
+    running = 0
 
     def say(line: str) -> None:  # whole lines: two jobs starting at once must not interleave
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    def next_job() -> PlannedRun | None:
+        nonlocal running
         with lock:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
+            while True:
+                if stopping.is_set():
+                    return None
+                if pending:
+                    running += 1
+                    return pending.popleft()
+                if running == 0:  # nothing left, and nothing running that could make more
+                    return None
+                lock.wait()
 
-    def one(job: PlannedRun) -> int:
-        device = free.get()
-        try:
-            if stopping.is_set():
-                return 1
-            cmd = [sys.executable, "-m", "lora_repro.train", f"study={study.name}", *job.overrides]
-            log_file = logs / (job.run.replace("/", "__") + ".log")
+    def finished(code: int) -> None:
+        nonlocal running
+        with lock:
+            codes.append(code)
+            try:
+                if refill is not None and not stopping.is_set():
+                    pending.extend(refill())
+            finally:
+                running -= 1
+                lock.notify_all()
+
+    def one(device: str, job: PlannedRun) -> int:
+        cmd = [sys.executable, "-m", "lora_repro.train", f"study={study.name}", *job.overrides]
+        log_file = logs / (job.run.replace("/", "__") + ".log")
+        with lock:
             say(f"[device {device}] start {job.run}")
-            with open(log_file, "w", encoding="utf-8") as out:
-                child = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                         env=device_env(device, devices, dict(os.environ)))
-                with lock:
-                    live.add(child)
-                code = child.wait()
-                with lock:
-                    live.discard(child)
+        with open(log_file, "w", encoding="utf-8") as out:
+            child = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                     env=device_env(device, devices, dict(os.environ)))
+            with lock:
+                live.add(child)
+            code = child.wait()
+            with lock:
+                live.discard(child)
+        with lock:
             say(f"[device {device}] {'done' if code == 0 else f'failed (exit {code}; {log_file})'} {job.run}")
-            return code
-        finally:
-            free.put(device)
+        return code
 
-    def forward(signum, frame):
+    errors: list[BaseException] = []
+
+    def worker(device: str) -> None:
+        try:
+            while (job := next_job()) is not None:
+                code = 1
+                try:
+                    code = one(device, job)
+                finally:
+                    finished(code)
+        except BaseException as exc:  # a refill that failed (e.g. drift): stop the others, then raise it
+            errors.append(exc)
+            stopping.set()
+            with lock:
+                lock.notify_all()
+
+    def forward(signum, frame):  # runs in the main thread, which only waits and never holds the lock
         stopping.set()
         with lock:
             for child in live:
@@ -616,11 +695,17 @@ def run_on_devices(study: Study, jobs: list[PlannedRun], devices: list[str], out
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        with ThreadPoolExecutor(max_workers=len(devices)) as pool:
-            codes = list(pool.map(one, jobs))
+        threads = [threading.Thread(target=worker, args=(device,), daemon=True) for device in devices]
+        for thread in threads:
+            thread.start()
+        while any(thread.is_alive() for thread in threads):  # join with a timeout: signals reach this thread
+            for thread in threads:
+                thread.join(timeout=0.5)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if errors:
+        raise errors[0]
     if stopping.is_set():
         raise Stopped("stopped by a signal")
     return next((c for c in codes if c), 0)

@@ -20,6 +20,7 @@ import torch
 from lora_repro import CONF_DIR, PROJECT_ROOT
 from lora_repro.assembly import build
 from lora_repro.config import compose_config, instantiate_method, validate
+from lora_repro.errors import ConfigError
 from lora_repro.methods import Method
 from lora_repro.rundir import HASH_VERSION, config_hash, run_dir
 from lora_repro.study import load_study, param_choices, plan, study_names
@@ -254,6 +255,60 @@ def test_a_study_fans_out_one_job_per_device(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "lora_repro.study", "fan", "--devices", "0,0", "--dry-run"],
                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "give 'auto' or distinct device ids" in bad.stderr
+
+
+def test_the_device_pool_gives_out_new_runs_as_each_one_finishes(tmp_path, monkeypatch):
+    """--devices with a tuned study: after every finished run the plan is made again and what can run
+    now starts on the free device (no round waits for its slowest run); never more jobs at once than
+    devices; a refill that fails (e.g. drift) stops the pool and is raised."""
+    import threading
+    import time
+
+    import lora_repro.study as study_module
+    from lora_repro.study import PlannedRun, run_on_devices
+
+    running, peak, started = [0], [0], []
+    lock = threading.Lock()
+
+    class FakeChild:  # stands for `python -m lora_repro.train ...`: a run of 0.05 s
+        def __init__(self, cmd, **kwargs):
+            self.run = next(o for o in cmd if o.startswith("seed="))
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+                started.append(self.run)
+
+        def wait(self):
+            time.sleep(0.05)
+            with lock:
+                running[0] -= 1
+            return 0
+
+        def send_signal(self, signum):
+            pass
+
+    monkeypatch.setattr(study_module.subprocess, "Popen", FakeChild)
+    job = lambda seed: PlannedRun([f"seed={seed}"], tmp_path / str(seed), "m", "lora", "sst2", 1.0, True, False,  # noqa: E731
+                                  (0, "a"), {}, None, "p", run=f"runs/x/{seed}")
+    later = {1: [job(3), job(4)], 2: [job(5)]}  # what each finished run makes runnable (the finals)
+    calls = []
+
+    def refill():
+        calls.append(len(calls) + 1)
+        return later.get(len(calls), [])
+
+    study = load_study("mini")
+    assert run_on_devices(study, [job(1), job(2)], ["cpu0", "cpu1"], tmp_path, refill) == 0
+    assert sorted(started) == [f"seed={s}" for s in range(1, 6)] and peak[0] == 2
+    assert len(calls) == 5  # planned again after each of the five runs
+
+    def broken():
+        raise ConfigError("drift: choose --keep or --rerun")
+
+    started.clear()
+    with pytest.raises(ConfigError, match="drift"):
+        run_on_devices(study, [job(1), job(2), job(3)], ["cpu0"], tmp_path, broken)
+    assert started == ["seed=1"]  # nothing starts after the failed refill
 
 
 def test_cpu_slots_share_the_cores_and_gpu_ids_pin_one_gpu(monkeypatch):
