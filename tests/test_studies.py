@@ -64,6 +64,11 @@ def test_planned_folders_are_the_canonical_run_folders():
     assert [r.task for r in runs[:5]] == ["mnli"] * 5  # MNLI first: later rows start from it
     for r in runs[::7]:
         assert r.run_dir == run_dir(compose_config(r.overrides))
+    # The manifest's hash is the folder's, seed by seed, also where the recipe reads the seed (MRPC
+    # starts from the MNLI run of its own seed): it once listed seed 1's hash for every seed.
+    assert all(r.run_dir.name == f"{r.hash}_seed{r.seed}" for r in runs)
+    mrpc = [r for r in runs if r.task == "mrpc"]
+    assert len({r.hash for r in mrpc}) == 5 and all(f"_seed{r.seed}" in r.recipe["init_from"] for r in mrpc)
 
 
 def test_a_run_two_paper_rows_share_counts_in_both_rows(tmp_path, monkeypatch):
