@@ -64,7 +64,7 @@ def final_runs(records: Records, scale: str) -> pd.DataFrame:
     kept per-example predictions."""
     df = records.ok
     columns = ["arm", "task", "seed", "score", "curve", "sha", "adapted", "total", "lr", "metric", "config",
-               "constant", "labels", "predictions", "to_cap", "late_gain"]
+               "constant", "labels", "predictions", "to_cap", "late_gain", "device"]
     if df.empty or "arm" not in df:
         return pd.DataFrame(columns=columns)
     df = df[(df["param.scale"] == scale) & (df["role"] == "final")]
@@ -87,6 +87,7 @@ def final_runs(records: Records, scale: str) -> pd.DataFrame:
                      "config": record.get("config") or {},
                      "score": 100.0 * float(value) if value is not None and not pd.isna(value) else math.nan,
                      "curve": curve, "curve_key": key, "to_cap": to_cap, "late_gain": late_gain,
+                     "device": r.get("device") or "unknown",
                      "sha": record.get("trainable_sha256"), "adapted": int(r["params.adapted"]),
                      "total": int(r["params.total"]), "lr": r.get("train.lr"),
                      "constant": 100.0 * (record.get("constant_metrics") or {}).get(metric, math.nan),
@@ -156,7 +157,8 @@ def arm_table(runs: pd.DataFrame, failed: dict[tuple[str, str], int], planned_se
                      "constant": float(group.constant.iloc[0]) if "constant" in group else math.nan,
                      "n_ok": len(group), "n_failed": failed.get((arm, task), 0), "n_planned": planned_seeds,
                      "n_to_cap": sum(to_cap), "n_rising": sum(g >= margin for g in capped_gains),
-                     "late_gain_median": float(np.median(capped_gains)) if capped_gains else math.nan})
+                     "late_gain_median": float(np.median(capped_gains)) if capped_gains else math.nan,
+                     "devices": group.device.value_counts().to_dict() if "device" in group else {}})
     seen = {(r["arm"], r["task"]) for r in rows}
     for (arm, task), n in failed.items():
         if (arm, task) not in seen:
@@ -540,10 +542,11 @@ def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict
         else pd.DataFrame()
     commits = sorted(set(ok_scale.git_commit.dropna())) if "git_commit" in ok_scale else []
     devices = sorted(set(ok_scale.device.dropna())) if "device" in ok_scale else []
+    device_label = {d: f"D{i}" for i, d in enumerate(devices, start=1)}  # the Arms table names them so
     protocol = protocol_lines(runs, tuning)
 
     box = ["> **Protocol** (" + scale + "): " + (" · ".join(protocol) if protocol else "no finished runs yet") + ".",
-           f"> Devices: {', '.join(devices) or '—'}. Margins (points of each task's metric): "
+           f"> Devices: {', '.join(f'{device_label[d]} = {d}' for d in devices) or '—'}. Margins (points of each task's metric): "
            + (", ".join(f"{k} {v:g}" for k, v in margins.items()) or f"{DEFAULT_MARGIN:g}") + ".", ""]
     verdicts = ["| claim | test | measured: per task, mean paired difference [95% t-interval] (pairs) | verdict |",
                 "|---|---|---|---|"]
@@ -578,17 +581,19 @@ def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict
              "## Arms", "",
              "| arm | task | lr (chosen on held-out rows) | adapted params (% of model) | median [interval] (coverage) | "
              "mean [95% t] | constant predictor | seeds ok / failed / planned | ran to the step cap: seeds "
-             "(still rising; median late gain) |", "|---|---|---|---|---|---|---|---|---|"]
+             "(still rising; median late gain) | device (runs) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for a in arms.to_dict("records"):
         if not a.get("n_ok"):
-            lines.append(f"| {a['arm']} | {a.get('task', '—')} | — | — | — | — | — | 0 / {a['n_failed']} / {a['n_planned']} | — |")
+            lines.append(f"| {a['arm']} | {a.get('task', '—')} | — | — | — | — | — | 0 / {a['n_failed']} / {a['n_planned']} | — | — |")
             continue
         lines.append(f"| {a['arm']} | {a['task']} ({a['metric']}) | {float(a['lr']):.1e} | {a['adapted']:,} "
                      f"({a['adapted_pct']:.2f}%) | {a['median']:.1f} [{a['ci_low']:.1f}, {a['ci_high']:.1f}] "
                      f"({100 * a['ci_level']:.1f}%) | {fmt(a['mean'])} [{fmt(a['mean_low'])}, {fmt(a['mean_high'])}] | "
                      f"{fmt(a['constant'])} | {a['n_ok']} / {a['n_failed']} / {a['n_planned']} | "
                      f"{a['n_to_cap']} of {a['n_ok']}"
-                     + (f" ({a['n_rising']} rising; {fmt(a['late_gain_median'], 2, True)})" if a['n_to_cap'] else "") + " |")
+                     + (f" ({a['n_rising']} rising; {fmt(a['late_gain_median'], 2, True)})" if a['n_to_cap'] else "") + " | "
+                     + ", ".join(f"{device_label.get(d, d)} ×{n}" for d, n in sorted((a.get("devices") or {}).items()))
+                     + " |")
     lines += ["", "![curves](curves.png)", "", "## Comparisons", "",
               "| claim | arm − baseline | task | mean [95% t-interval] | two-way 90% (seeds x dev rows) | pairs | "
               "verdict |", "|---|---|---|---|---|---|---|"]

@@ -398,6 +398,19 @@ def test_an_arm_still_rising_at_its_step_cap_on_half_its_seeds_is_not_tested_as_
     assert evaluate_claim(claim, runs)[1] == "supported"
 
 
+def test_the_arm_table_counts_runs_to_the_cap_and_names_each_arms_devices():
+    from analysis.claims import arm_table
+
+    runs = two_tasks({"sst2": [0.0, 0.1, -0.1]})
+    runs["adapted"], runs["total"] = 10, 100
+    runs["to_cap"], runs["late_gain"] = [True, True, False, True, True, True], [1.5, 0.2, 3.0, 0.0, 0.0, 0.0]
+    runs["device"] = ["gpu: H200", "cpu: x", "cpu: x", "cpu: x", "gpu: H200", "gpu: H200"]  # rows: lora, FT per seed
+    table = {r["arm"]: r for r in arm_table(runs, {}, 3, {"sst2": 1.0}).to_dict("records")}
+    assert (table["lora"]["n_to_cap"], table["lora"]["n_rising"]) == (2, 1)  # seed 2 stopped early: not counted
+    assert table["lora"]["late_gain_median"] == pytest.approx(0.75)  # median of 1.5 and 0.0
+    assert table["lora"]["devices"] == {"gpu: H200": 2, "cpu: x": 1} and table["full_ft"]["devices"] == {"cpu: x": 2, "gpu: H200": 1}
+
+
 def test_a_learning_rate_ratio_claim_reads_the_chosen_rates():
     claim = Claim("LoRA's lr is ~10x FT's", "lr_ratio", "lora", "full_ft", ratio=(3.0, 30.0))
     runs = two_tasks({"sst2": [0.0] * 3})
