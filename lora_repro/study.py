@@ -610,8 +610,9 @@ def run_on_devices(study: Study, jobs: list[PlannedRun], devices: list[str], out
     a machine with N GPUs trains N runs at once: the local fan-out (on SLURM, Hydra's submitit
     launcher does this). A job's output goes to <output_root>/launch_logs/; one line per start and
     end here. `refill`, called after each finished job (one at a time, while the other devices keep
-    training), returns the jobs that can run now and were not given before: a tuned study's final
-    seeds start as soon as their candidates are in, and no device waits for a round to end. Done when
+    training), returns the jobs that can run now and were not given before; they go to the front of
+    the queue: a tuned study's final seeds start as soon as their candidates are in, and no device
+    waits for a round to end. Done when
     no job is left and none is running. SIGTERM or SIGINT reaches every running job, which are waited
     for, and nothing new starts."""
     import threading
@@ -649,7 +650,9 @@ def run_on_devices(study: Study, jobs: list[PlannedRun], devices: list[str], out
             codes.append(code)
             try:
                 if refill is not None and not stopping.is_set():
-                    pending.extend(refill())
+                    # What a finished run made runnable goes first (a variant's seeds right after its
+                    # candidates): arms complete one after another, so claims decide as early as they can.
+                    pending.extendleft(reversed(refill()))
             finally:
                 running -= 1
                 lock.notify_all()

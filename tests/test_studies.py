@@ -306,6 +306,9 @@ def test_the_device_pool_gives_out_new_runs_as_each_one_finishes(tmp_path, monke
     assert run_on_devices(study, [job(1), job(2)], ["cpu0", "cpu1"], tmp_path, refill) == 0
     assert sorted(started) == [f"seed={s}" for s in range(1, 6)] and peak[0] == 2
     assert len(calls) == 5  # planned again after each of the five runs
+    started.clear(), calls.clear()
+    assert run_on_devices(study, [job(1), job(2)], ["cpu0"], tmp_path, refill) == 0
+    assert started == ["seed=1", "seed=3", "seed=5", "seed=4", "seed=2"]  # what a run unlocks goes first
 
     def broken():
         raise ConfigError("drift: choose --keep or --rerun")
