@@ -493,6 +493,17 @@ def keep_old(drift: Drift, runs: list[PlannedRun], rows: list[ManifestRow],
     return [kept.get(r.key, r) for r in rows]
 
 
+def nearest_first(runs: list[PlannedRun]) -> list[PlannedRun]:
+    """The runs closest to finishing an arm first: final seeds, then the candidates of the arms
+    with the fewest candidates left to run (the last one unlocks the seeds); plan order otherwise."""
+    left: dict[tuple, int] = {}
+    for r in runs:
+        if r.role != "final":
+            arm = (r.group, tuple(sorted(r.values.items())))
+            left[arm] = left.get(arm, 0) + 1
+    return sorted(runs, key=lambda r: (r.role != "final", left.get((r.group, tuple(sorted(r.values.items()))), 0)))
+
+
 def launch_tuned(study: Study, evidence: Evidence, extra: list[str], devices: list[str] | None = None) -> int:
     """A tuned study in rounds: whatever can run now (the candidates, then the seeds whose setting
     has been chosen) runs, and the plan is made again, until nothing new can run. Each round
@@ -512,9 +523,9 @@ def launch_tuned(study: Study, evidence: Evidence, extra: list[str], devices: li
                 more = [r for r in evidence.replan() if r.run_dir is not None and r.data_ok and not r.done
                         and r.run_dir not in attempted]
                 attempted.update(r.run_dir for r in more)
-                return more
+                return nearest_first(more)
 
-            status = run_on_devices(study, todo, devices, evidence.output_root, refill) or status
+            status = run_on_devices(study, nearest_first(todo), devices, evidence.output_root, refill) or status
             evidence.after_launch()
             continue
         groups: dict[tuple, list[PlannedRun]] = {}

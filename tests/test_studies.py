@@ -319,6 +319,20 @@ def test_the_device_pool_gives_out_new_runs_as_each_one_finishes(tmp_path, monke
     assert started == ["seed=1"]  # nothing starts after the failed refill
 
 
+def test_the_pool_runs_final_seeds_first_then_the_arms_with_the_fewest_candidates_left(tmp_path):
+    from lora_repro.study import PlannedRun, nearest_first
+
+    def job(arm, task, role, seed):
+        return PlannedRun([f"seed={seed}"], tmp_path, "m", "lora", task, 1.0, True, False, (0, arm), {"task": task},
+                          None, "p", role=role, seed=seed)
+
+    runs = [job("a", "sst2", "tune", 0), job("a", "sst2", "tune", 0), job("b", "sst2", "tune", 0),
+            job("a", "cola", "final", 1), job("a", "cola", "final", 2)]
+    order = [(r.group[1], r.task, r.role, r.seed) for r in nearest_first(runs)]
+    assert order == [("a", "cola", "final", 1), ("a", "cola", "final", 2), ("b", "sst2", "tune", 0),
+                     ("a", "sst2", "tune", 0), ("a", "sst2", "tune", 0)]
+
+
 def test_cpu_slots_share_the_cores_and_gpu_ids_pin_one_gpu(monkeypatch):
     """--devices cpu0,cpu1: each job sees no GPU and gets half the cores as torch threads, unless the
     caller set OMP_NUM_THREADS; a GPU id is the job's only visible GPU, threads untouched."""
