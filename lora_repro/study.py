@@ -678,6 +678,8 @@ def run_on_devices(study: Study, jobs: list[PlannedRun], devices: list[str], out
                                      env=device_env(device, devices, dict(os.environ)))
             with lock:
                 live.add(child)
+                if stopping.is_set():  # the stop came between the start and here: pass it on too
+                    child.send_signal(signal.SIGTERM)
             code = child.wait()
             with lock:
                 live.discard(child)
