@@ -442,7 +442,9 @@ class Evidence:
                 write_manifest(self.folder, rows, {r.hash: r.recipe for r in runs if r.hash})
             return runs
         if self.write:
-            sync(self.folder, self.output_root, read_manifest(self.folder))  # what finished here since
+            landed = sync(self.folder, self.output_root, read_manifest(self.folder))  # what finished here since
+            if landed.line(self.study.name):
+                print(landed.line(self.study.name), flush=True)
         runs = plan(self.study, self.extra, self.compose_cache)
         commit = (git_commit() or "unknown")
         rows = manifest_rows(self.study, runs, self.extra, commit)
