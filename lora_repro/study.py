@@ -145,8 +145,8 @@ def composed(overrides: list[str], cache: dict[tuple[str, ...], Composed] | None
 
 def plan(study: Study, extra: list[str], cache: dict[tuple[str, ...], Composed] | None = None) -> list[PlannedRun]:
     """Every run of the study, in launch order, with its canonical folder. The config is composed
-    once per combination (once per study process with a `cache`); the seed does not enter the
-    folder hash, only the folder name."""
+    once per combination (once per study process with a `cache`) and placed at each seed: the
+    folder's hash and recipe are the seeded config's (a recipe may read the seed)."""
     if study.is_command:
         return []
     runs = []
@@ -217,7 +217,7 @@ def tuned_runs(study: Study, tune: Tune, overrides: list[str], cfg: DictConfig, 
     grid_key = (tuple(sorted(common["values"].items())),)
     source = tune.share.get(variant)
 
-    by_value: dict[str, Composed] = {}  # one compose per value; the seed only names the folder
+    by_value: dict[str, Composed] = {}  # one compose per value, placed at each seed (Composed.at)
 
     def run(value: str | None, seed: int, role: str, candidate: bool = False) -> PlannedRun:
         job = [*overrides, f"{tune.key}={value}"]
