@@ -146,9 +146,7 @@ def arm_table(runs: pd.DataFrame, failed: dict[tuple[str, str], int], planned_se
     for (task, arm), group in runs.groupby(["task", "arm"], sort=False):
         med, mean = median_ci(group.score), mean_ci(group.score)
         margin = float((margins or {}).get(task, DEFAULT_MARGIN))
-        to_cap = [c is True for c in group.to_cap] if "to_cap" in group else [False] * len(group)
-        gains = list(group.late_gain) if "late_gain" in group else [math.nan] * len(group)
-        capped_gains = [g for c, g in zip(to_cap, gains) if c and not pd.isna(g)]
+        capped_gains = late_gains(group)
         rows.append({"arm": arm, "task": task, "metric": group.metric.iloc[0], "lr": group.lr.iloc[0],
                      "adapted": int(group.adapted.iloc[0]),
                      "adapted_pct": 100.0 * group.adapted.iloc[0] / group.total.iloc[0],
@@ -156,7 +154,8 @@ def arm_table(runs: pd.DataFrame, failed: dict[tuple[str, str], int], planned_se
                      "mean": mean.estimate, "mean_low": mean.low, "mean_high": mean.high,
                      "constant": float(group.constant.iloc[0]) if "constant" in group else math.nan,
                      "n_ok": len(group), "n_failed": failed.get((arm, task), 0), "n_planned": planned_seeds,
-                     "n_to_cap": sum(to_cap), "n_rising": sum(g >= margin for g in capped_gains),
+                     "n_to_cap": sum(c is True for c in group.to_cap) if "to_cap" in group else 0,
+                     "n_rising": sum(g >= margin for g in capped_gains),
                      "late_gain_median": float(np.median(capped_gains)) if capped_gains else math.nan,
                      "devices": group.device.value_counts().to_dict() if "device" in group else {}})
     seen = {(r["arm"], r["task"]) for r in rows}
@@ -187,14 +186,21 @@ def convergence(curve: list[tuple[int, float]], selected: dict, train_cfg: dict)
     return not fired, max(0.0, max(score for _, score in curve) - max(before))
 
 
+def late_gains(group: pd.DataFrame) -> list[float]:
+    """The late gains of the runs that ran to their step cap (see convergence)."""
+    if "to_cap" not in group or "late_gain" not in group:
+        return []
+    return [float(g) for c, g in zip(group.to_cap, group.late_gain) if c is True and not pd.isna(g)]
+
+
 def rising_arms(runs: pd.DataFrame, margins: dict[str, float]) -> dict[tuple[str, str], str]:
     """(arm, task) -> why, for each arm still rising when its step budget ran out (see RISING_SHARE)."""
     out: dict[tuple[str, str], str] = {}
-    if runs.empty or "to_cap" not in runs:
+    if runs.empty:
         return out
     for (arm, task), group in runs.groupby(["arm", "task"], sort=False):
         margin = float(margins.get(task, DEFAULT_MARGIN))
-        rising = sum(bool(c is True) and g >= margin for c, g in zip(group.to_cap, group.late_gain) if not pd.isna(g))
+        rising = sum(g >= margin for g in late_gains(group))
         if rising and rising >= RISING_SHARE * len(group):
             out[(arm, task)] = (f"{arm} was still rising when its step budget ran out ({rising}/{len(group)} seeds "
                                 f"gained ≥ {margin:g} points over the last quarter of their steps)")
