@@ -282,6 +282,10 @@ def compare(claim: Claim, a: pd.DataFrame, b: pd.DataFrame, margin: float, edges
                 "p_refute": 0.0 if status == REFUTED else 1.0,
                 "what": f"bit-identical trained weights on {len(same)} of {len(common)} seeds; largest dev difference "
                         f"{diff:.2f}"}
+    # The validity gate holds for every comparison of scores (a best lr, or a speed to a score, of an
+    # arm that learned nothing means nothing); only bit-identity above needs none.
+    failed_gate = "; ".join(w for w, on in zip((gate(x.reset_index()) for x in (a, b)), (True, claim.gate == "both"))
+                            if w and on)
     if claim.test == "lr_ratio":
         lra, lrb = float(a.lr.iloc[0]), float(b.lr.iloc[0])
         ratio = lra / lrb
@@ -289,7 +293,9 @@ def compare(claim: Claim, a: pd.DataFrame, b: pd.DataFrame, margin: float, edges
         status = SUPPORTED if low <= ratio <= high else REFUTED
         edge = [x for x in (claim.arm, claim.baseline) if edges.get((x, task))]
         why = ""
-        if edge:
+        if failed_gate:
+            status, why = NOT_EVALUABLE, failed_gate
+        elif edge:
             status, why = NOT_AS_SPECIFIED, f"{', '.join(edge)}: chosen lr at an end of the grid tried"
         return {**row, "n_pairs": 0, "median": ratio, "low": ratio, "high": ratio, "verdict": status,
                 "p_refute": 0.0 if status == REFUTED else 1.0,
@@ -306,6 +312,8 @@ def compare(claim: Claim, a: pd.DataFrame, b: pd.DataFrame, margin: float, edges
         sb = {s: min(steps_to(c, target), beyond) for s, c in b.curve.items()}
         saved = paired(sb, sa)  # baseline's steps minus the arm's: > 0 when the arm is faster
         status, why = decide("superior", saved, 0.0)
+        if failed_gate:
+            status, why = NOT_EVALUABLE, failed_gate
         reached = sum(v < beyond for v in sa.values())
         ratio = (np.median(list(sa.values())) / np.median(list(sb.values()))) if sa and sb else math.nan
         return {**row, "n_pairs": saved.n, "median": saved.mean.estimate, "low": saved.mean.low,

@@ -168,6 +168,8 @@ def test_steps_to_target_counts_a_run_that_never_gets_there_as_slower_than_any_t
                       + [{"arm": "lora", "seed": s, "score": 80.0, "curve": slow} for s in (1, 2, 3)])
     rows, verdict = evaluate_claim(claim, runs)
     assert verdict == "supported" and rows[0]["median"] == 20.0  # 20 steps saved
+    runs["constant"] = 82.0  # the baseline (80) no longer beats the constant predictor
+    assert evaluate_claim(claim, runs)[1] == "not evaluable"
     never = runs_frame([{"arm": "plus", "seed": s, "score": 50.0, "curve": [(10, 50.0), (20, 50.0), (30, 50.0)]}
                         for s in (1, 2, 3)] + [{"arm": "lora", "seed": s, "score": 80.0, "curve": slow} for s in (1, 2, 3)])
     rows, verdict = evaluate_claim(claim, never)
@@ -420,6 +422,9 @@ def test_a_learning_rate_ratio_claim_reads_the_chosen_rates():
     assert verdict == "supported" and rows[0]["median"] == pytest.approx(10.0)
     runs.loc[runs.arm == "full_ft", "lr"] = 1e-3
     assert evaluate_claim(claim, runs)[1] == "refuted"
+    runs.loc[runs.arm == "lora", "score"] = 51.0  # LoRA at chance (constant 50): its "best lr" means nothing
+    rows, verdict = evaluate_claim(claim, runs)
+    assert verdict == "not evaluable" and "lora did not learn" in rows[0]["what"]
 
 
 def test_a_verdict_the_dev_sample_does_not_carry_is_undecided():
