@@ -381,10 +381,12 @@ def compare_improves(claim: Claim, sides: list[pd.DataFrame], margin: float, edg
 
 
 def evaluate_claim(claim: Claim, runs: pd.DataFrame, margins: dict[str, float] | None = None,
-                   edges: dict | None = None) -> tuple[list[dict], str]:
+                   edges: dict | None = None, planned: set[tuple[str, str]] | None = None) -> tuple[list[dict], str]:
     """(one row per task where both arms ran, the claim's verdict). `edges`: (arm, task) -> "largest
     tried" / "smallest tried" for arms whose choice sits at an end of their grid. Arms still rising
-    at their step cap are read from the runs themselves (rising_arms)."""
+    at their step cap are read from the runs themselves (rising_arms). `planned`: the (arm, task)
+    pairs the study plans; a task where one of the claim's arms is not planned is not the claim's
+    (BitFit runs on SST-2 only: LoRA's CoLA runs do not make "LoRA >= BitFit" wait for CoLA)."""
     margins, edges = margins or {}, edges or {}
     rising = rising_arms(runs, margins)
     rows = []
@@ -397,6 +399,8 @@ def evaluate_claim(claim: Claim, runs: pd.DataFrame, margins: dict[str, float] |
         sides = [a, b] + [runs[(runs.arm == name) & (runs.task == task)].set_index("seed") for name in claim.then or ()]
         names = [claim.arm, claim.baseline, *(claim.then or ())]
         empty = [n for n, side in zip(names, sides) if side.empty]
+        if planned is not None and any((n, task) not in planned for n in empty):
+            continue  # the study never runs that arm on this task
         if empty:
             # A task waiting for an arm was not compared: "not run yet" there; the claim, which needs
             # it, stays undecided in combine() (it is neither supported nor refuted).
@@ -540,8 +544,10 @@ def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict
     claims = [c for c in claims_of(spec, known_arms=named)
               if not variants or {c.arm, c.baseline, *(c.then or ())} <= variants]
     pair_rows, verdict_rows = [], []
+    planned = {(p["arm"], p["task"]) for p in records.planned
+               if p.get("param.scale") == scale and p.get("role") == "final"} or None
     for claim in claims:
-        rows, verdict = evaluate_claim(claim, runs, margins, edges)
+        rows, verdict = evaluate_claim(claim, runs, margins, edges, planned)
         pair_rows += [{"claim": claim.id, **r} for r in rows]
         unit = "x" if claim.test == "lr_ratio" else ""
         measured = "; ".join(

@@ -80,6 +80,7 @@ class Records:
     no_score: list[tuple[str, str]] = field(default_factory=list)    # ok runs whose main metric is NaN/absent
     failed_labels: list[dict] = field(default_factory=list)          # a study's labels of each failed run
     unreleased: list[tuple[str, str]] = field(default_factory=list)  # (record, commit) left out: dirty tree or branch
+    planned: list[dict] = field(default_factory=list)                # a study's labels of every planned run, run or not
 
     def summary(self) -> str:
         lines = [f"{len(self.ok)} ok runs, {len(self.failed)} failed, {len(self.unreadable)} unreadable"
@@ -194,8 +195,11 @@ def load_study_records(name: str, assignments: dict[str, str] | None = None,
         raise SystemExit(f"error: {exc}") from None
     wanted = {k: str(v) for k, v in (assignments or {}).items()}
     rows = [r for r in rows if all(f"{k}={v}" in r.params.split() for k, v in wanted.items())]
-    items, missing, unreleased = [], [], []
+    items, missing, unreleased, planned = [], [], [], []
     for row in rows:
+        grid = dict(p.split("=", 1) for p in row.grid.split() if "=" in p)
+        planned.append({"arm": row.arm, "role": row.role, "task": grid.get("task"),
+                        **{f"param.{k}": v for k, v in (p.split("=", 1) for p in row.params.split() if "=" in p)}})
         if not row.run:
             missing.append(f"{row.key} (waits for its variant's choice)")
             continue
@@ -216,5 +220,5 @@ def load_study_records(name: str, assignments: dict[str, str] | None = None,
                   "role": row.role, "tuned": row.tuned, **{f"param.{k}": v for k, v in params.items()}}
         items.append((path, record, why, labels))
     records = collect(items)
-    records.missing, records.unreleased = sorted(set(missing)), unreleased
+    records.missing, records.unreleased, records.planned = sorted(set(missing)), unreleased, planned
     return records

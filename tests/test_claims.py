@@ -531,6 +531,13 @@ def test_a_claim_whose_arms_have_not_run_says_so_rather_than_undecided():
     claim = Claim("LoRA matches FT", "noninferior", "lora", "full_ft")
     rows, verdict = evaluate_claim(claim, runs_frame([{"arm": "head_only", "seed": 1, "score": 50.0}]))
     assert rows == [] and verdict == "not run yet"
+    # A task where the study never runs one of the claim's arms is not the claim's task.
+    at_least = Claim("LoRA >= BitFit", "noninferior", "lora", "bitfit")
+    lora_on_cola = runs_frame([{"arm": "lora", "task": "cola", "seed": 1, "score": 50.0}])
+    planned = {("lora", "cola"), ("lora", "sst2"), ("bitfit", "sst2")}
+    assert evaluate_claim(at_least, lora_on_cola, planned=planned) == ([], "not run yet")
+    rows, verdict = evaluate_claim(at_least, lora_on_cola, planned=planned | {("bitfit", "cola")})
+    assert [r["task"] for r in rows] == ["cola"] and rows[0]["verdict"] == "not run yet"
 
 
 def test_variants_with_the_same_recipe_are_named_when_planned(tmp_path, monkeypatch):

@@ -194,6 +194,7 @@ def test_unreleased_records_stay_out_of_results_unless_asked(tmp_path, monkeypat
     from analysis.study import build
 
     records = load_study_records("s")
+    assert [(p["role"], p["arm"]) for p in records.planned] == [("run", ""), ("run", "")]  # every planned row
     assert len(records.ok) == 1 and records.unreleased == [(str(committed_path(tmp_path / "s", rows[1].run)), "b" * 40 + "-dirty")]
     build("s", [])
     assert json.loads((tmp_path / "s" / "results" / "summary.json").read_text())["runs"]["unreleased"] == 1
