@@ -64,7 +64,7 @@ def final_runs(records: Records, scale: str) -> pd.DataFrame:
     kept per-example predictions."""
     df = records.ok
     columns = ["arm", "task", "seed", "score", "curve", "sha", "adapted", "total", "lr", "metric", "config",
-               "constant", "labels", "predictions", "to_cap", "late_gain", "device"]
+               "constant", "labels", "predictions", "to_cap", "late_gain", "device", "selected_step", "stopped_at"]
     if df.empty or "arm" not in df:
         return pd.DataFrame(columns=columns)
     df = df[(df["param.scale"] == scale) & (df["role"] == "final")]
@@ -81,13 +81,14 @@ def final_runs(records: Records, scale: str) -> pd.DataFrame:
         key = held if any(held in e for e in curve_points) else metric
         kept = record.get("predictions") or {}
         curve = [(e["step"], 100.0 * e[key]) for e in curve_points if key in e]
-        to_cap, late_gain = convergence(curve, record.get("selected") or {},
-                                        ((record.get("config") or {}).get("train") or {}))
+        selected = record.get("selected") or {}
+        to_cap, late_gain = convergence(curve, selected, ((record.get("config") or {}).get("train") or {}))
         rows.append({"arm": r["arm"], "task": r["task"], "seed": int(r["seed"]), "metric": metric,
                      "config": record.get("config") or {},
                      "score": 100.0 * float(value) if value is not None and not pd.isna(value) else math.nan,
                      "curve": curve, "curve_key": key, "to_cap": to_cap, "late_gain": late_gain,
-                     "device": r.get("device") or "unknown",
+                     "device": r.get("device") or "unknown", "selected_step": selected.get("step", math.nan),
+                     "stopped_at": selected.get("stopped_at_step", curve[-1][0] if curve else math.nan),
                      "sha": record.get("trainable_sha256"), "adapted": int(r["params.adapted"]),
                      "total": int(r["params.total"]), "lr": r.get("train.lr"),
                      "constant": 100.0 * (record.get("constant_metrics") or {}).get(metric, math.nan),
@@ -157,7 +158,11 @@ def arm_table(runs: pd.DataFrame, failed: dict[tuple[str, str], int], planned_se
                      "n_to_cap": sum(c is True for c in group.to_cap) if "to_cap" in group else 0,
                      "n_rising": sum(g >= margin for g in capped_gains),
                      "late_gain_median": float(np.median(capped_gains)) if capped_gains else math.nan,
-                     "devices": group.device.value_counts().to_dict() if "device" in group else {}})
+                     "devices": group.device.value_counts().to_dict() if "device" in group else {},
+                     "selected_step": float(np.nanmedian(group.selected_step)) if "selected_step" in group
+                     and group.selected_step.notna().any() else math.nan,
+                     "stopped_at": float(np.nanmedian(group.stopped_at)) if "stopped_at" in group
+                     and group.stopped_at.notna().any() else math.nan})
     seen = {(r["arm"], r["task"]) for r in rows}
     for (arm, task), n in failed.items():
         if (arm, task) not in seen:
@@ -600,17 +605,18 @@ def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict
              "tasks, else undecided.", "", "## Verdicts", "", verdict_md,
              "## Arms", "",
              "| arm | task | lr (chosen on held-out rows) | adapted params (% of model) | median [interval] (coverage) | "
-             "mean [95% t] | constant predictor | seeds ok / failed / planned | ran to the step cap: seeds "
-             "(still rising; median late gain) | device (runs) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "mean [95% t] | constant predictor | seeds ok / failed / planned | median step selected / stopped | "
+             "ran to the step cap: seeds (still rising; median late gain) | device (runs) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in arms.to_dict("records"):
         if not a.get("n_ok"):
-            lines.append(f"| {a['arm']} | {a.get('task', '—')} | — | — | — | — | — | 0 / {a['n_failed']} / {a['n_planned']} | — | — |")
+            lines.append(f"| {a['arm']} | {a.get('task', '—')} | — | — | — | — | — | 0 / {a['n_failed']} / {a['n_planned']} | — | — | — |")
             continue
         lines.append(f"| {a['arm']} | {a['task']} ({a['metric']}) | {float(a['lr']):.1e} | {a['adapted']:,} "
                      f"({a['adapted_pct']:.2f}%) | {a['median']:.1f} [{a['ci_low']:.1f}, {a['ci_high']:.1f}] "
                      f"({100 * a['ci_level']:.1f}%) | {fmt(a['mean'])} [{fmt(a['mean_low'])}, {fmt(a['mean_high'])}] | "
                      f"{fmt(a['constant'])} | {a['n_ok']} / {a['n_failed']} / {a['n_planned']} | "
-                     f"{a['n_to_cap']} of {a['n_ok']}"
+                     f"{fmt(a.get('selected_step'), 0)} / {fmt(a.get('stopped_at'), 0)} | {a['n_to_cap']} of {a['n_ok']}"
                      + (f" ({a['n_rising']} rising; {fmt(a['late_gain_median'], 2, True)})" if a['n_to_cap'] else "") + " | "
                      + ", ".join(f"{device_label.get(d, d)} ×{n}" for d, n in sorted((a.get("devices") or {}).items()))
                      + " |")

@@ -407,9 +407,11 @@ def test_the_arm_table_counts_runs_to_the_cap_and_names_each_arms_devices():
     runs["adapted"], runs["total"] = 10, 100
     runs["to_cap"], runs["late_gain"] = [True, True, False, True, True, True], [1.5, 0.2, 3.0, 0.0, 0.0, 0.0]
     runs["device"] = ["gpu: H200", "cpu: x", "cpu: x", "cpu: x", "gpu: H200", "gpu: H200"]  # rows: lora, FT per seed
+    runs["selected_step"], runs["stopped_at"] = [40, 8, 16, 8, 48, 8], [48, 48, 64, 48, 48, 48]
     table = {r["arm"]: r for r in arm_table(runs, {}, 3, {"sst2": 1.0}).to_dict("records")}
     assert (table["lora"]["n_to_cap"], table["lora"]["n_rising"]) == (2, 1)  # seed 2 stopped early: not counted
     assert table["lora"]["late_gain_median"] == pytest.approx(0.75)  # median of 1.5 and 0.0
+    assert (table["lora"]["selected_step"], table["lora"]["stopped_at"]) == (40, 48)  # medians over seeds
     assert table["lora"]["devices"] == {"gpu: H200": 2, "cpu: x": 1} and table["full_ft"]["devices"] == {"cpu: x": 2, "gpu: H200": 1}
 
 
