@@ -386,12 +386,15 @@ def compare_improves(claim: Claim, sides: list[pd.DataFrame], margin: float, edg
 
 
 def evaluate_claim(claim: Claim, runs: pd.DataFrame, margins: dict[str, float] | None = None,
-                   edges: dict | None = None, planned: set[tuple[str, str]] | None = None) -> tuple[list[dict], str]:
+                   edges: dict | None = None, planned: set[tuple[str, str]] | None = None,
+                   seeds: int | None = None) -> tuple[list[dict], str]:
     """(one row per task where both arms ran, the claim's verdict). `edges`: (arm, task) -> "largest
     tried" / "smallest tried" for arms whose choice sits at an end of their grid. Arms still rising
     at their step cap are read from the runs themselves (rising_arms). `planned`: the (arm, task)
     pairs the study plans; a task where one of the claim's arms is not planned is not the claim's
-    (BitFit runs on SST-2 only: LoRA's CoLA runs do not make "LoRA >= BitFit" wait for CoLA)."""
+    (BitFit runs on SST-2 only: LoRA's CoLA runs do not make "LoRA >= BitFit" wait for CoLA).
+    `seeds`: the reporting seeds the study plans; a comparison over fewer pairs is not decided yet
+    (the protocol's seed count, not whatever had landed when the report was built)."""
     margins, edges = margins or {}, edges or {}
     rising = rising_arms(runs, margins)
     rows = []
@@ -417,6 +420,11 @@ def evaluate_claim(claim: Claim, runs: pd.DataFrame, margins: dict[str, float] |
                     else compare(claim, a, b, margin, edges, rising))
     if all(r.get("missing") for r in rows):  # no task has every arm of the claim: nothing was compared
         return rows, NOT_RUN
+    for r in rows:
+        if (seeds and claim.test != "lr_ratio" and not r.get("missing") and r["n_pairs"] < seeds
+                and r["verdict"] in (SUPPORTED, REFUTED)):
+            r["verdict"], r["p_refute"] = UNDECIDED, 1.0
+            r["what"] += f"; {r['n_pairs']} of {seeds} planned seeds in: decided once all are"
     refuted = [i for i, r in enumerate(rows) if r["verdict"] == REFUTED]
     survives = holm([r["p_refute"] for r in rows]) if refuted else []
     for i in refuted:
@@ -552,7 +560,7 @@ def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict
     planned = {(p["arm"], p["task"]) for p in records.planned
                if p.get("param.scale") == scale and p.get("role") == "final"} or None
     for claim in claims:
-        rows, verdict = evaluate_claim(claim, runs, margins, edges, planned)
+        rows, verdict = evaluate_claim(claim, runs, margins, edges, planned, seeds)
         pair_rows += [{"claim": claim.id, **r} for r in rows]
         unit = "x" if claim.test == "lr_ratio" else ""
         measured = "; ".join(

@@ -357,6 +357,14 @@ def test_a_refutation_counts_for_the_claim_only_when_it_survives_holm():
     assert rows[0]["holm"] == "does not survive" and verdict == "undecided"
 
 
+def test_a_comparison_waits_for_every_planned_seed():
+    claim = Claim("LoRA matches FT", "noninferior", "lora", "full_ft")
+    runs = two_tasks({"sst2": [0.0, 0.1, -0.1, 0.05, 0.0]})
+    assert evaluate_claim(claim, runs, seeds=5)[1] == "supported"
+    rows, verdict = evaluate_claim(claim, runs, seeds=7)  # 5 of 7 seeds landed so far
+    assert verdict == "undecided" and "5 of 7 planned seeds in" in rows[0]["what"]
+
+
 def test_a_margin_is_per_task():
     claim = Claim("LoRA matches FT", "noninferior", "lora", "full_ft")
     runs = two_tasks({"cola": [-2.0, -1.8, -2.1, -1.9, -2.0]})
