@@ -243,6 +243,11 @@ def gate(runs: pd.DataFrame) -> str:
             f"({constant:.1f}) by {by:g} points")
 
 
+def gate_failures(sides: list[pd.DataFrame], gated: list[bool]) -> str:
+    """Why the gated sides of a comparison fail the validity gate ('' when none does)."""
+    return "; ".join(w for w, on in zip((gate(x.reset_index()) for x in sides), gated) if w and on)
+
+
 def kept_predictions(side: pd.DataFrame) -> tuple[dict[int, list], list | None]:
     preds = {int(s): p for s, p in zip(side.index, side.predictions) if isinstance(p, list)} if "predictions" in side else {}
     labels = next((lab for lab in side.labels if isinstance(lab, list)), None) if "labels" in side else None
@@ -289,9 +294,9 @@ def compare(claim: Claim, a: pd.DataFrame, b: pd.DataFrame, margin: float, edges
                         f"{diff:.2f}"}
     # The validity gate holds for every comparison of scores (a best lr, or a speed to a score, of an
     # arm that learned nothing means nothing); only bit-identity above needs none.
-    failed_gate = "; ".join(w for w, on in zip((gate(x.reset_index()) for x in (a, b)), (True, claim.gate == "both"))
-                            if w and on)
+    gated = [True, claim.gate == "both"]
     if claim.test == "lr_ratio":
+        failed_gate = gate_failures([a, b], gated)
         lra, lrb = float(a.lr.iloc[0]), float(b.lr.iloc[0])
         ratio = lra / lrb
         low, high = claim.ratio or (0.0, math.inf)
@@ -317,6 +322,7 @@ def compare(claim: Claim, a: pd.DataFrame, b: pd.DataFrame, margin: float, edges
         sb = {s: min(steps_to(c, target), beyond) for s, c in b.curve.items()}
         saved = paired(sb, sa)  # baseline's steps minus the arm's: > 0 when the arm is faster
         status, why = decide("superior", saved, 0.0)
+        failed_gate = gate_failures([a, b], gated)
         if failed_gate:
             status, why = NOT_EVALUABLE, failed_gate
         reached = sum(v < beyond for v in sa.values())
@@ -332,7 +338,7 @@ def compare(claim: Claim, a: pd.DataFrame, b: pd.DataFrame, margin: float, edges
     status, why = decide(claim.test, diff, margin)
     status, dev_note, dev_info = dev_check(status, claim.test, a, b, str(a.metric.iloc[0]), margin)
     decided = decision(claim.test, diff, margin, status, why, [a, b], [claim.arm, claim.baseline], task, edges,
-                       gated=[True, claim.gate == "both"], rising=rising)
+                       gated=gated, rising=rising)
     notes = "; ".join(n for n in (decided.pop("why"), dev_note) if n)
     return {**row, **decided, **dev_info,
             "what": f"mean paired difference {claim.arm} − {claim.baseline}, points, 95% t-interval, margin {margin:g}"
@@ -349,7 +355,7 @@ def decision(test: str, diff: Any, margin: float, status: str, why: str, sides: 
     gate: arm leaves its control out). The refutation p-value counts only for a refutation (Holm)."""
     gated = gated or [True] * len(sides)
     rising = rising or {}
-    failed_gate = "; ".join(w for w, on in zip((gate(x.reset_index()) for x in sides), gated) if w and on)
+    failed_gate = gate_failures(sides, gated)
     edge = [n for n in names if edges.get((n, task))]
     unconverged = [rising[(n, task)] for n in dict.fromkeys(names) if (n, task) in rising]
     if failed_gate:

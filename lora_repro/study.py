@@ -498,12 +498,14 @@ def keep_old(drift: Drift, runs: list[PlannedRun], rows: list[ManifestRow],
 def nearest_first(runs: list[PlannedRun]) -> list[PlannedRun]:
     """The runs closest to finishing an arm first: final seeds, then the candidates of the arms
     with the fewest candidates left to run (the last one unlocks the seeds); plan order otherwise."""
+    def arm(r: PlannedRun) -> tuple:  # a variant at one set of grid values: what tunes as one
+        return r.group, tuple(sorted(r.values.items()))
+
     left: dict[tuple, int] = {}
     for r in runs:
         if r.role != "final":
-            arm = (r.group, tuple(sorted(r.values.items())))
-            left[arm] = left.get(arm, 0) + 1
-    return sorted(runs, key=lambda r: (r.role != "final", left.get((r.group, tuple(sorted(r.values.items()))), 0)))
+            left[arm(r)] = left.get(arm(r), 0) + 1
+    return sorted(runs, key=lambda r: (r.role != "final", left.get(arm(r), 0)))
 
 
 def launch_tuned(study: Study, evidence: Evidence, extra: list[str], devices: list[str] | None = None) -> int:
@@ -513,23 +515,25 @@ def launch_tuned(study: Study, evidence: Evidence, extra: list[str], devices: li
     after every finished run instead. A run that failed is not retried here (a later `make` retries it)."""
     status, attempted = 0, set()
     key = study.tune().key
-    while True:
-        todo = [r for r in evidence.replan() if r.run_dir is not None and r.data_ok and not r.done
+
+    def runnable() -> list[PlannedRun]:  # replan() first copies the records that landed into the study
+        return [r for r in evidence.replan() if r.run_dir is not None and r.data_ok and not r.done
                 and r.run_dir not in attempted]
+
+    while True:
+        todo = runnable()
         if not todo:
             return status
         if devices:  # one pool: after each finished run, plan again and give out what can run now
             attempted.update(r.run_dir for r in todo)
 
-            def refill() -> list[PlannedRun]:  # replan() first copies the record that landed into the study
-                more = [r for r in evidence.replan() if r.run_dir is not None and r.data_ok and not r.done
-                        and r.run_dir not in attempted]
+            def refill() -> list[PlannedRun]:
+                more = runnable()
                 attempted.update(r.run_dir for r in more)
                 return nearest_first(more)
 
             status = run_on_devices(study, nearest_first(todo), devices, evidence.output_root, refill) or status
-            evidence.after_launch()
-            continue
+            continue  # the next replan copies the last records and finds nothing left
         groups: dict[tuple, list[PlannedRun]] = {}
         for r in todo:
             base = tuple(o for o in r.overrides if not o.startswith(("seed=", f"{key}=")))
