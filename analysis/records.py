@@ -197,9 +197,9 @@ def load_study_records(name: str, assignments: dict[str, str] | None = None,
     rows = [r for r in rows if all(f"{k}={v}" in r.params.split() for k, v in wanted.items())]
     items, missing, unreleased, planned = [], [], [], []
     for row in rows:
+        params = {f"param.{k}": v for k, v in (p.split("=", 1) for p in row.params.split())}
         grid = dict(p.split("=", 1) for p in row.grid.split() if "=" in p)
-        planned.append({"arm": row.arm, "role": row.role, "task": grid.get("task"),
-                        **{f"param.{k}": v for k, v in (p.split("=", 1) for p in row.params.split() if "=" in p)}})
+        planned.append({"arm": row.arm, "role": row.role, "task": grid.get("task"), **params})
         if not row.run:
             missing.append(f"{row.key} (waits for its variant's choice)")
             continue
@@ -214,10 +214,9 @@ def load_study_records(name: str, assignments: dict[str, str] | None = None,
             unreleased.append((str(path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path),
                                str(record.get("git_commit"))))
             continue
-        params = dict(p.split("=", 1) for p in row.params.split())
         labels = {"path": str(path.parent) if scratch_root is not None else f"outputs/{row.run}",  # where its weights and decoded files are, on a machine that ran it
                   "experiment": row.recipe or "-", "paper_setting": row.paper_setting, "arm": row.arm,
-                  "role": row.role, "tuned": row.tuned, **{f"param.{k}": v for k, v in params.items()}}
+                  "role": row.role, "tuned": row.tuned, **params}
         items.append((path, record, why, labels))
     records = collect(items)
     records.missing, records.unreleased, records.planned = sorted(set(missing)), unreleased, planned
