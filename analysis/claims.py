@@ -526,6 +526,12 @@ def plot_curves(runs: pd.DataFrame, out: Path) -> Path | None:
     return path
 
 
+def above_by(stop: dict[str, Any]) -> str:
+    """' by 10 points' for early_stopping.above_constant_by 0.10 (in the metric's units; '' for none)."""
+    by = stop.get("above_constant_by")
+    return f" by {100 * float(by):g} points" if by else ""
+
+
 def protocol_lines(runs: pd.DataFrame, tuning: pd.DataFrame) -> list[str]:
     """What the runs did, read from their own configs (one line per task)."""
     out = []
@@ -540,7 +546,7 @@ def protocol_lines(runs: pd.DataFrame, tuning: pd.DataFrame) -> list[str]:
                    f"{t.get('heldout_rows')} held-out training rows, up to {tr.get('epochs')} epochs of batch "
                    f"{tr.get('batch_size')}, max length {t.get('max_length')}; "
                    + (f"early stopping on {stop.get('metric')} (patience {stop.get('patience')} evaluations, at least "
-                      f"{stop.get('min_evals')}" + (", counted once it beats the constant predictor" if stop.get("above_constant") else "")
+                      f"{stop.get('min_evals')}" + (f", counted once it beats the constant predictor{above_by(stop)}" if stop.get("above_constant") else "")
                       + f"), evaluated every {tr.get('eval_every')} steps, dev scored at the "
                       f"selected step" if stop else f"dev scored after the last epoch (evaluated every {tr.get('eval_every')})")
                    + f"; reporting seeds {', '.join(map(str, seeds))}"

@@ -234,12 +234,17 @@ def check_early_stopping(spec: Any) -> None:
     if not spec:
         return
     keys = set(spec) if isinstance(spec, (dict, DictConfig)) else set()
-    ok = (keys and not keys - {"metric", "patience", "min_evals", "mode", "above_constant"} and spec.get("metric")
-          and spec.get("mode", "max") in ("max", "min") and isinstance(spec.get("above_constant", False), bool)
+    by = spec.get("above_constant_by") if keys else None
+    ok = (keys and not keys - {"metric", "patience", "min_evals", "mode", "above_constant", "above_constant_by"}
+          and spec.get("metric") and spec.get("mode", "max") in ("max", "min")
+          and isinstance(spec.get("above_constant", False), bool)
+          and (by is None or (isinstance(by, (int, float)) and not isinstance(by, bool) and by >= 0
+                              and spec.get("above_constant")))
           and all(isinstance(spec.get(k, 1), int) and spec.get(k, 1) >= 1 for k in ("patience", "min_evals")))
     if not ok:
         raise ConfigError("train.early_stopping must be {metric: <split>_<metric> as record.json names it (e.g. "
-                          "heldout_accuracy), patience: N >= 1, min_evals: N >= 1, mode: max|min, above_constant: true|false}; got "
+                          "heldout_accuracy), patience: N >= 1, min_evals: N >= 1, mode: max|min, above_constant: true|false, "
+                          "above_constant_by: a number >= 0 in the metric's units (with above_constant: true)}; got "
                           f"{OmegaConf.to_container(spec) if isinstance(spec, DictConfig) else spec!r}")
 
 

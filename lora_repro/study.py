@@ -61,11 +61,11 @@ from . import PROJECT_ROOT
 from .config import compose_job, instantiate_method
 from .errors import ConfigError
 from .metrics import split_metric
-from .record import iter_records
-from .evidence import (Drift, ManifestRow, find_drift, merge_rows, prune_records, read_committed, read_manifest, sync,
+from .record import iter_records, read_run_record
+from .evidence import (RECORDS_DIR, Drift, ManifestRow, find_drift, merge_rows, prune_records, read_committed, read_manifest, sync,
                        write_manifest)
 from .provenance import cpu_count, git_commit
-from .rundir import canonical_recipe, config_hash, existing_record, lacks_weights, run_subdir
+from .rundir import RUNS_DIR, canonical_recipe, config_hash, existing_record, lacks_weights, run_subdir
 from .studyspec import (experiments_dir, STUDY_FILE, Study, Tune, command_line, load_study, param_choices,  # noqa: F401
                         read_spec, results_dir, split_args, study_names)
 
@@ -287,11 +287,23 @@ def _samples(cfg: DictConfig, sizes: dict[str, Any]) -> float:
     return size * float(train.epochs)
 
 
-def measured_throughput(output_root: str | Path) -> dict[tuple[str, str], float]:
-    """Median training samples/s per (model, method) over the finished records under output_root."""
+def measured_throughput(output_root: str | Path, committed: Path | None = None) -> dict[tuple[str, str], float]:
+    """Median training samples/s per (model, method) over the finished records under output_root and,
+    given a study's records folder (`committed`), its committed records: a fresh clone of a study whose
+    records are committed has its cost estimate before it has run anything. A run in both counts once."""
+    by_run: dict[str, dict] = {}
+    if committed is not None and committed.is_dir():
+        for path in sorted(committed.rglob("*.json")):
+            record, _ = read_run_record(path)
+            if record:
+                by_run[path.relative_to(committed).with_suffix("").as_posix()] = record
+    root = Path(output_root)
+    for path, record, _ in iter_records(root):
+        if record:
+            by_run[path.parent.relative_to(root).as_posix().removeprefix(f"{RUNS_DIR}/")] = record
     rates: dict[tuple[str, str], list[float]] = {}
-    for _, record, _ in iter_records(Path(output_root)):
-        if record and record.get("status") == "ok":
+    for record in by_run.values():
+        if record.get("status") == "ok":
             rate = (record.get("throughput") or {}).get("train_samples_per_s")
             if rate:
                 rates.setdefault((record.get("model"), record.get("method")), []).append(float(rate))
@@ -805,7 +817,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(describe(study, runs, measured_throughput(root) if root else {}, root, devices), flush=True)
+    throughput = measured_throughput(root, experiments_dir() / study.name / RECORDS_DIR if study.committed else None) \
+        if root else {}
+    print(describe(study, runs, throughput, root, devices), flush=True)
     if args.dry_run or args.plan_only:
         return 0
     try:

@@ -186,9 +186,10 @@ class BestState(TrainerCallback):
                  floor: float | None = None):
         self.model, self.key, self.patience, self.min_evals = model, f"eval_{metric}", patience, min_evals
         self.sign = 1.0 if mode == "max" else -1.0
-        # With a floor (the constant predictor's score on the watched split), patience counts only once
-        # the best score has beaten it: a run still on the majority-class plateau (CoLA's MCC 0 for the
-        # first epoch) trains on, to the epoch cap, instead of stopping before it has learned anything.
+        # With a floor (the constant predictor's score on the watched split, plus above_constant_by),
+        # patience counts only once the best score has beaten it: a run still on the majority-class
+        # plateau (CoLA's MCC 0 for the first epoch) trains on, to the epoch cap, instead of stopping
+        # before it has learned anything.
         self.floor = floor
         self.best: float | None = None
         self.best_step: int | None = None
@@ -234,6 +235,11 @@ def early_stopping(cfg: DictConfig, model: torch.nn.Module, evals: dict[str, Any
             raise ConfigError(f"train.early_stopping.above_constant: {spec.metric} names no evaluated split "
                               f"({', '.join(evals or {})})")
         floor = constant_metrics([metric], evals[split]["labels"], cfg.task)[metric]
+        # above_constant_by: how far past the constant the score must get before patience counts. On
+        # CoLA's 500 held-out rows one right minority-class answer lifts MCC from 0 to ~0.07, and the
+        # claims runs' LoRA stopped on that noise before it had learned (records before this key).
+        by = float(spec.get("above_constant_by") or 0.0)
+        floor = floor + by if str(spec.get("mode", "max")) == "max" else floor - by
     return BestState(model, str(spec.metric), int(spec.get("patience", 4)), int(spec.get("min_evals", 1)),
                      str(spec.get("mode", "max")), floor)
 

@@ -575,3 +575,27 @@ def test_the_cost_line_divides_the_job_time_over_the_devices(tmp_path, monkeypat
     assert "2.00 h on this machine" in alone and "wall time" not in alone
     slots = describe(study, runs, {(runs[0].model, runs[0].method): rate}, devices=["cpu0", "cpu1"])
     assert "2.00 h on this machine" in slots and "on 2 devices at once, about 1.00 h of wall time" in slots
+
+
+def test_the_claims_recipe_gives_cola_its_own_stopping_floor_and_cap_and_leaves_other_tasks_as_they_were():
+    """experiments/claims' CoLA protocol (protocol_by_task): patience past MCC 0.10, up to 8 epochs;
+    SST-2's recipe keeps 4 epochs and no floor key, so its folders (and committed records) stand, and
+    the report's protocol line says which floor each task used."""
+    from analysis.claims import protocol_lines
+    from lora_repro.rundir import canonical_recipe
+
+    cola = compose_cfg("experiment=claims", "task=cola", "method=lora")
+    sst2 = compose_cfg("experiment=claims", "task=sst2", "method=lora")
+    assert cola.train.epochs == 8 and cola.train.early_stopping.above_constant_by == pytest.approx(0.10)
+    assert sst2.train.epochs == 4 and sst2.train.early_stopping.above_constant_by is None
+    assert "above_constant_by" not in canonical_recipe(sst2)["train"]["early_stopping"]
+    assert "protocol_by_task" not in canonical_recipe(sst2)   # the table itself is no part of a recipe
+    runs = pd.DataFrame([{"task": name, "seed": 1, "config": {
+        "model": {"name": "minilm_l6"}, "task": {"max_train_samples": 2000, "heldout_rows": 500, "max_length": 48},
+        "train": {"epochs": cfg.train.epochs, "batch_size": 32, "eval_every": 8,
+                  "early_stopping": {"metric": "heldout_mcc", "patience": 6, "min_evals": 8, "above_constant": True,
+                                     "above_constant_by": cfg.train.early_stopping.above_constant_by}}}}
+        for name, cfg in (("cola", cola), ("sst2", sst2))])
+    cola_line, sst2_line = protocol_lines(runs, pd.DataFrame())
+    assert "up to 8 epochs" in cola_line and "counted once it beats the constant predictor by 10 points)" in cola_line
+    assert "up to 4 epochs" in sst2_line and "counted once it beats the constant predictor)" in sst2_line

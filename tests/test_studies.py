@@ -440,3 +440,26 @@ def test_a_cost_line_counts_samples_and_optimizer_steps_per_model_before_any_thr
         (392_702, 30, 16), (67_349, 60, 16), (3_668, 30, 16), (8_551, 80, 32), (104_743, 25, 32), (363_846, 25, 16),
         (2_490, 80, 32), (5_749, 40, 16)))
     assert steps == 5 * per_seed_steps
+
+
+def test_the_cost_estimate_reads_committed_records_and_counts_a_run_in_both_places_once(tmp_path):
+    """A fresh clone has the study's committed records but no outputs/: its --dry-run still prices the
+    runs left from their samples/s; a run both committed and in output_root counts once."""
+    from lora_repro.record import write_json
+    from lora_repro.study import measured_throughput
+
+    def record(rate, method="lora", status="ok"):
+        return {"status": status, "model": "minilm_l6", "method": method, "throughput": {"train_samples_per_s": rate}}
+
+    committed, root = tmp_path / "records", tmp_path / "outputs"
+    write_json(committed / "sst2/minilm_l6/lora/aaaa_seed1.json", record(10.0))
+    write_json(committed / "sst2/minilm_l6/lora/bbbb_seed1.json", record(20.0))
+    write_json(committed / "sst2/minilm_l6/full_ft/cccc_seed1.json", record(5.0, "full_ft"))
+    write_json(committed / "sst2/minilm_l6/full_ft/dddd_seed1.json", record(99.0, "full_ft", status="failed"))
+    # the same run as aaaa_seed1 in its run folder (it wins: 12, 20, 40), and one not committed yet
+    write_json(root / "runs/sst2/minilm_l6/lora/aaaa_seed1/record.json", record(12.0))
+    write_json(root / "runs/sst2/minilm_l6/lora/eeee_seed1/record.json", record(40.0))
+    assert measured_throughput(root) == {("minilm_l6", "lora"): 26.0}
+    assert measured_throughput(root, committed) == {("minilm_l6", "lora"): 20.0, ("minilm_l6", "full_ft"): 5.0}
+    assert measured_throughput(tmp_path / "none", committed) == {("minilm_l6", "lora"): 15.0,
+                                                                  ("minilm_l6", "full_ft"): 5.0}

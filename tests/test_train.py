@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+from omegaconf import OmegaConf
 
 from lora_repro.config import validate
 from lora_repro.errors import TrainingDiverged
@@ -312,3 +313,41 @@ def test_above_constant_reads_the_floor_of_a_run_with_one_evaluated_split():
     cfg = compose_cfg(*TINY, "train.early_stopping={metric: accuracy, patience: 2, above_constant: true}")
     evals = {"validation": {"labels": [1, 1, 1, 0]}}
     assert early_stopping(cfg, torch.nn.Linear(2, 1), evals).floor == 0.75
+    by = compose_cfg(*TINY, "train.early_stopping={metric: accuracy, patience: 2, above_constant: true, "
+                            "above_constant_by: 0.1}")
+    assert early_stopping(by, torch.nn.Linear(2, 1), evals).floor == pytest.approx(0.85)
+
+
+def test_above_constant_by_waits_past_one_lucky_minority_answer():
+    """The claims runs' LoRA on CoLA: held-out MCC 0 on the plateau, one right minority answer
+    lifts it to 0.07, then noise; patience counted from there stopped it before it learned. With
+    the floor 0.10 above the constant, patience counts only from the first score past 0.10."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from lora_repro.trainer import BestState
+
+    curve = [0.0, 0.0, 0.07, 0.0, -0.02, 0.0, 0.05, 0.0, 0.12, 0.15, 0.2, 0.18, 0.19, 0.17]
+
+    def stopped_at(floor):
+        best = BestState(torch.nn.Linear(2, 1), "heldout_mcc", patience=3, min_evals=2, floor=floor)
+        for step, value in enumerate(curve, start=1):
+            control = SimpleNamespace(should_training_stop=False)
+            best.on_evaluate(None, SimpleNamespace(global_step=step), control, metrics={"eval_heldout_mcc": value})
+            if control.should_training_stop:
+                return step, best.best_step
+        return None, best.best_step
+
+    assert stopped_at(0.0) == (6, 3)        # 0.07 beats the constant; three evaluations later it stops
+    assert stopped_at(0.10) == (14, 11)     # waits for 0.12, then three past 0.2
+
+
+@pytest.mark.parametrize("spec", ["{metric: accuracy, above_constant_by: 0.1}",               # without above_constant
+                                  "{metric: accuracy, above_constant: true, above_constant_by: -0.1}",
+                                  "{metric: accuracy, above_constant: true, above_constant_by: true}"])
+def test_above_constant_by_rejects_a_bad_value(spec):
+    from lora_repro.config import ConfigError, check_early_stopping
+
+    with pytest.raises(ConfigError, match="above_constant_by"):
+        check_early_stopping(OmegaConf.create(spec))
