@@ -142,7 +142,9 @@ def failed_by_arm(records: Records, scale: str) -> dict[tuple[str, str], int]:
 
 
 def arm_table(runs: pd.DataFrame, failed: dict[tuple[str, str], int], planned_seeds: int,
-              margins: dict[str, float] | None = None) -> pd.DataFrame:
+              margins: dict[str, float] | None = None, planned: set[tuple[str, str]] | None = None) -> pd.DataFrame:
+    """One row per arm and task with runs; arms that only failed, and (given `planned`) planned arms
+    with no run yet, get a row of counts."""
     rows = []
     for (task, arm), group in runs.groupby(["task", "arm"], sort=False):
         med, mean = median_ci(group.score), mean_ci(group.score)
@@ -164,9 +166,10 @@ def arm_table(runs: pd.DataFrame, failed: dict[tuple[str, str], int], planned_se
                      "stopped_at": float(np.nanmedian(group.stopped_at)) if "stopped_at" in group
                      and group.stopped_at.notna().any() else math.nan})
     seen = {(r["arm"], r["task"]) for r in rows}
-    for (arm, task), n in failed.items():
+    for (arm, task) in [*failed, *sorted((planned or set()) - set(failed))]:
         if (arm, task) not in seen:
-            rows.append({"arm": arm, "task": task, "n_ok": 0, "n_failed": n, "n_planned": planned_seeds})
+            rows.append({"arm": arm, "task": task, "n_ok": 0, "n_failed": failed.get((arm, task), 0),
+                         "n_planned": planned_seeds})
     return pd.DataFrame(rows)
 
 
@@ -404,15 +407,18 @@ def evaluate_claim(claim: Claim, runs: pd.DataFrame, margins: dict[str, float] |
     margins, edges = margins or {}, edges or {}
     rising = rising_arms(runs, margins)
     rows = []
-    tasks = list(dict.fromkeys(runs.task)) if not runs.empty else []
+    names = [claim.arm, claim.baseline, *(claim.then or ())]
+    # The tasks with runs, then those the study plans for the claim's arms but that have none yet (a
+    # task whose records were all replaced by a new recipe still waits: it is not the claim's no more).
+    tasks = list(dict.fromkeys([*(runs.task if not runs.empty else []),
+                                *sorted(t for arm, t in planned or () if arm in names)]))
     for task in tasks:
         a = runs[(runs.arm == claim.arm) & (runs.task == task)].set_index("seed")
         b = runs[(runs.arm == claim.baseline) & (runs.task == task)].set_index("seed")
-        if a.empty and b.empty:
-            continue
         sides = [a, b] + [runs[(runs.arm == name) & (runs.task == task)].set_index("seed") for name in claim.then or ()]
-        names = [claim.arm, claim.baseline, *(claim.then or ())]
         empty = [n for n, side in zip(names, sides) if side.empty]
+        if planned is None and len(empty) == len(names):
+            continue  # no plan to say this task waits for them
         if planned is not None and any((n, task) not in planned for n in empty):
             continue  # the study never runs that arm on this task
         if empty:
@@ -559,7 +565,9 @@ def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict
     spec = spec or {}
     runs = final_runs(records, scale)
     margins = {str(k): float(v) for k, v in (spec.get("margins") or {}).items()}
-    arms = arm_table(runs, failed_by_arm(records, scale), seeds, margins)
+    planned = {(p["arm"], p["task"]) for p in records.planned
+               if p.get("param.scale") == scale and p.get("role") == "final"} or None
+    arms = arm_table(runs, failed_by_arm(records, scale), seeds, margins, planned)
     tuning = tuning_table(records, scale)
     edges = {(t["arm"], t["task"]): t["edge"] for t in tuning.to_dict("records") if t["edge"]}
     # The claims this tier can decide: those whose two arms are among its variants (study.yaml
@@ -569,8 +577,6 @@ def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict
     claims = [c for c in claims_of(spec, known_arms=named)
               if not variants or {c.arm, c.baseline, *(c.then or ())} <= variants]
     pair_rows, verdict_rows = [], []
-    planned = {(p["arm"], p["task"]) for p in records.planned
-               if p.get("param.scale") == scale and p.get("role") == "final"} or None
     for claim in claims:
         rows, verdict = evaluate_claim(claim, runs, margins, edges, planned, seeds)
         pair_rows += [{"claim": claim.id, **r} for r in rows]

@@ -421,6 +421,12 @@ def test_the_arm_table_counts_runs_to_the_cap_and_names_each_arms_devices():
     assert table["lora"]["late_gain_median"] == pytest.approx(0.75)  # median of 1.5 and 0.0
     assert (table["lora"]["selected_step"], table["lora"]["stopped_at"]) == (40, 48)  # medians over seeds
     assert table["lora"]["devices"] == {"gpu: H200": 2, "cpu: x": 1} and table["full_ft"]["devices"] == {"cpu: x": 2, "gpu: H200": 1}
+    # a planned arm with no run yet, and one whose only run failed, get a row of counts
+    rows = arm_table(runs, {("bitfit", "sst2"): 1}, 3, {"sst2": 1.0},
+                     planned={("lora", "sst2"), ("full_ft", "sst2"), ("lora", "cola"), ("bitfit", "sst2")})
+    counts = {(r["arm"], r["task"]): (r["n_ok"], r["n_failed"], r["n_planned"]) for r in rows.to_dict("records")}
+    assert counts == {("lora", "sst2"): (3, 0, 3), ("full_ft", "sst2"): (3, 0, 3), ("bitfit", "sst2"): (0, 1, 3),
+                      ("lora", "cola"): (0, 0, 3)}
 
 
 def test_a_learning_rate_ratio_claim_reads_the_chosen_rates():
@@ -545,9 +551,23 @@ def test_a_claim_whose_arms_have_not_run_says_so_rather_than_undecided():
     at_least = Claim("LoRA >= BitFit", "noninferior", "lora", "bitfit")
     lora_on_cola = runs_frame([{"arm": "lora", "task": "cola", "seed": 1, "score": 50.0}])
     planned = {("lora", "cola"), ("lora", "sst2"), ("bitfit", "sst2")}
-    assert evaluate_claim(at_least, lora_on_cola, planned=planned) == ([], "not run yet")
+    rows, verdict = evaluate_claim(at_least, lora_on_cola, planned=planned)
+    assert [(r["task"], r["what"]) for r in rows] == [("sst2", "no finished runs of lora, bitfit")]
+    assert verdict == "not run yet"
     rows, verdict = evaluate_claim(at_least, lora_on_cola, planned=planned | {("bitfit", "cola")})
-    assert [r["task"] for r in rows] == ["cola"] and rows[0]["verdict"] == "not run yet"
+    assert [r["task"] for r in rows] == ["cola", "sst2"] and {r["verdict"] for r in rows} == {"not run yet"}
+
+
+def test_a_planned_task_with_no_runs_yet_keeps_the_claim_undecided():
+    """A new CoLA recipe replaced every CoLA record: the claim, supported on SST-2 and STS-B, waits
+    for CoLA instead of reading as supported over the tasks that happen to have runs."""
+    claim = Claim("LoRA matches FT", "noninferior", "lora", "full_ft")
+    runs = two_tasks({"sst2": [0.0, 0.1, -0.1, 0.05, 0.0], "stsb": [0.1, 0.0, 0.05, -0.05, 0.0]})
+    both = {(arm, task) for arm in ("lora", "full_ft") for task in ("sst2", "stsb")}
+    assert evaluate_claim(claim, runs, planned=both)[1] == "supported"
+    rows, verdict = evaluate_claim(claim, runs, planned=both | {("lora", "cola"), ("full_ft", "cola")})
+    assert verdict == "undecided"
+    assert rows[-1]["task"] == "cola" and rows[-1]["what"] == "no finished runs of lora, full_ft"
 
 
 def test_variants_with_the_same_recipe_are_named_when_planned(tmp_path, monkeypatch):
