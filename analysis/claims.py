@@ -169,7 +169,7 @@ def arm_table(runs: pd.DataFrame, failed: dict[tuple[str, str], int], planned_se
     for (arm, task) in [*failed, *sorted((planned or set()) - set(failed))]:
         if (arm, task) not in seen:
             rows.append({"arm": arm, "task": task, "n_ok": 0, "n_failed": failed.get((arm, task), 0),
-                         "n_planned": planned_seeds})
+                         "n_planned": planned_seeds, "n_to_cap": 0, "n_rising": 0})  # counts stay integers
     return pd.DataFrame(rows)
 
 

@@ -427,6 +427,7 @@ def test_the_arm_table_counts_runs_to_the_cap_and_names_each_arms_devices():
     counts = {(r["arm"], r["task"]): (r["n_ok"], r["n_failed"], r["n_planned"]) for r in rows.to_dict("records")}
     assert counts == {("lora", "sst2"): (3, 0, 3), ("full_ft", "sst2"): (3, 0, 3), ("bitfit", "sst2"): (0, 1, 3),
                       ("lora", "cola"): (0, 0, 3)}
+    assert rows.n_to_cap.dtype.kind == rows.n_rising.dtype.kind == "i"  # the report prints "2 of 3", not "2.0 of 3"
 
 
 def test_a_learning_rate_ratio_claim_reads_the_chosen_rates():
