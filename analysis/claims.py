@@ -638,7 +638,7 @@ def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict
         if not a.get("n_ok"):
             lines.append(f"| {a['arm']} | {a.get('task', '—')} | — | — | — | — | — | 0 / {a['n_failed']} / {a['n_planned']} | — | — | — |")
             continue
-        lines.append(f"| {a['arm']} | {a['task']} ({a['metric']}) | {float(a['lr']):.1e} | {a['adapted']:,} "
+        lines.append(f"| {a['arm']} | {a['task']} ({a['metric']}) | {float(a['lr']):.1e} | {int(a['adapted']):,} "
                      f"({a['adapted_pct']:.2f}%) | {a['median']:.1f} [{a['ci_low']:.1f}, {a['ci_high']:.1f}] "
                      f"({100 * a['ci_level']:.1f}%) | {fmt(a['mean'])} [{fmt(a['mean_low'])}, {fmt(a['mean_high'])}] | "
                      f"{fmt(a['constant'])} | {a['n_ok']} / {a['n_failed']} / {a['n_planned']} | "
