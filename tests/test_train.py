@@ -278,29 +278,30 @@ def test_a_finished_run_merges_into_a_plain_transformers_model_with_the_same_log
     assert "HF_HUB_OFFLINE=1 is set (no network)" in capsys.readouterr().err
 
 
-def test_early_stopping_above_constant_waits_out_the_majority_class_plateau():
-    """CoLA's held-out MCC sits at 0 (the constant predictor's score) for the first epoch; plain
-    patience stops there, above_constant keeps training until the score has beaten the constant."""
+def stopped_at(curve: list[float], floor: float | None) -> tuple[int | None, int | None]:
+    """(the evaluation early stopping ends at, or None; the best one) for a held-out MCC curve fed to
+    BestState one evaluation per step, with patience 3 and at least 2 evaluations."""
     from types import SimpleNamespace
 
     import torch
 
     from lora_repro.trainer import BestState
 
+    best = BestState(torch.nn.Linear(2, 1), "heldout_mcc", patience=3, min_evals=2, floor=floor)
+    for step, value in enumerate(curve, start=1):
+        control = SimpleNamespace(should_training_stop=False)
+        best.on_evaluate(None, SimpleNamespace(global_step=step), control, metrics={"eval_heldout_mcc": value})
+        if control.should_training_stop:
+            return step, best.best_step
+    return None, best.best_step
+
+
+def test_early_stopping_above_constant_waits_out_the_majority_class_plateau():
+    """CoLA's held-out MCC sits at 0 (the constant predictor's score) for the first epoch; plain
+    patience stops there, above_constant keeps training until the score has beaten the constant."""
     curve = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.12, 0.2, 0.18, 0.19, 0.17]
-
-    def stopped_at(floor):
-        model = torch.nn.Linear(2, 1)
-        best = BestState(model, "heldout_mcc", patience=3, min_evals=2, floor=floor)
-        for step, value in enumerate(curve, start=1):
-            control = SimpleNamespace(should_training_stop=False)
-            best.on_evaluate(None, SimpleNamespace(global_step=step), control, metrics={"eval_heldout_mcc": value})
-            if control.should_training_stop:
-                return step, best.best_step
-        return None, best.best_step
-
-    assert stopped_at(None) == (4, 1)      # three evaluations without improvement on the plateau
-    assert stopped_at(0.0) == (11, 8)      # waits for 0.12 > 0, then three without improvement past 0.2
+    assert stopped_at(curve, None) == (4, 1)      # three evaluations without improvement on the plateau
+    assert stopped_at(curve, 0.0) == (11, 8)      # waits for 0.12 > 0, then three without improvement past 0.2
 
 
 def test_above_constant_reads_the_floor_of_a_run_with_one_evaluated_split():
@@ -322,25 +323,9 @@ def test_above_constant_by_waits_past_one_lucky_minority_answer():
     """The claims runs' LoRA on CoLA: held-out MCC 0 on the plateau, one right minority answer
     lifts it to 0.07, then noise; patience counted from there stopped it before it learned. With
     the floor 0.10 above the constant, patience counts only from the first score past 0.10."""
-    from types import SimpleNamespace
-
-    import torch
-
-    from lora_repro.trainer import BestState
-
     curve = [0.0, 0.0, 0.07, 0.0, -0.02, 0.0, 0.05, 0.0, 0.12, 0.15, 0.2, 0.18, 0.19, 0.17]
-
-    def stopped_at(floor):
-        best = BestState(torch.nn.Linear(2, 1), "heldout_mcc", patience=3, min_evals=2, floor=floor)
-        for step, value in enumerate(curve, start=1):
-            control = SimpleNamespace(should_training_stop=False)
-            best.on_evaluate(None, SimpleNamespace(global_step=step), control, metrics={"eval_heldout_mcc": value})
-            if control.should_training_stop:
-                return step, best.best_step
-        return None, best.best_step
-
-    assert stopped_at(0.0) == (6, 3)        # 0.07 beats the constant; three evaluations later it stops
-    assert stopped_at(0.10) == (14, 11)     # waits for 0.12, then three past 0.2
+    assert stopped_at(curve, 0.0) == (6, 3)        # 0.07 beats the constant; three evaluations later it stops
+    assert stopped_at(curve, 0.10) == (14, 11)     # waits for 0.12, then three past 0.2
 
 
 @pytest.mark.parametrize("spec", ["{metric: accuracy, above_constant_by: 0.1}",               # without above_constant
