@@ -507,6 +507,19 @@ def fmt(x: Any, digits: int = 1, signed: bool = False) -> str:
     return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
 
 
+def comparison_cell(row: dict) -> str:
+    """The Comparisons table's measured cell. A ratio of chosen learning rates is one number per task,
+    not a paired difference, and bit-identity has its largest difference: neither has an interval,
+    so neither is printed as one."""
+    if row.get("missing") or row.get("median") is None or pd.isna(row.get("median")):
+        return "—"
+    if row.get("test") == "lr_ratio":
+        return f"{fmt(row['median'], 2)}x (ratio of chosen lrs; no interval)"
+    if row.get("test") == "identical":
+        return f"largest dev difference {fmt(row['median'], 2)}"
+    return f"{fmt(row.get('median'), 2, True)} [{fmt(row.get('low'), 2, True)}, {fmt(row.get('high'), 2, True)}]"
+
+
 def plot_curves(runs: pd.DataFrame, out: Path) -> Path | None:
     import matplotlib
 
@@ -579,7 +592,7 @@ def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict
     pair_rows, verdict_rows = [], []
     for claim in claims:
         rows, verdict = evaluate_claim(claim, runs, margins, edges, planned, seeds)
-        pair_rows += [{"claim": claim.id, **r} for r in rows]
+        pair_rows += [{"claim": claim.id, "test": claim.test, **r} for r in rows]
         unit = "x" if claim.test == "lr_ratio" else ""
         measured = "; ".join(
             f"{r['task']}: {r['what']}" if r.get("missing") else
@@ -647,14 +660,13 @@ def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict
                      + ", ".join(f"{device_label.get(d, d)} ×{n}" for d, n in sorted((a.get("devices") or {}).items()))
                      + " |")
     lines += ["", "![curves](curves.png)", "", "## Comparisons", "",
-              "| claim | arm − baseline | task | mean [95% t-interval] | two-way 90% (seeds x dev rows) | pairs | "
+              "| claim | arm − baseline | task | measured: mean paired difference [95% t-interval] | two-way 90% (seeds x dev rows) | pairs | "
               "verdict |", "|---|---|---|---|---|---|---|"]
     for r in pair_rows:
         two_way = (f"[{fmt(r.get('two_way_low'), 2, True)}, {fmt(r.get('two_way_high'), 2, True)}]"
                    if r.get("two_way_low") is not None and not pd.isna(r.get("two_way_low")) else "—")
         lines.append(f"| {r['claim']} | {r['arm']} − {r['baseline']} | {r.get('task', '—')} | "
-                     f"{fmt(r.get('median'), 2, True)} [{fmt(r.get('low'), 2, True)}, {fmt(r.get('high'), 2, True)}] | "
-                     f"{two_way} | {r.get('n_pairs', 0)} | {r['verdict']}"
+                     f"{comparison_cell(r)} | {two_way} | {r.get('n_pairs', 0)} | {r['verdict']}"
                      + (f", Holm: {r['holm']}" if r.get("holm") else "") + f" ({r['what']}) |")
     lines += ["", "## Learning-rate choice (tuning seed; held-out training rows decide, dev shown only)", "",
               "| arm | task | lr | held-out | dev | chosen |", "|---|---|---|---|---|---|"]

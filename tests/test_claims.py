@@ -9,7 +9,7 @@ import math
 import pandas as pd
 import pytest
 
-from analysis.claims import Claim, convergence, evaluate_claim, steps_to
+from analysis.claims import Claim, comparison_cell, convergence, evaluate_claim, steps_to
 from analysis.stats import median_ci, paired
 from lora_repro import studyspec as study_module
 from lora_repro.studyspec import claims_of
@@ -156,6 +156,9 @@ def test_identical_arms_are_decided_by_their_trained_weights():
     differ.loc[1, "sha"] = "other"
     rows, verdict = evaluate_claim(claim, differ)
     assert verdict == "refuted" and "on 1 of 2 seeds" in rows[0]["what"]
+    assert comparison_cell({"test": "identical", **rows[0]}) == "largest dev difference 0.00"
+    assert comparison_cell({"test": "superior", "median": -1.5, "low": -2.0, "high": -1.0}) == "-1.50 [-2.00, -1.00]"
+    assert comparison_cell({"test": "superior", "missing": True, "median": None}) == "—"
 
 
 def test_steps_to_target_counts_a_run_that_never_gets_there_as_slower_than_any_that_did():
@@ -437,6 +440,8 @@ def test_a_learning_rate_ratio_claim_reads_the_chosen_rates():
     runs.loc[runs.arm == "full_ft", "lr"] = 1e-4
     rows, verdict = evaluate_claim(claim, runs)
     assert verdict == "supported" and rows[0]["median"] == pytest.approx(10.0)
+    # one ratio per task, not a paired difference: the report prints no interval for it
+    assert comparison_cell({"test": "lr_ratio", **rows[0]}) == "10.00x (ratio of chosen lrs; no interval)"
     runs.loc[runs.arm == "full_ft", "lr"] = 1e-3
     assert evaluate_claim(claim, runs)[1] == "refuted"
     runs.loc[runs.arm == "lora", "score"] = 51.0  # LoRA at chance (constant 50): its "best lr" means nothing
