@@ -353,9 +353,19 @@ def describe(study: Study, runs: list[PlannedRun], throughput: dict[tuple[str, s
         lines.append(f"{tune.key} is chosen per variant on the {tune.split} split of the training data: "
                      f"{sum(r.role == 'tune' for r in runs)} candidate runs not chosen (or not decided yet); "
                      f"{len(waiting)} final runs wait for their variant's choice.")
-    seconds, unknown = 0.0, set()
+    # A method with no record yet is priced at the slowest method measured on the same model (full
+    # fine-tuning, in practice: every PEFT method backpropagates through the same network and updates
+    # fewer weights), so the total stays an upper bound rather than leaving those runs out.
+    slowest: dict[str, tuple[float, str]] = {}
+    for (model, method), rate in throughput.items():
+        if rate and (model not in slowest or rate < slowest[model][0]):
+            slowest[model] = (rate, method)
+    seconds, unknown, borrowed = 0.0, set(), {}
     for r in pending:
         rate = throughput.get((r.model, r.method))
+        if not rate and r.model in slowest:
+            rate = slowest[r.model][0]
+            borrowed.setdefault(r.model, set()).add(r.method)
         if rate and r.samples:
             seconds += r.samples / rate
         else:
@@ -364,11 +374,16 @@ def describe(study: Study, runs: list[PlannedRun], throughput: dict[tuple[str, s
         known = len(pending) - sum(f"{r.model}+{r.method}" in unknown for r in pending)
         if known:
             lines.append(f"Estimated training time for {known} of them: {seconds / 3600:.2f} h on this machine (from "
-                         f"the samples/s of earlier records; evaluation and decoding not included)"
+                         f"the samples/s of earlier records, at most to each run's step cap; evaluation and "
+                         f"decoding not included)"
                          + (f"; on {len(devices)} devices at once, about {seconds / 3600 / len(devices):.2f} h of wall "
                             f"time if each job runs as fast as the records did (a CPU slot has fewer threads than a "
                             f"job that had the machine alone, so there it is a lower bound)." if devices and len(devices) > 1
                             else "."))
+        for model, methods in sorted(borrowed.items()):
+            rate, method = slowest[model]
+            lines.append(f"No record yet of {', '.join(sorted(methods))} on {model}: priced at {method}'s "
+                         f"{rate:.1f} samples/s, the slowest measured there, so their share is an upper bound.")
         if unknown:
             lines.append(f"No measured throughput yet for {', '.join(sorted(unknown))}.")
         work = work_by_model(pending)

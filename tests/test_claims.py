@@ -601,6 +601,13 @@ def test_the_cost_line_divides_the_job_time_over_the_devices(tmp_path, monkeypat
     assert "2.00 h on this machine" in alone and "wall time" not in alone
     slots = describe(study, runs, {(runs[0].model, runs[0].method): rate}, devices=["cpu0", "cpu1"])
     assert "2.00 h on this machine" in slots and "on 2 devices at once, about 1.00 h of wall time" in slots
+    # a method with no record yet is priced at the slowest rate measured on its model, and said so
+    other = {(runs[0].model, "full_ft"): rate / 2, (runs[0].model, "bitfit"): rate * 2}
+    borrowed = describe(study, runs, other)
+    assert "4.00 h on this machine" in borrowed
+    assert f"No record yet of {runs[0].method} on {runs[0].model}: priced at full_ft's" in borrowed
+    assert "No measured throughput" not in borrowed
+    assert "No measured throughput yet for" in describe(study, runs, {("another_model", "full_ft"): rate})
 
 
 def test_the_claims_recipe_gives_cola_its_own_stopping_floor_and_cap_and_leaves_other_tasks_as_they_were():
