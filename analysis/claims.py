@@ -529,15 +529,22 @@ def plot_curves(runs: pd.DataFrame, out: Path) -> Path | None:
     if runs.empty:
         return None
     tasks = list(dict.fromkeys(runs.task))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    # One colour and line style per arm across every panel (a study can have 15+ arms on one task:
+    # tab20's ten dark colours, then its ten light ones, then dashed), so an arm reads the same on each task.
+    arms = sorted(set(runs.arm))
+    tab20 = plt.get_cmap("tab20").colors
+    palette = tab20[0::2] + tab20[1::2]
+    style = {arm: (palette[i % len(palette)], "-" if i < len(palette) else "--") for i, arm in enumerate(arms)}
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.8), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        for arm, group in runs[runs.task == task].groupby("arm", sort=False):
+        for arm, group in runs[runs.task == task].groupby("arm", sort=True):
             steps = sorted({s for c in group.curve for s, _ in c})
             medians = [pd.Series([dict(c).get(s) for c in group.curve]).median() for s in steps]
-            ax.plot(steps, medians, marker="o", ms=2, label=arm)
+            colour, line = style[arm]
+            ax.plot(steps, medians, marker="o", ms=1.5, lw=1.1, color=colour, ls=line, label=arm)
         ax.set_title(f"{task}: {runs[runs.task == task].curve_key.iloc[0]} (median of seeds)", fontsize=9)
         ax.set_xlabel("optimizer step")
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=6, ncol=2 if runs[runs.task == task].arm.nunique() > 8 else 1)
     fig.tight_layout()
     path = out / "curves.png"
     fig.savefig(path, dpi=110)

@@ -9,7 +9,7 @@ import math
 import pandas as pd
 import pytest
 
-from analysis.claims import Claim, comparison_cell, convergence, evaluate_claim, steps_to
+from analysis.claims import Claim, comparison_cell, convergence, evaluate_claim, plot_curves, steps_to
 from analysis.stats import median_ci, paired
 from lora_repro import studyspec as study_module
 from lora_repro.studyspec import claims_of
@@ -159,6 +159,26 @@ def test_identical_arms_are_decided_by_their_trained_weights():
     assert comparison_cell({"test": "identical", **rows[0]}) == "largest dev difference 0.00"
     assert comparison_cell({"test": "superior", "median": -1.5, "low": -2.0, "high": -1.0}) == "-1.50 [-2.00, -1.00]"
     assert comparison_cell({"test": "superior", "missing": True, "median": None}) == "—"
+
+
+def test_the_curves_plot_gives_each_arm_one_colour_on_every_task(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    figures = []
+    savefig = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: (figures.append(fig), savefig(fig, *a, **k))[1])
+    curve = [(8, 60.0), (16, 70.0)]
+    arms_by_task = {"sst2": ["lora", "bitfit", "full_ft"], "cola": ["lora", "full_ft"]}  # bitfit only on sst2
+    rows = [{"arm": arm, "task": task, "seed": 1, "score": 70.0, "curve": curve}
+            for task, arms in arms_by_task.items() for arm in arms]
+    path = plot_curves(runs_frame(rows), tmp_path)
+    assert path == tmp_path / "curves.png" and path.stat().st_size > 0
+    colours: dict[str, set] = {}
+    for ax in figures[0].axes:
+        for line in ax.get_lines():
+            colours.setdefault(line.get_label(), set()).add(line.get_color())
+    assert set(colours) == {"lora", "bitfit", "full_ft"}
+    assert all(len(c) == 1 for c in colours.values()) and len({c.pop() for c in colours.values()}) == 3
 
 
 def test_steps_to_target_counts_a_run_that_never_gets_there_as_slower_than_any_that_did():
