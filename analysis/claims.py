@@ -485,12 +485,20 @@ def intruder_rows(path: Path = INTRUDERS_CSV) -> list[dict]:
     rows = []
     for r, group in lora.groupby("r"):
         lora_counts = per_seed(group, "intruders")
+        # The random update of LoRA's own rank and norm is the count's sensitivity check: when even it
+        # makes fewer than the margin, an update this small cannot register as intruders, so a count of
+        # none (or a tie) says nothing about the method: not evaluable rather than refuted. A count that
+        # does clear it stays evidence.
+        sensitivity = float(np.mean(list(per_seed(group, "random_intruders").values())))
         for against, counts in ((base_name, per_seed(ft, "intruders")), ("random ΔW", per_seed(group, "random_intruders"))):
             diff = paired(lora_counts, counts)
             status, why = decide("superior", diff, INTRUDER_MARGIN)
+            if status != SUPPORTED and sensitivity < INTRUDER_MARGIN:
+                status = NOT_EVALUABLE
+                why = (f"a random ΔW of LoRA's rank and norm makes {sensitivity:.2f} per matrix (< {INTRUDER_MARGIN}): "
+                       f"the count cannot register an update this small")
             size = (f"; median ‖ΔW‖/‖W‖ {group[group.type.isin(shared)].relative_norm.median():.4f} (LoRA), "
-                    f"{ft[ft.type.isin(shared)].relative_norm.median():.4f} ({base_name}): an update this small leaves "
-                    f"W's top directions in place" if "relative_norm" in df else "")
+                    f"{ft[ft.type.isin(shared)].relative_norm.median():.4f} ({base_name})" if "relative_norm" in df else "")
             rows.append({"claim": f"LoRA (r={int(r)}) has more intruder dimensions than {against} "
                                   f"(Shuttleworth et al. 2024; intruders study, W_{'/W_'.join(shared)})",
                          "measured": f"{np.mean(list(lora_counts.values())):.2f} vs {np.mean(list(counts.values())):.2f} "

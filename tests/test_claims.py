@@ -526,8 +526,15 @@ def test_the_intruder_claim_reads_the_weights_studys_counts(tmp_path):
     found = intruder_rows(path)
     assert [r["verdict"] for r in found] == ["supported", "supported"]   # vs full FT, vs a random update
     assert "W_query/W_value" in found[0]["claim"] and found[0]["measured"].startswith("2.33 vs 0.00")
+    # none anywhere, and a random update of the same rank and norm makes none either: the count cannot
+    # see updates this small, so the tie says nothing (not "refuted")
     pd.DataFrame([{**r, "intruders": 0} for r in rows]).to_csv(path, index=False)
-    assert [r["verdict"] for r in intruder_rows(path)] == ["refuted", "refuted"]  # both 0: a tie within the margin
+    found = intruder_rows(path)
+    assert [r["verdict"] for r in found] == ["not evaluable", "not evaluable"]
+    assert "a random ΔW of LoRA's rank and norm makes 0.00 per matrix" in found[0]["measured"]
+    # where a random update of that size does make intruders, LoRA's none is evidence: refuted
+    pd.DataFrame([{**r, "intruders": 0, "random_intruders": 3} for r in rows]).to_csv(path, index=False)
+    assert [r["verdict"] for r in intruder_rows(path)] == ["refuted", "refuted"]
 
 
 def test_a_gap_that_shrinks_with_model_size_is_decided_on_the_change_per_seed():
