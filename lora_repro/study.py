@@ -325,6 +325,21 @@ def same_recipe_notes(runs: list[PlannedRun]) -> list[str]:
             f"is trained once and counts for every one of them" for f, v in same.items() if len(v) > 1 and all(v)]
 
 
+def weights_per_token(arch: dict | None) -> float | None:
+    """The transformer-layer weights each token meets in a forward pass, L x (4h^2 + 2 h i), from a
+    model config's `arch` (BERT/MPNet/RoBERTa or GPT-2 key names; i defaults to 4h): what per-token
+    compute scales with between two models of one family, attention over the sequence aside."""
+    if not arch:
+        return None
+    pick = lambda *keys: next((float(arch[k]) for k in keys if arch.get(k)), None)  # noqa: E731
+    layers = pick("num_hidden_layers", "n_layer", "num_layers")
+    hidden = pick("hidden_size", "n_embd", "d_model")
+    if not layers or not hidden:
+        return None
+    inner = pick("intermediate_size", "n_inner", "ffn_dim") or 4 * hidden
+    return layers * (4 * hidden * hidden + 2 * hidden * inner)
+
+
 def describe(study: Study, runs: list[PlannedRun], throughput: dict[tuple[str, str], float],
              output_root: Path | None = None, devices: list[str] | None = None) -> str:
     lines = [f"study {study.name}" + (f" ({', '.join(f'{k}={v}' for k, v in study.params.items())})" if study.params else "")
@@ -360,12 +375,23 @@ def describe(study: Study, runs: list[PlannedRun], throughput: dict[tuple[str, s
     for (model, method), rate in throughput.items():
         if rate and (model not in slowest or rate < slowest[model][0]):
             slowest[model] = (rate, method)
+    # A model with no record at all (MPNet before its first run) is priced from the same method on a
+    # measured model, scaled by the layer weights each token meets (weights_per_token): rough, said so.
+    size = {r.model: weights_per_token(((r.recipe or {}).get("model") or {}).get("arch")) for r in runs if r.recipe}
+    scaled: dict[str, tuple[str, float]] = {}
     seconds, unknown, borrowed = 0.0, set(), {}
     for r in pending:
         rate = throughput.get((r.model, r.method))
         if not rate and r.model in slowest:
             rate = slowest[r.model][0]
             borrowed.setdefault(r.model, set()).add(r.method)
+        if not rate and size.get(r.model):
+            measured = [(model, size[model]) for (model, method) in throughput
+                        if method == r.method and size.get(model)]
+            if measured:
+                source, source_size = min(measured, key=lambda m: abs(math.log(m[1] / size[r.model])))  # nearest in size
+                rate = throughput[(source, r.method)] * source_size / size[r.model]
+                scaled[r.model] = (source, size[r.model] / source_size)
         if rate and r.samples:
             seconds += r.samples / rate
         else:
@@ -384,6 +410,9 @@ def describe(study: Study, runs: list[PlannedRun], throughput: dict[tuple[str, s
             rate, method = slowest[model]
             lines.append(f"No record yet of {', '.join(sorted(methods))} on {model}: priced at {method}'s "
                          f"{rate:.1f} samples/s, the slowest measured there, so their share is an upper bound.")
+        for model, (source, factor) in sorted(scaled.items()):
+            lines.append(f"No record yet on {model}: priced from {source}'s rates for the same methods, {factor:.1f}x "
+                         f"slower (the layer weights each token meets, from each model's arch): a rough estimate.")
         if unknown:
             lines.append(f"No measured throughput yet for {', '.join(sorted(unknown))}.")
         work = work_by_model(pending)

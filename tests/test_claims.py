@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -635,6 +636,33 @@ def test_the_cost_line_divides_the_job_time_over_the_devices(tmp_path, monkeypat
     assert f"No record yet of {runs[0].method} on {runs[0].model}: priced at full_ft's" in borrowed
     assert "No measured throughput" not in borrowed
     assert "No measured throughput yet for" in describe(study, runs, {("another_model", "full_ft"): rate})
+
+
+def test_a_model_with_no_record_is_priced_from_a_measured_one_by_the_weights_each_token_meets(tmp_path, monkeypatch):
+    import dataclasses
+
+    import yaml
+
+    from lora_repro.study import describe, weights_per_token
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "model"
+    minilm, mpnet = (weights_per_token(yaml.safe_load((conf / f"{m}.yaml").read_text())["arch"]) for m in ("minilm_l6", "mpnet_base"))
+    assert minilm == 6 * (4 * 384**2 + 2 * 384 * 1536) == 10_616_832
+    assert mpnet == 12 * (4 * 768**2 + 2 * 768 * 3072) == 84_934_656   # 8x MiniLM's per token
+    assert weights_per_token({"n_layer": 24, "n_embd": 1024}) == 24 * (4 + 8) * 1024**2   # GPT-2 names, i = 4h
+    assert weights_per_token({"vocab_size": 10}) is None
+
+    write_study(tmp_path, monkeypatch, tune=None, variants={"a": ["method=lora", "train.max_steps=4"]})
+    study = load_study("t")
+    runs = plan(study, [])
+    target = runs[0]
+    arch = target.recipe["model"]["arch"]
+    half = dataclasses.replace(target, model="half", done=True, recipe={
+        **target.recipe, "model": {**target.recipe["model"], "arch": {**arch, "num_hidden_layers": arch["num_hidden_layers"] / 2}}})
+    samples = sum(r.samples for r in runs if not r.done)
+    text = describe(study, [*runs, half], {("half", target.method): samples / 7200.0})
+    assert "4.00 h on this machine" in text   # twice the layers: half the measured rate
+    assert f"No record yet on {target.model}: priced from half's rates for the same methods, 2.0x slower" in text
 
 
 def test_the_claims_recipe_gives_cola_its_own_stopping_floor_and_cap_and_leaves_other_tasks_as_they_were():
