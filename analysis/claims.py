@@ -408,10 +408,10 @@ def evaluate_claim(claim: Claim, runs: pd.DataFrame, margins: dict[str, float] |
     rising = rising_arms(runs, margins)
     rows = []
     names = [claim.arm, claim.baseline, *(claim.then or ())]
-    # The tasks with runs, then those the study plans for the claim's arms but that have none yet (a
-    # task whose records were all replaced by a new recipe still waits: it is not the claim's no more).
-    tasks = list(dict.fromkeys([*(runs.task if not runs.empty else []),
-                                *sorted(t for arm, t in planned or () if arm in names)]))
+    # The tasks with runs and those the study plans for the claim's arms but that have none yet (a
+    # task whose records were all replaced by a new recipe still waits: it is not the claim's no more),
+    # in name order, so the report does not reorder as records land.
+    tasks = sorted({*(runs.task if not runs.empty else []), *(t for arm, t in planned or () if arm in names)})
     for task in tasks:
         a = runs[(runs.arm == claim.arm) & (runs.task == task)].set_index("seed")
         b = runs[(runs.arm == claim.baseline) & (runs.task == task)].set_index("seed")
