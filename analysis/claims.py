@@ -489,8 +489,9 @@ def intruder_rows(path: Path = INTRUDERS_CSV) -> list[dict]:
         # makes fewer than the margin, an update this small cannot register as intruders, so a count of
         # none (or a tie) says nothing about the method: not evaluable rather than refuted. A count that
         # does clear it stays evidence.
-        sensitivity = float(np.mean(list(per_seed(group, "random_intruders").values())))
-        for against, counts in ((base_name, per_seed(ft, "intruders")), ("random ΔW", per_seed(group, "random_intruders"))):
+        random_counts = per_seed(group, "random_intruders")
+        sensitivity = float(np.mean(list(random_counts.values())))
+        for against, counts in ((base_name, per_seed(ft, "intruders")), ("random ΔW", random_counts)):
             diff = paired(lora_counts, counts)
             status, why = decide("superior", diff, INTRUDER_MARGIN)
             if status != SUPPORTED and sensitivity < INTRUDER_MARGIN:
