@@ -666,17 +666,21 @@ def test_a_model_with_no_record_is_priced_from_a_measured_one_by_the_weights_eac
     assert f"No record yet on {target.model}: priced from half's rates for the same methods, 2.0x slower" in text
 
 
-def test_the_claims_recipe_gives_cola_its_own_stopping_floor_and_cap_and_leaves_other_tasks_as_they_were():
-    """experiments/claims' CoLA protocol (protocol_by_task): patience past MCC 0.10, up to 8 epochs;
-    SST-2's recipe keeps 4 epochs and no floor key, so its folders (and committed records) stand, and
-    the report's protocol line says which floor each task used."""
+def test_the_claims_recipe_gives_cola_and_stsb_their_own_protocol_and_leaves_other_tasks_as_they_were():
+    """experiments/claims' per-task protocol (protocol_by_task): CoLA counts patience past MCC 0.10 and
+    trains up to 8 epochs, STS-B up to 8 epochs with the common floor; SST-2's recipe keeps 4 epochs
+    and no floor key, so its folders (and committed records) stand, and the report's protocol line
+    says which floor each task used."""
     from analysis.claims import protocol_lines
     from lora_repro.rundir import canonical_recipe
 
     cola = compose_cfg("experiment=claims", "task=cola", "method=lora")
     sst2 = compose_cfg("experiment=claims", "task=sst2", "method=lora")
+    stsb = compose_cfg("experiment=claims", "task=stsb", "method=full_ft")
     assert cola.train.epochs == 8 and cola.train.early_stopping.above_constant_by == pytest.approx(0.10)
+    assert stsb.train.epochs == 8 and stsb.train.early_stopping.above_constant_by is None
     assert sst2.train.epochs == 4 and sst2.train.early_stopping.above_constant_by is None
+    assert "above_constant_by" not in canonical_recipe(stsb)["train"]["early_stopping"]
     assert "above_constant_by" not in canonical_recipe(sst2)["train"]["early_stopping"]
     assert "protocol_by_task" not in canonical_recipe(sst2)   # the table itself is no part of a recipe
     runs = pd.DataFrame([{"task": name, "seed": 1, "config": {
