@@ -16,6 +16,10 @@ that the study's study.yaml lists under `claims:`, decided from the study's runs
   specifies: its comparisons are "not tested as specified". So are those of an arm still rising when
   its step budget ran out: on at least half its seeds, early stopping never fired and the held-out
   score gained at least the task's margin over the last quarter of the steps (RISING_SHARE).
+* A learning-rate ratio claim (lr_ratio): the ratio of the two arms' chosen rates, and of every pair
+  of candidates whose tuning-seed held-out score lies within the margin of its arm's best (one
+  seed's held-out rows cannot order those): supported when all of them are in the claimed range,
+  refuted when none is, else undecided.
 * A claim over several tasks: supported when every evaluable task supports it and at least
   `min_tasks` are evaluable; refuted when a task's refutation survives Holm's correction over the
   claim's tasks; else undecided.
@@ -130,6 +134,18 @@ def tuning_table(records: Records, scale: str) -> pd.DataFrame:
     table["edge"] = [("only value tried" if n == 1 else "largest tried" if lr == hi else "smallest tried" if lr == lo
                       else "") if ok else "" for lr, lo, hi, n, ok in zip(table.lr, lows, highs, tried, table.chosen)]
     return table
+
+
+def near_best_lrs(tuning: pd.DataFrame, margins: dict[str, float]) -> dict[tuple[str, str], list[float]]:
+    """(arm, task) -> the candidate learning rates whose held-out score on the tuning seed lies within
+    the task's margin of the best candidate's: one seed's 500 held-out rows cannot tell them apart."""
+    out: dict[tuple[str, str], list[float]] = {}
+    if tuning.empty:
+        return out
+    for (arm, task), group in tuning.dropna(subset=["heldout"]).groupby(["arm", "task"]):
+        best, margin = float(group.heldout.max()), float(margins.get(task, DEFAULT_MARGIN))
+        out[(arm, task)] = sorted(float(lr) for lr, h in zip(group.lr, group.heldout) if h >= best - margin)
+    return out
 
 
 def failed_by_arm(records: Records, scale: str) -> dict[tuple[str, str], int]:
@@ -282,8 +298,11 @@ def dev_check(status: str, test: str, a: pd.DataFrame, b: pd.DataFrame, metric: 
     return status, "; ".join(notes), info
 
 
-def compare(claim: Claim, a: pd.DataFrame, b: pd.DataFrame, margin: float, edges: dict, rising: dict | None = None) -> dict:
-    """One task's comparison of claim.arm (a) against claim.baseline (b), both indexed by seed."""
+def compare(claim: Claim, a: pd.DataFrame, b: pd.DataFrame, margin: float, edges: dict, rising: dict | None = None,
+            near_best: dict | None = None) -> dict:
+    """One task's comparison of claim.arm (a) against claim.baseline (b), both indexed by seed.
+    `near_best`: (arm, task) -> the learning rates whose tuning-seed held-out score lies within the
+    margin of the best (near_best_lrs); an lr_ratio claim reads every ratio they allow."""
     task = a.task.iloc[0]
     row: dict[str, Any] = {"arm": claim.arm, "baseline": claim.baseline, "task": task, "margin": margin, "p_refute": 1.0}
     if claim.test == "identical":
@@ -303,17 +322,28 @@ def compare(claim: Claim, a: pd.DataFrame, b: pd.DataFrame, margin: float, edges
         lra, lrb = float(a.lr.iloc[0]), float(b.lr.iloc[0])
         ratio = lra / lrb
         low, high = claim.ratio or (0.0, math.inf)
-        status = SUPPORTED if low <= ratio <= high else REFUTED
+        # The choice is one tuning seed's held-out score: a candidate within the margin of the best
+        # is a tie the protocol cannot break, so the claim is decided on every ratio such ties allow.
+        near_a, near_b = (sorted({*(near_best or {}).get((x, task), ()), lr}) for x, lr in
+                          ((claim.arm, lra), (claim.baseline, lrb)))
+        ratios = [x / y for x in near_a for y in near_b]
+        inside = [low * (1 - 1e-9) <= r <= high * (1 + 1e-9) for r in ratios]
+        status = SUPPORTED if all(inside) else REFUTED if not any(inside) else UNDECIDED
         edge = [x for x in (claim.arm, claim.baseline) if edges.get((x, task))]
         why = ""
         if failed_gate:
             status, why = NOT_EVALUABLE, failed_gate
         elif edge:
             status, why = NOT_AS_SPECIFIED, f"{', '.join(edge)}: chosen lr at an end of the grid tried"
-        return {**row, "n_pairs": 0, "median": ratio, "low": ratio, "high": ratio, "verdict": status,
+        ties = ""
+        if len(ratios) > 1:
+            ties = (f"; lrs within the margin ({margin:g}) of each best held-out score: {claim.arm} "
+                    f"{', '.join(f'{x:.2g}' for x in near_a)}, {claim.baseline} {', '.join(f'{x:.2g}' for x in near_b)}: "
+                    f"ratios {min(ratios):.2g} to {max(ratios):.2g}")
+        return {**row, "n_pairs": 0, "median": ratio, "low": min(ratios), "high": max(ratios), "verdict": status,
                 "p_refute": 0.0 if status == REFUTED else 1.0,
                 "what": f"chosen lr {lra:.2g} / {lrb:.2g} = {ratio:.2g} (claim: {low:g} to {high:g}; the grid's step "
-                        f"bounds the resolution)" + (f"; {why}" if why else "")}
+                        f"bounds the resolution){ties}" + (f"; {why}" if why else "")}
     if claim.test == "fewer_steps":
         # Steps to the baseline's median best score on the watched curve; a run that never gets there
         # counts as one evaluation interval past the last step (slower than any that did).
@@ -396,7 +426,7 @@ def compare_improves(claim: Claim, sides: list[pd.DataFrame], margin: float, edg
 
 def evaluate_claim(claim: Claim, runs: pd.DataFrame, margins: dict[str, float] | None = None,
                    edges: dict | None = None, planned: set[tuple[str, str]] | None = None,
-                   seeds: int | None = None) -> tuple[list[dict], str]:
+                   seeds: int | None = None, near_best: dict | None = None) -> tuple[list[dict], str]:
     """(one row per task where both arms ran, the claim's verdict). `edges`: (arm, task) -> "largest
     tried" / "smallest tried" for arms whose choice sits at an end of their grid. Arms still rising
     at their step cap are read from the runs themselves (rising_arms). `planned`: the (arm, task)
@@ -429,7 +459,7 @@ def evaluate_claim(claim: Claim, runs: pd.DataFrame, margins: dict[str, float] |
             continue
         margin = float(margins.get(task, DEFAULT_MARGIN))
         rows.append(compare_improves(claim, sides, margin, edges, rising) if claim.test == "improves"
-                    else compare(claim, a, b, margin, edges, rising))
+                    else compare(claim, a, b, margin, edges, rising, near_best))
     if all(r.get("missing") for r in rows):  # no task has every arm of the claim: nothing was compared
         return rows, NOT_RUN
     for r in rows:
@@ -523,7 +553,10 @@ def comparison_cell(row: dict) -> str:
     if row.get("missing") or row.get("median") is None or pd.isna(row.get("median")):
         return "—"
     if row.get("test") == "lr_ratio":
-        return f"{fmt(row['median'], 2)}x (ratio of chosen lrs; no interval)"
+        tied = (row.get("low") is not None and row.get("high") is not None and not pd.isna(row.get("low"))
+                and (row["low"], row["high"]) != (row["median"], row["median"]))
+        return (f"{fmt(row['median'], 2)}x (ratio of chosen lrs; no interval"
+                + (f"; {fmt(row['low'], 2)}x to {fmt(row['high'], 2)}x over lrs tied within the margin)" if tied else ")"))
     if row.get("test") == "identical":
         return f"largest dev difference {fmt(row['median'], 2)}"
     return f"{fmt(row.get('median'), 2, True)} [{fmt(row.get('low'), 2, True)}, {fmt(row.get('high'), 2, True)}]"
@@ -607,13 +640,15 @@ def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict
               if not variants or {c.arm, c.baseline, *(c.then or ())} <= variants]
     pair_rows, verdict_rows = [], []
     for claim in claims:
-        rows, verdict = evaluate_claim(claim, runs, margins, edges, planned, seeds)
+        rows, verdict = evaluate_claim(claim, runs, margins, edges, planned, seeds, near_best_lrs(tuning, margins))
         pair_rows += [{"claim": claim.id, "test": claim.test, **r} for r in rows]
         unit = "x" if claim.test == "lr_ratio" else ""
         measured = "; ".join(
             f"{r['task']}: {r['what']}" if r.get("missing") else
             f"{r['task']}: {fmt(r.get('median'), 2 if unit else 1, not unit)}{unit}"
             + (f" [{fmt(r.get('low'), 1, True)}, {fmt(r.get('high'), 1, True)}] (n={r['n_pairs']})" if r.get("n_pairs") else "")
+            + (f" (tied lrs: {fmt(r['low'], 2)}x to {fmt(r['high'], 2)}x)"
+               if unit and r.get("low") is not None and not pd.isna(r["low"]) and r["low"] != r["high"] else "")
             + ("" if r["verdict"] == verdict else f" {r['verdict']}") for r in rows) or "no runs yet"
         verdict_rows.append({"claim": f"{claim.claim} ({claim.source})" if claim.source else claim.claim,
                              "test": claim.test, "verdict": verdict, "measured": measured})
@@ -657,7 +692,10 @@ def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict
              f"(on at least {RISING_SHARE:.0%} of its seeds early stopping never fired and the held-out score "
              f"gained at least the margin over the last {LATE_SHARE:.0%} of the steps). A claim is supported when every evaluable task supports it "
              "(at least min_tasks), refuted when a task's refutation survives Holm's correction over the claim's "
-             "tasks, else undecided.", "", "## Verdicts", "", verdict_md,
+             "tasks, else undecided. A learning-rate ratio claim reads every ratio of the candidates whose "
+             "tuning-seed held-out score lies within the margin of each arm's best (one seed cannot order them): "
+             "supported when all are in the claimed range, refuted when none is, else undecided.",
+             "", "## Verdicts", "", verdict_md,
              "## Arms", "",
              "| arm | task | lr (chosen on held-out rows) | adapted params (% of model) | median [interval] (coverage) | "
              "mean [95% t] | constant predictor | seeds ok / failed / planned | median step selected / stopped | "
