@@ -18,8 +18,8 @@ that the study's study.yaml lists under `claims:`, decided from the study's runs
   score gained at least the task's margin over the last quarter of the steps (RISING_SHARE).
 * A learning-rate ratio claim (lr_ratio): the ratio of the two arms' chosen rates, and of every pair
   of candidates whose tuning-seed held-out score lies within the margin of its arm's best (one
-  seed's held-out rows cannot order those): supported when all of them are in the claimed range,
-  refuted when none is, else undecided.
+  seed's held-out rows cannot order those; a tie at an end of the grid tried leaves that side
+  open): supported when all of them are in the claimed range, refuted when none is, else undecided.
 * A claim over several tasks: supported when every evaluable task supports it and at least
   `min_tasks` are evaluable; refuted when a task's refutation survives Holm's correction over the
   claim's tasks; else undecided.
@@ -138,13 +138,19 @@ def tuning_table(records: Records, scale: str) -> pd.DataFrame:
 
 def near_best_lrs(tuning: pd.DataFrame, margins: dict[str, float]) -> dict[tuple[str, str], list[float]]:
     """(arm, task) -> the candidate learning rates whose held-out score on the tuning seed lies within
-    the task's margin of the best candidate's: one seed's 500 held-out rows cannot tell them apart."""
+    the task's margin of the best candidate's: one seed's 500 held-out rows cannot tell them apart.
+    A tie at the smallest (largest) rate tried adds 0.0 (inf): the ties may go on past the grid."""
     out: dict[tuple[str, str], list[float]] = {}
     if tuning.empty:
         return out
     for (arm, task), group in tuning.dropna(subset=["heldout"]).groupby(["arm", "task"]):
         best, margin = float(group.heldout.max()), float(margins.get(task, DEFAULT_MARGIN))
-        out[(arm, task)] = sorted(float(lr) for lr, h in zip(group.lr, group.heldout) if h >= best - margin)
+        tied = sorted(float(lr) for lr, h in zip(group.lr, group.heldout) if h >= best - margin)
+        if len(group) > 1:
+            below = [0.0] if tied[0] == float(group.lr.min()) else []
+            above = [math.inf] if tied[-1] == float(group.lr.max()) else []
+            tied = below + tied + above
+        out[(arm, task)] = tied
     return out
 
 
@@ -323,12 +329,15 @@ def compare(claim: Claim, a: pd.DataFrame, b: pd.DataFrame, margin: float, edges
         ratio = lra / lrb
         low, high = claim.ratio or (0.0, math.inf)
         # The choice is one tuning seed's held-out score: a candidate within the margin of the best
-        # is a tie the protocol cannot break, so the claim is decided on every ratio such ties allow.
+        # is a tie the protocol cannot break, so the claim is decided on the whole range of ratios
+        # such ties allow (0 or inf where a tie reaches an end of the grid tried: open on that side).
         near_a, near_b = (sorted({*(near_best or {}).get((x, task), ()), lr}) for x, lr in
                           ((claim.arm, lra), (claim.baseline, lrb)))
-        ratios = [x / y for x in near_a for y in near_b]
-        inside = [low * (1 - 1e-9) <= r <= high * (1 + 1e-9) for r in ratios]
-        status = SUPPORTED if all(inside) else REFUTED if not any(inside) else UNDECIDED
+        least = 0.0 if near_a[0] == 0 or near_b[-1] == math.inf else near_a[0] / near_b[-1]
+        most = math.inf if near_a[-1] == math.inf or near_b[0] == 0 else near_a[-1] / near_b[0]
+        tol = 1e-9  # 3e-3 / 1e-4 is 29.999999999999996 in floating point
+        status = (SUPPORTED if least >= low * (1 - tol) and most <= high * (1 + tol)
+                  else REFUTED if most < low * (1 - tol) or least > high * (1 + tol) else UNDECIDED)
         edge = [x for x in (claim.arm, claim.baseline) if edges.get((x, task))]
         why = ""
         if failed_gate:
@@ -336,11 +345,15 @@ def compare(claim: Claim, a: pd.DataFrame, b: pd.DataFrame, margin: float, edges
         elif edge:
             status, why = NOT_AS_SPECIFIED, f"{', '.join(edge)}: chosen lr at an end of the grid tried"
         ties = ""
-        if len(ratios) > 1:
-            ties = (f"; lrs within the margin ({margin:g}) of each best held-out score: {claim.arm} "
-                    f"{', '.join(f'{x:.2g}' for x in near_a)}, {claim.baseline} {', '.join(f'{x:.2g}' for x in near_b)}: "
-                    f"ratios {min(ratios):.2g} to {max(ratios):.2g}")
-        return {**row, "n_pairs": 0, "median": ratio, "low": min(ratios), "high": max(ratios), "verdict": status,
+        if len(near_a) > 1 or len(near_b) > 1:
+            def tied(lrs: list[float]) -> str:
+                inner = [x for x in lrs if 0 < x < math.inf]
+                return (("<= " if lrs[0] == 0 else "") + ", ".join(f"{x:.2g}" for x in inner)
+                        + (" or more" if lrs[-1] == math.inf else ""))
+            ties = (f"; lrs within the margin ({margin:g}) of each best held-out score: {claim.arm} {tied(near_a)}, "
+                    f"{claim.baseline} {tied(near_b)}: ratios {fmt_ratio(least)} to {fmt_ratio(most)}"
+                    + (" (a tie at an end of the grid tried leaves that side open)" if least == 0 or most == math.inf else ""))
+        return {**row, "n_pairs": 0, "median": ratio, "low": least, "high": most, "verdict": status,
                 "p_refute": 0.0 if status == REFUTED else 1.0,
                 "what": f"chosen lr {lra:.2g} / {lrb:.2g} = {ratio:.2g} (claim: {low:g} to {high:g}; the grid's step "
                         f"bounds the resolution){ties}" + (f"; {why}" if why else "")}
@@ -546,6 +559,11 @@ def fmt(x: Any, digits: int = 1, signed: bool = False) -> str:
     return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
 
 
+def fmt_ratio(x: float, digits: int = 2) -> str:
+    """A learning-rate ratio: "30.00x"; a side left open by a tie at an end of the grid: "0" or "∞"."""
+    return "∞" if x == math.inf else "0" if x == 0 else f"{x:.{digits}f}x"
+
+
 def comparison_cell(row: dict) -> str:
     """The Comparisons table's measured cell. A ratio of chosen learning rates is one number per task,
     not a paired difference, and bit-identity has its largest difference: neither has an interval,
@@ -555,8 +573,8 @@ def comparison_cell(row: dict) -> str:
     if row.get("test") == "lr_ratio":
         tied = (row.get("low") is not None and row.get("high") is not None and not pd.isna(row.get("low"))
                 and (row["low"], row["high"]) != (row["median"], row["median"]))
-        return (f"{fmt(row['median'], 2)}x (ratio of chosen lrs; no interval"
-                + (f"; {fmt(row['low'], 2)}x to {fmt(row['high'], 2)}x over lrs tied within the margin)" if tied else ")"))
+        return (f"{fmt_ratio(row['median'])} (ratio of chosen lrs; no interval"
+                + (f"; {fmt_ratio(row['low'])} to {fmt_ratio(row['high'])} over lrs tied within the margin)" if tied else ")"))
     if row.get("test") == "identical":
         return f"largest dev difference {fmt(row['median'], 2)}"
     return f"{fmt(row.get('median'), 2, True)} [{fmt(row.get('low'), 2, True)}, {fmt(row.get('high'), 2, True)}]"
@@ -647,7 +665,7 @@ def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict
             f"{r['task']}: {r['what']}" if r.get("missing") else
             f"{r['task']}: {fmt(r.get('median'), 2 if unit else 1, not unit)}{unit}"
             + (f" [{fmt(r.get('low'), 1, True)}, {fmt(r.get('high'), 1, True)}] (n={r['n_pairs']})" if r.get("n_pairs") else "")
-            + (f" (tied lrs: {fmt(r['low'], 2)}x to {fmt(r['high'], 2)}x)"
+            + (f" (tied lrs: {fmt_ratio(r['low'])} to {fmt_ratio(r['high'])})"
                if unit and r.get("low") is not None and not pd.isna(r["low"]) and r["low"] != r["high"] else "")
             + ("" if r["verdict"] == verdict else f" {r['verdict']}") for r in rows) or "no runs yet"
         verdict_rows.append({"claim": f"{claim.claim} ({claim.source})" if claim.source else claim.claim,

@@ -472,13 +472,18 @@ def test_a_learning_rate_ratio_claim_reads_the_chosen_rates():
 
 def test_a_learning_rate_ratio_claim_counts_every_ratio_that_tied_candidates_allow():
     """One tuning seed's held-out score chooses each lr: candidates within the task's margin of the
-    best are ties it cannot break, so the ratio claim holds only when every tied ratio is in range."""
+    best are ties it cannot break, so the ratio claim holds only when every tied ratio is in range;
+    a tie at an end of the grid tried leaves that side open."""
+    import math
+
     from analysis.claims import near_best_lrs
 
     tuning = pd.DataFrame([  # held-out points on the tuning seed
         {"arm": "lora", "task": "sst2", "lr": 3e-4, "heldout": 84.4},
         {"arm": "lora", "task": "sst2", "lr": 1e-3, "heldout": 86.4},   # 0.4 below the best: tied
         {"arm": "lora", "task": "sst2", "lr": 3e-3, "heldout": 86.8},
+        {"arm": "lora", "task": "sst2", "lr": 9e-3, "heldout": 84.0},
+        {"arm": "full_ft", "task": "sst2", "lr": 1e-5, "heldout": 83.0},
         {"arm": "full_ft", "task": "sst2", "lr": 3e-5, "heldout": 85.6},  # 0.4 below: tied
         {"arm": "full_ft", "task": "sst2", "lr": 1e-4, "heldout": 86.0},
         {"arm": "full_ft", "task": "sst2", "lr": 3e-4, "heldout": 84.8},  # 1.2 below: not tied
@@ -490,15 +495,25 @@ def test_a_learning_rate_ratio_claim_counts_every_ratio_that_tied_candidates_all
     runs = two_tasks({"sst2": [0.0] * 3})
     runs.loc[runs.arm == "lora", "lr"], runs.loc[runs.arm == "full_ft", "lr"] = 3e-3, 1e-4
     assert evaluate_claim(claim, runs)[1] == "supported"  # chosen 30x, no ties known
-    rows, verdict = evaluate_claim(claim, runs, near_best=near)  # ties allow 10x, 30x, 33x and 100x
+    rows, verdict = evaluate_claim(claim, runs, near_best=near)  # ties allow 10x to 100x
     assert verdict == "undecided" and (rows[0]["low"], rows[0]["high"]) == pytest.approx((10.0, 100.0))
-    assert "lora 0.001, 0.003, full_ft 3e-05, 0.0001: ratios 10 to 1e+02" in rows[0]["what"]
+    assert "lora 0.001, 0.003, full_ft 3e-05, 0.0001: ratios 10.00x to 100.00x" in rows[0]["what"]
     assert comparison_cell({"test": "lr_ratio", **rows[0]}) == \
         "30.00x (ratio of chosen lrs; no interval; 10.00x to 100.00x over lrs tied within the margin)"
     wide = Claim("LoRA's lr is 3x to 300x FT's", "lr_ratio", "lora", "full_ft", ratio=(3.0, 300.0))
     assert evaluate_claim(wide, runs, near_best=near)[1] == "supported"  # every tied ratio in range
     far = Claim("LoRA's lr is at most 3x FT's", "lr_ratio", "lora", "full_ft", ratio=(0.1, 3.0))
     assert evaluate_claim(far, runs, near_best=near)[1] == "refuted"  # no tied ratio in range
+    # FT's 1e-5 tied too, and it is the smallest FT tried: lower rates may tie as well, so the ratio
+    # is open above and "3x to 300x" can no longer be supported
+    tuning.loc[(tuning.arm == "full_ft") & (tuning.lr == 1e-5), "heldout"] = 85.5
+    open_near = near_best_lrs(tuning, {"sst2": 1.0})
+    assert open_near[("full_ft", "sst2")] == [0.0, 1e-5, 3e-5, 1e-4]
+    rows, verdict = evaluate_claim(wide, runs, near_best=open_near)
+    assert verdict == "undecided" and rows[0]["high"] == math.inf
+    assert "full_ft <= 1e-05, 3e-05, 0.0001" in rows[0]["what"] and "leaves that side open" in rows[0]["what"]
+    assert comparison_cell({"test": "lr_ratio", **rows[0]}).endswith("10.00x to ∞ over lrs tied within the margin)")
+    assert evaluate_claim(far, runs, near_best=open_near)[1] == "refuted"  # 10x and up: still none in range
 
 
 def test_a_verdict_the_dev_sample_does_not_carry_is_undecided():
