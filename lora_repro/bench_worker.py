@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from .backbone import count_parameters
-from .profiling import LiveTensorBytes, PeakMemory, tensor_bytes
+from .profiling import LiveTensorBytes, PeakMemory, live_tensors
 
 from .assembly import build as assemble
 from .config import compose_config
@@ -64,12 +64,12 @@ def one_step(model, optimizer, batch, autocast) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def peak_tensor_bytes(model, optimizer_bytes: int, step) -> tuple[int, str]:
+def peak_tensor_bytes(model, optimizer, step) -> tuple[int, str]:
     """Live tensor bytes at their peak in one more (untimed) training step: weights and optimizer
     state already live, gradients and activations made during the step. CUDA: max allocated."""
     if torch.cuda.is_available():
         return int(torch.cuda.max_memory_allocated()), "cuda_max_memory_allocated"
-    with LiveTensorBytes(tensor_bytes(model) + optimizer_bytes) as mode:
+    with LiveTensorBytes(existing=live_tensors(model, optimizer)) as mode:
         step()
     return mode.peak, "cpu_live_tensors_one_step"
 
@@ -105,7 +105,7 @@ def _measure_train(spec: dict) -> dict:
             times.append(time.perf_counter() - start)
     optimizer_bytes = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
                           if torch.is_tensor(t) and t.dim() > 0)
-    tensor_peak, tensor_source = peak_tensor_bytes(model, optimizer_bytes, lambda: one_step(model, optimizer, batch, autocast))
+    tensor_peak, tensor_source = peak_tensor_bytes(model, optimizer, lambda: one_step(model, optimizer, batch, autocast))
     state = trainable_state(model)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "trainable.safetensors"

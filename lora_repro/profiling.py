@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Iterable
 from typing import Any
 
 import psutil
@@ -17,13 +18,19 @@ class LiveTensorBytes(TorchDispatchMode):
     """The peak of live CPU tensor bytes while it is active: every tensor an operator returns is
     counted (once per storage) until it is freed. On CPU this is what a method changes (weights,
     gradients, optimizer state, activations), which the process's resident set hides under the
-    allocator, the libraries and the interpreter. `start` counts what already lives (the weights).
-    Each operator pays a little Python, so the trainer measures only the first steps."""
+    allocator, the libraries and the interpreter. `existing`: the tensors already alive (weights,
+    optimizer state), registered by storage, so that an operator returning a view of one (linear's
+    weight.t()) or the tensor itself (AdamW's in-place updates) does not count it a second time;
+    `start`: other bytes already alive. Each operator pays a little Python, so the trainer measures
+    only the first steps."""
 
-    def __init__(self, start: int = 0):
+    def __init__(self, start: int = 0, existing: Iterable[torch.Tensor] = ()):
         super().__init__()
         self.live = self.peak = int(start)
         self._sizes: dict[int, int] = {}
+        for tensor in existing:
+            self._track(tensor)
+        self.peak = self.live
 
     def _track(self, value: Any) -> None:
         if not isinstance(value, torch.Tensor) or value.device.type != "cpu" or value.is_meta:
@@ -47,8 +54,12 @@ class LiveTensorBytes(TorchDispatchMode):
         return out
 
 
-def tensor_bytes(module: torch.nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+def live_tensors(module: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> list[torch.Tensor]:
+    """What a training step finds alive: the module's parameters and buffers, and the optimizer's
+    state tensors (LiveTensorBytes' `existing`)."""
+    state = [t for s in (optimizer.state.values() if optimizer is not None else ()) for t in s.values()
+             if torch.is_tensor(t)]
+    return [*module.parameters(), *module.buffers(), *state]
 
 
 class PeakMemory:

@@ -30,7 +30,7 @@ from .config import check_early_stopping
 from .errors import ConfigError, DataError, RecordNotWritten, TrainingDiverged, one_line
 from .methods import Method
 from .metrics import constant_metrics
-from .profiling import LiveTensorBytes, PeakMemory, tensor_bytes
+from .profiling import LiveTensorBytes, PeakMemory, live_tensors
 from .provenance import device, git_branch, git_commit
 from .paper_rows import paper_fit
 from .record import BEST_FILE, CHECKPOINT_FILE, TRAINABLE_FILE, RunRecord, new_record, write_record
@@ -154,7 +154,7 @@ class TensorMemory(TrainerCallback):
         if torch.cuda.is_available():
             return
         self.first_step = state.global_step
-        self.mode = LiveTensorBytes(tensor_bytes(self.model))
+        self.mode = LiveTensorBytes(existing=live_tensors(self.model))  # optimizer state: made in step 1
         self.mode.__enter__()
 
     def on_step_end(self, args, state, control, **kwargs):

@@ -68,6 +68,44 @@ def test_live_tensor_bytes_counts_allocations_and_frees():
     assert b.sum() == 2000 and c.sum() == 0
 
 
+def test_live_tensor_bytes_counts_a_weight_once_through_its_views_and_in_place_updates():
+    """linear() hands the mode weight.t() and AdamW's in-place updates hand it the tensors they
+    update: both share a storage that was alive before the mode began, and counting it again made
+    full FT's peak 7 weight-copies instead of 4 (weights, gradients, two moments)."""
+    import torch
+
+    from lora_repro.profiling import LiveTensorBytes, live_tensors
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(256, 256, bias=False) for _ in range(4)])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=False)
+    x = torch.randn(2, 256)
+
+    def step():
+        model(x).pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()  # AdamW's moments exist from here on
+    weights = 4 * 256 * 256 * 4
+    with LiveTensorBytes(existing=live_tensors(model, optimizer)) as mode:
+        assert mode.live == mode.peak == 3 * weights + 4 * 4  # weights, two moments, four step counters
+        view = model[0].weight.t()
+        model[0].weight.data.mul_(1.0)
+        assert mode.live == 3 * weights + 16
+        del view
+        step()
+    assert mode.live == 3 * weights + 16   # back where it began: nothing leaked into the count
+    # the step's peak: weights, moments, gradients (one weight-copy each) and AdamW's temporaries,
+    # which foreach=False keeps to a few one-layer tensors (counting the weights again gave 7 copies)
+    assert 4 * weights <= mode.peak < 5 * weights
+    kept = torch.zeros(10)
+    with LiveTensorBytes(start=100, existing=[kept, kept.view(2, 5)]) as mode:
+        assert mode.live == 140   # one storage, counted once
+        del kept
+        assert mode.live == 100   # and uncounted when it is freed
+
+
 def test_tensor_level_peak_holds_weights_gradients_and_adam_state_and_separates_the_methods():
     full = measure_train({**SPEC, "method": "full_ft"})
     lora = measure_train({**SPEC, "method": "lora"})
