@@ -57,8 +57,8 @@ class LiveTensorBytes(TorchDispatchMode):
 def live_tensors(module: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> list[torch.Tensor]:
     """What a training step finds alive: the module's parameters and buffers, and the optimizer's
     state tensors (LiveTensorBytes' `existing`)."""
-    state = [t for s in (optimizer.state.values() if optimizer is not None else ()) for t in s.values()
-             if torch.is_tensor(t)]
+    per_param = getattr(optimizer, "state", None) or {}  # accelerate's wrapper forwards .state
+    state = [t for s in per_param.values() for t in s.values() if torch.is_tensor(t)]
     return [*module.parameters(), *module.buffers(), *state]
 
 

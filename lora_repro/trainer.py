@@ -154,7 +154,8 @@ class TensorMemory(TrainerCallback):
         if torch.cuda.is_available():
             return
         self.first_step = state.global_step
-        self.mode = LiveTensorBytes(existing=live_tensors(self.model))  # optimizer state: made in step 1
+        # the optimizer's state exists already when a run resumes; otherwise its first step makes it
+        self.mode = LiveTensorBytes(existing=live_tensors(self.model, kwargs.get("optimizer")))
         self.mode.__enter__()
 
     def on_step_end(self, args, state, control, **kwargs):
