@@ -104,7 +104,7 @@ params:
 
 
 # The claims decided at small scale (experiments/claims): results/<scale>/claims.md. scale=core (the
-# default: SST-2, CoLA, STS-B, 13-18 h on 2 CPU cores, resumable: re-run the same command) or scale=full.
+# default: SST-2, CoLA, STS-B, 9-12 h on 2 CPU cores, resumable: re-run the same command) or scale=full.
 # On a CPU machine, ARGS="--devices cpu0,cpu1" trains two runs at once, each on half the cores.
 ## the claims study (committed evidence; ARGS=scale=full for the full tier)
 claims:
