@@ -650,6 +650,7 @@ def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict
     arms = arm_table(runs, failed_by_arm(records, scale), seeds, margins, planned)
     tuning = tuning_table(records, scale)
     edges = {(t["arm"], t["task"]): t["edge"] for t in tuning.to_dict("records") if t["edge"]}
+    near_best = near_best_lrs(tuning, margins)
     # The claims this tier can decide: those whose two arms are among its variants (study.yaml
     # checked every claim against every tier when the study was read).
     variants = set(spec.get("variants") or {})
@@ -658,7 +659,7 @@ def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict
               if not variants or {c.arm, c.baseline, *(c.then or ())} <= variants]
     pair_rows, verdict_rows = [], []
     for claim in claims:
-        rows, verdict = evaluate_claim(claim, runs, margins, edges, planned, seeds, near_best_lrs(tuning, margins))
+        rows, verdict = evaluate_claim(claim, runs, margins, edges, planned, seeds, near_best)
         pair_rows += [{"claim": claim.id, "test": claim.test, **r} for r in rows]
         unit = "x" if claim.test == "lr_ratio" else ""
         measured = "; ".join(
