@@ -564,6 +564,13 @@ def fmt_ratio(x: float, digits: int = 2) -> str:
     return "∞" if x == math.inf else "0" if x == 0 else f"{x:.{digits}f}x"
 
 
+def has_tie_range(row: dict) -> bool:
+    """Whether an lr_ratio row carries a range of ratios over tied learning rates (the chosen ratio
+    lies inside it, so a range that is not one point is a tie)."""
+    low, high = row.get("low"), row.get("high")
+    return low is not None and high is not None and not pd.isna(low) and low != high
+
+
 def comparison_cell(row: dict) -> str:
     """The Comparisons table's measured cell. A ratio of chosen learning rates is one number per task,
     not a paired difference, and bit-identity has its largest difference: neither has an interval,
@@ -571,10 +578,9 @@ def comparison_cell(row: dict) -> str:
     if row.get("missing") or row.get("median") is None or pd.isna(row.get("median")):
         return "—"
     if row.get("test") == "lr_ratio":
-        tied = (row.get("low") is not None and row.get("high") is not None and not pd.isna(row.get("low"))
-                and (row["low"], row["high"]) != (row["median"], row["median"]))
         return (f"{fmt_ratio(row['median'])} (ratio of chosen lrs; no interval"
-                + (f"; {fmt_ratio(row['low'])} to {fmt_ratio(row['high'])} over lrs tied within the margin)" if tied else ")"))
+                + (f"; {fmt_ratio(row['low'])} to {fmt_ratio(row['high'])} over lrs tied within the margin)"
+                   if has_tie_range(row) else ")"))
     if row.get("test") == "identical":
         return f"largest dev difference {fmt(row['median'], 2)}"
     return f"{fmt(row.get('median'), 2, True)} [{fmt(row.get('low'), 2, True)}, {fmt(row.get('high'), 2, True)}]"
@@ -666,8 +672,7 @@ def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict
             f"{r['task']}: {r['what']}" if r.get("missing") else
             f"{r['task']}: {fmt(r.get('median'), 2 if unit else 1, not unit)}{unit}"
             + (f" [{fmt(r.get('low'), 1, True)}, {fmt(r.get('high'), 1, True)}] (n={r['n_pairs']})" if r.get("n_pairs") else "")
-            + (f" (tied lrs: {fmt_ratio(r['low'])} to {fmt_ratio(r['high'])})"
-               if unit and r.get("low") is not None and not pd.isna(r["low"]) and r["low"] != r["high"] else "")
+            + (f" (tied lrs: {fmt_ratio(r['low'])} to {fmt_ratio(r['high'])})" if unit and has_tie_range(r) else "")
             + ("" if r["verdict"] == verdict else f" {r['verdict']}") for r in rows) or "no runs yet"
         verdict_rows.append({"claim": f"{claim.claim} ({claim.source})" if claim.source else claim.claim,
                              "test": claim.test, "verdict": verdict, "measured": measured})

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from .backbone import count_parameters
-from .profiling import LiveTensorBytes, PeakMemory, live_tensors
+from .profiling import LiveTensorBytes, PeakMemory, live_tensors, optimizer_state
 
 from .assembly import build as assemble
 from .config import compose_config
@@ -103,8 +103,9 @@ def _measure_train(spec: dict) -> dict:
         sync()
         if step >= spec["warmup_steps"]:
             times.append(time.perf_counter() - start)
-    optimizer_bytes = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
-                          if torch.is_tensor(t) and t.dim() > 0)
+    # The moments only: bench.memory_terms sets them beside its analytic 2 x trainable, so the 0-dim
+    # step counters are left out here (live_tensors above counts them, as a step finds them alive).
+    optimizer_bytes = sum(t.numel() * t.element_size() for t in optimizer_state(optimizer) if t.dim() > 0)
     tensor_peak, tensor_source = peak_tensor_bytes(model, optimizer, lambda: one_step(model, optimizer, batch, autocast))
     state = trainable_state(model)
     with tempfile.TemporaryDirectory() as tmp:

@@ -54,12 +54,16 @@ class LiveTensorBytes(TorchDispatchMode):
         return out
 
 
+def optimizer_state(optimizer: torch.optim.Optimizer | None) -> list[torch.Tensor]:
+    """The optimizer's per-parameter state tensors (AdamW: both moments and the 0-dim step count)."""
+    per_param = getattr(optimizer, "state", None) or {}  # accelerate's wrapper forwards .state
+    return [t for s in per_param.values() for t in s.values() if torch.is_tensor(t)]
+
+
 def live_tensors(module: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> list[torch.Tensor]:
     """What a training step finds alive: the module's parameters and buffers, and the optimizer's
     state tensors (LiveTensorBytes' `existing`)."""
-    per_param = getattr(optimizer, "state", None) or {}  # accelerate's wrapper forwards .state
-    state = [t for s in per_param.values() for t in s.values() if torch.is_tensor(t)]
-    return [*module.parameters(), *module.buffers(), *state]
+    return [*module.parameters(), *module.buffers(), *optimizer_state(optimizer)]
 
 
 class PeakMemory:
