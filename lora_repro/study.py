@@ -340,8 +340,45 @@ def weights_per_token(arch: dict | None) -> float | None:
     return layers * (4 * hidden * hidden + 2 * hidden * inner)
 
 
+# --only FIELD=V1,V2: what a planned run is called by, per field. The plan and the manifest stay
+# whole (a study's results/ shows the rest as not run yet); only the launch is narrowed, so a user
+# can run one new arm of a large study, or one task, without waiting for the rest.
+SELECT_FIELDS: dict[str, Callable[[PlannedRun], str]] = {
+    "arm": lambda r: r.group[1], "task": lambda r: r.task, "model": lambda r: r.model,
+    "method": lambda r: r.method, "seed": lambda r: str(r.seed)}
+
+
+def parse_only(specs: list[str], runs: list[PlannedRun]) -> dict[str, set[str]]:
+    """--only values as {field: values}, checked against the plan: an unknown field, or a value no
+    planned run has, is one error naming the choices (before anything trains)."""
+    only: dict[str, set[str]] = {}
+    for spec in specs:
+        field, _, values = spec.partition("=")
+        if field not in SELECT_FIELDS or not values:
+            raise ConfigError(f"--only {spec}: give FIELD=VALUE[,VALUE...] with FIELD one of "
+                              f"{', '.join(SELECT_FIELDS)} (e.g. --only arm=lora_mpnet,full_ft_mpnet)")
+        wanted = {v.strip() for v in values.split(",") if v.strip()}
+        known = {SELECT_FIELDS[field](r) for r in runs}
+        unknown = sorted(wanted - known)
+        if unknown:
+            raise ConfigError(f"--only {spec}: no planned run has {field} {', '.join(unknown)}; "
+                              f"this plan's {field}s: {', '.join(sorted(known, key=natural))}")
+        only.setdefault(field, set()).update(wanted)
+    return only
+
+
+def natural(value: str) -> tuple:
+    return (0, int(value), "") if value.isdigit() else (1, 0, value)
+
+
+def selected(run: PlannedRun, only: dict[str, set[str]] | None) -> bool:
+    """A run the launch may start: it matches every --only field (any of that field's values)."""
+    return not only or all(SELECT_FIELDS[field](run) in values for field, values in only.items())
+
+
 def describe(study: Study, runs: list[PlannedRun], throughput: dict[tuple[str, str], float],
-             output_root: Path | None = None, devices: list[str] | None = None) -> str:
+             output_root: Path | None = None, devices: list[str] | None = None,
+             only: dict[str, set[str]] | None = None) -> str:
     lines = [f"study {study.name}" + (f" ({', '.join(f'{k}={v}' for k, v in study.params.items())})" if study.params else "")
              + f": {str(study.spec.get('description', '')).strip().splitlines()[0] if study.spec.get('description') else ''}"]
     if study.is_command:
@@ -354,6 +391,13 @@ def describe(study: Study, runs: list[PlannedRun], throughput: dict[tuple[str, s
                  f"{len(done)} already done (skipped), {len(pending)} to run"
                  + (f", {len(no_data)} left out (data folder missing: {sorted({r.task for r in no_data})})" if no_data else "")
                  + ".")
+    if only:
+        chosen = [r for r in pending if selected(r, only)]
+        named = " ".join(k + "=" + ",".join(sorted(v, key=natural)) for k, v in only.items())
+        lines.append(f"--only {named}: "
+                     f"{len(chosen)} of the {len(pending)} to run are selected (their tuning candidates included "
+                     f"only if they match too); the rest stay planned and are not started.")
+        pending = chosen
     lines += same_recipe_notes(runs)
     if done and output_root is not None:
         commits: dict[str, int] = {}
@@ -564,7 +608,8 @@ def nearest_first(runs: list[PlannedRun]) -> list[PlannedRun]:
     return sorted(runs, key=lambda r: (r.role != "final", left.get(arm(r), 0)))
 
 
-def launch_tuned(study: Study, evidence: Evidence, extra: list[str], devices: list[str] | None = None) -> int:
+def launch_tuned(study: Study, evidence: Evidence, extra: list[str], devices: list[str] | None = None,
+                 only: dict[str, set[str]] | None = None) -> int:
     """A tuned study in rounds: whatever can run now (the candidates, then the seeds whose setting
     has been chosen) runs, and the plan is made again, until nothing new can run. Each round
     launches one Hydra multirun per variant and value set; with --devices, one pool that plans again
@@ -574,7 +619,7 @@ def launch_tuned(study: Study, evidence: Evidence, extra: list[str], devices: li
 
     def runnable() -> list[PlannedRun]:  # replan() first copies the records that landed into the study
         return [r for r in evidence.replan() if r.run_dir is not None and r.data_ok and not r.done
-                and r.run_dir not in attempted]
+                and r.run_dir not in attempted and selected(r, only)]
 
     while True:
         todo = runnable()
@@ -610,12 +655,13 @@ def launch_tuned(study: Study, evidence: Evidence, extra: list[str], devices: li
 
 
 def launch(study: Study, runs: list[PlannedRun], extra: list[str], evidence: Evidence,
-           devices: list[str] | None = None) -> int:
+           devices: list[str] | None = None, only: dict[str, set[str]] | None = None) -> int:
     """One Hydra multirun per phase and variant (a fresh process each, so peak memory is per
     variant), over the grid values and seeds that still have a run to do and data to do it with;
     finished runs inside a sweep are skipped by the trainer itself. Records are copied into the
     study after each multirun."""
     status = 0
+    runs = [r for r in runs if selected(r, only)]
     for index, phase in enumerate(study.phases()):
         if devices:  # a phase's runs spread over the devices; the next phase starts when it is done
             todo = [r for r in runs if r.group[0] == index and r.data_ok and not r.done]
@@ -840,6 +886,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="run jobs in parallel, one per device at a time: 'auto' (every visible GPU) or ids "
                              "'0,1,2,3' (each job sees only its own: CUDA_VISIBLE_DEVICES), or CPU slots 'cpu0,cpu1' (each job "
                              "gets an equal share of the cores as threads). Default: one job at a time")
+    parser.add_argument("--only", action="append", default=[], metavar="FIELD=V1,V2",
+                        help="start only the planned runs with these values (fields: " + ", ".join(SELECT_FIELDS)
+                             + "; repeat to narrow further), e.g. --only arm=lora_mpnet,full_ft_mpnet; the plan, "
+                               "the manifest and results/ still cover the whole study")
     drift = parser.add_mutually_exclusive_group()
     drift.add_argument("--keep", action="store_true",
                        help="runs whose recipe changed keep their committed records (nothing re-runs them)")
@@ -858,12 +908,15 @@ def main(argv: list[str] | None = None) -> int:
             root = Path(str(compose_job([*study.common(), *extra]).output_root))  # one line for a bad override
             evidence = Evidence(study, extra, root, keep=args.keep, rerun=args.rerun, write=not args.dry_run)
             runs = evidence.replan()
+        if args.only and study.is_command:
+            raise ConfigError(f"--only: study {study.name} runs one command, not planned runs; drop --only")
+        only = parse_only(args.only, runs)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     throughput = measured_throughput(root, experiments_dir() / study.name / RECORDS_DIR if study.committed else None) \
         if root else {}
-    print(describe(study, runs, throughput, root, devices), flush=True)
+    print(describe(study, runs, throughput, root, devices, only), flush=True)
     if args.dry_run or args.plan_only:
         return 0
     try:
@@ -876,8 +929,8 @@ def main(argv: list[str] | None = None) -> int:
             if status != 0:  # the tool said why; results/ keeps what an earlier, successful run wrote
                 return status
         else:
-            status = (launch_tuned(study, evidence, extra, devices) if study.tune() is not None
-                      else launch(study, runs, extra, evidence, devices))
+            status = (launch_tuned(study, evidence, extra, devices, only) if study.tune() is not None
+                      else launch(study, runs, extra, evidence, devices, only))
     except Stopped as exc:
         if evidence is not None:
             evidence.after_launch()  # the records that landed are copied into the study

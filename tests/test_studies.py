@@ -228,6 +228,36 @@ def test_a_study_lands_in_run_folders_records_its_name_and_a_rerun_skips(tmp_pat
     assert (results / "methods.md").read_text() == table  # same records, same bytes
 
 
+def test_only_starts_the_selected_arm_and_names_bad_choices(tmp_path):
+    """--only arm=lora: the plan still counts both arms, only LoRA trains; a field or value the
+    plan does not have is one error naming the choices, before anything runs."""
+    experiments = tmp_path / "experiments"
+    (experiments / "tiny").mkdir(parents=True)
+    data = write_sst2_dir(tmp_path / "SST-2", n_train=64, n_dev=32)
+    common = [*TINY, f"task.data_dir={data}", "train.max_steps=2", "save_checkpoint=false",
+              f"output_root={tmp_path / 'outputs'}"]
+    (experiments / "tiny" / "study.yaml").write_text(json.dumps({
+        "description": "two methods on the tiny model", "cost": "seconds",
+        "common": common, "variants": {"lora": ["method=lora"], "bitfit": ["method=bitfit", "train.lr=1e-2"]},
+        "seeds": [1, 2], "results": ["method_table"]}))
+    env = {**os.environ, "LORA_REPRO_EXPERIMENTS": str(experiments), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "lora_repro.study", "tiny", "--scratch"]
+    out = subprocess.run([*cmd, "--only", "arm=lora", "--only", "seed=2"], cwd=PROJECT_ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "4 runs planned (4 distinct run folders): 0 already done (skipped), 4 to run." in out.stdout
+    assert "--only arm=lora seed=2: 1 of the 4 to run are selected" in out.stdout
+    records = sorted((tmp_path / "outputs" / "runs").rglob("record.json"))
+    assert [(p.parent.parent.name, p.parent.name.rsplit("_", 1)[1]) for p in records] == [("lora", "seed2")]
+    for bad, message in [("arm=dora", "no planned run has arm dora; this plan's arms: bitfit, lora"),
+                         ("rank=8", "give FIELD=VALUE[,VALUE...] with FIELD one of arm, task, model, method, seed"),
+                         ("seed=3", "no planned run has seed 3; this plan's seeds: 1, 2")]:
+        wrong = subprocess.run([*cmd, "--dry-run", "--only", bad], cwd=PROJECT_ROOT, env=env,
+                               capture_output=True, text=True, timeout=300)
+        assert wrong.returncode == 2 and message in wrong.stderr, wrong.stderr[-1000:]
+        assert len(wrong.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.slow
 def test_a_study_fans_out_one_job_per_device(tmp_path):
     """--devices 0,1: every run in its own process, at most two at once, each told its device
