@@ -192,7 +192,9 @@ def test_every_method_in_conf_declares_what_it_is_and_trains_its_own_parameters(
 
 
 @pytest.mark.slow
-def test_a_study_lands_in_run_folders_records_its_name_and_a_rerun_skips(tmp_path):
+def tiny_study(tmp_path, seeds: list[int]) -> tuple[list[str], dict[str, str]]:
+    """A study `tiny` of LoRA and BitFit on the tiny model (2 steps a run) under tmp_path: the
+    launcher's command (--scratch: a user's own runs, outputs/ only) and its environment."""
     experiments = tmp_path / "experiments"
     (experiments / "tiny").mkdir(parents=True)
     data = write_sst2_dir(tmp_path / "SST-2", n_train=64, n_dev=32)
@@ -201,9 +203,14 @@ def test_a_study_lands_in_run_folders_records_its_name_and_a_rerun_skips(tmp_pat
     (experiments / "tiny" / "study.yaml").write_text(json.dumps({
         "description": "two methods on the tiny model", "cost": "seconds",
         "common": common, "variants": {"lora": ["method=lora"], "bitfit": ["method=bitfit", "train.lr=1e-2"]},
-        "seeds": [1], "results": ["method_table"]}))
+        "seeds": seeds, "results": ["method_table"]}))
     env = {**os.environ, "LORA_REPRO_EXPERIMENTS": str(experiments), "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "lora_repro.study", "tiny", "--scratch"]  # a user's own runs: outputs/ only
+    return [sys.executable, "-m", "lora_repro.study", "tiny", "--scratch"], env
+
+
+def test_a_study_lands_in_run_folders_records_its_name_and_a_rerun_skips(tmp_path):
+    cmd, env = tiny_study(tmp_path, seeds=[1])
+    experiments = tmp_path / "experiments"
     first = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "2 runs planned (2 distinct run folders): 0 already done (skipped), 2 to run." in first.stdout
@@ -231,17 +238,7 @@ def test_a_study_lands_in_run_folders_records_its_name_and_a_rerun_skips(tmp_pat
 def test_only_starts_the_selected_arm_and_names_bad_choices(tmp_path):
     """--only arm=lora: the plan still counts both arms, only LoRA trains; a field or value the
     plan does not have is one error naming the choices, before anything runs."""
-    experiments = tmp_path / "experiments"
-    (experiments / "tiny").mkdir(parents=True)
-    data = write_sst2_dir(tmp_path / "SST-2", n_train=64, n_dev=32)
-    common = [*TINY, f"task.data_dir={data}", "train.max_steps=2", "save_checkpoint=false",
-              f"output_root={tmp_path / 'outputs'}"]
-    (experiments / "tiny" / "study.yaml").write_text(json.dumps({
-        "description": "two methods on the tiny model", "cost": "seconds",
-        "common": common, "variants": {"lora": ["method=lora"], "bitfit": ["method=bitfit", "train.lr=1e-2"]},
-        "seeds": [1, 2], "results": ["method_table"]}))
-    env = {**os.environ, "LORA_REPRO_EXPERIMENTS": str(experiments), "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "lora_repro.study", "tiny", "--scratch"]
+    cmd, env = tiny_study(tmp_path, seeds=[1, 2])
     out = subprocess.run([*cmd, "--only", "arm=lora", "--only", "seed=2"], cwd=PROJECT_ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
