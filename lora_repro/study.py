@@ -65,7 +65,7 @@ from .record import iter_records, read_run_record
 from .evidence import (RECORDS_DIR, Drift, ManifestRow, find_drift, merge_rows, prune_records, read_committed, read_manifest, sync,
                        write_manifest)
 from .provenance import cpu_count, git_commit
-from .rundir import RUNS_DIR, canonical_recipe, config_hash, existing_record, lacks_weights, run_subdir
+from .rundir import RUNS_DIR, canonical_recipe, existing_record, lacks_weights, recipe_hash, run_subdir
 from .studyspec import (experiments_dir, STUDY_FILE, Study, Tune, command_line, load_study, param_choices,  # noqa: F401
                         read_spec, results_dir, split_args, study_names)
 
@@ -126,7 +126,8 @@ class Composed:
         """(the config with this seed, its folder hash, its recipe)."""
         self.cfg.seed = seed
         if seed not in self.by_seed:
-            self.by_seed[seed] = (config_hash(self.cfg), canonical_recipe(self.cfg))
+            recipe = canonical_recipe(self.cfg)  # resolving the recipe is most of planning's time: once
+            self.by_seed[seed] = (recipe_hash(recipe), recipe)
         return (self.cfg, *self.by_seed[seed])
 
 
