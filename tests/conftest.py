@@ -74,3 +74,17 @@ def run_train(monkeypatch, *argv: str) -> None:
 
     monkeypatch.setattr(sys, "argv", ["lora_repro.train", *argv])
     train.main()
+
+
+def run_study(monkeypatch, capsys, experiments: Path, *argv: str) -> tuple[int, str, str]:
+    """`python -m lora_repro.study ARGV` with LORA_REPRO_EXPERIMENTS=experiments, in this process:
+    (exit code, stdout, stderr). For the launcher's answers that train nothing (--dry-run, refusals):
+    each saves an interpreter start-up and its torch import (about 5 s on a 2-core machine)."""
+    from lora_repro import studyspec
+    from lora_repro.study import main
+
+    monkeypatch.setattr(studyspec, "EXPERIMENTS_DIR", Path(experiments))
+    capsys.readouterr()  # what the test printed before is not the launcher's
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -18,7 +18,7 @@ from lora_repro.evidence import (ManifestRow, committed_path, find_drift, read_m
                                  slim_record, sync, write_manifest)
 from lora_repro.record import new_record, write_record
 
-from .conftest import TINY, write_sst2_dir
+from .conftest import TINY, run_study, write_sst2_dir
 
 
 def row(key: str, run: str, hash_: str, **kw) -> ManifestRow:
@@ -113,7 +113,7 @@ def as_released(experiments: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_study_half_run_on_one_machine_finishes_on_another_from_committed_records(tmp_path, monkeypatch):
+def test_a_study_half_run_on_one_machine_finishes_on_another_from_committed_records(tmp_path, monkeypatch, capsys):
     machine_a = tmp_path / "a"
     experiments = tiny_study(machine_a, seeds=[1])
     first = study_cmd(experiments, machine_a / "outputs", "--no-results")
@@ -128,10 +128,10 @@ def test_a_study_half_run_on_one_machine_finishes_on_another_from_committed_reco
     spec = json.loads((clone / "tiny" / "study.yaml").read_text())
     spec["common"] = [o.replace(str(machine_b), str(machine_a)) for o in spec["common"]]  # same recipe
     (clone / "tiny" / "study.yaml").write_text(json.dumps(spec))
-    dry = study_cmd(clone, machine_b / "outputs", "--dry-run")
-    assert dry.returncode == 0, dry.stderr[-2000:]
-    assert "2 runs planned (2 distinct run folders): 1 already done (skipped), 1 to run." in dry.stdout
-    assert f"Done runs come from code {'c' * 10} (1)." in dry.stdout
+    code, dry, err = run_study(monkeypatch, capsys, clone, "tiny", "--dry-run", f"output_root={machine_b / 'outputs'}")
+    assert code == 0, err[-2000:]
+    assert "2 runs planned (2 distinct run folders): 1 already done (skipped), 1 to run." in dry
+    assert f"Done runs come from code {'c' * 10} (1)." in dry
     second = study_cmd(clone, machine_b / "outputs", "--no-results")
     assert second.returncode == 0, second.stderr[-2000:]
     assert second.stdout.count("$ python -m lora_repro.train") == 1 and "seed=2" in second.stdout
@@ -153,7 +153,7 @@ def test_a_study_half_run_on_one_machine_finishes_on_another_from_committed_reco
 
 
 @pytest.mark.slow
-def test_recipe_drift_stops_the_study_until_the_user_keeps_or_reruns(tmp_path):
+def test_recipe_drift_stops_the_study_until_the_user_keeps_or_reruns(tmp_path, monkeypatch, capsys):
     experiments = tiny_study(tmp_path, seeds=[1])
     outputs = tmp_path / "outputs"
     assert study_cmd(experiments, outputs, "--no-results").returncode == 0
@@ -162,14 +162,15 @@ def test_recipe_drift_stops_the_study_until_the_user_keeps_or_reruns(tmp_path):
     spec["common"].append("train.weight_decay=0.01")
     (experiments / "tiny" / "study.yaml").write_text(json.dumps(spec))
 
-    refused = study_cmd(experiments, outputs, "--no-results")
-    assert refused.returncode == 2 and "lora_repro.train" not in refused.stdout
-    assert "1 runs changed recipe since their records were committed: train.weight_decay 0.0 -> 0.01" in refused.stdout
-    assert "--keep" in refused.stderr and "--rerun" in refused.stderr
+    # The launcher's refusal and --keep train nothing: asked in this process (no interpreter start-up).
+    code, out, err = run_study(monkeypatch, capsys, experiments, "tiny", "--no-results", f"output_root={outputs}")
+    assert code == 2 and "lora_repro.train" not in out
+    assert "1 runs changed recipe since their records were committed: train.weight_decay 0.0 -> 0.01" in out
+    assert "--keep" in err and "--rerun" in err
     assert read_manifest(experiments / "tiny") == before  # nothing written
 
-    kept = study_cmd(experiments, outputs, "--no-results", "--keep")
-    assert kept.returncode == 0 and "lora_repro.train" not in kept.stdout
+    code, out, err = run_study(monkeypatch, capsys, experiments, "tiny", "--no-results", "--keep", f"output_root={outputs}")
+    assert code == 0 and "lora_repro.train" not in out, err[-2000:]
     assert [r.hash for r in read_manifest(experiments / "tiny")] == [before[0].hash]
 
     rerun = study_cmd(experiments, outputs, "--no-results", "--rerun")

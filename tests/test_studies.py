@@ -26,7 +26,7 @@ from lora_repro.rundir import HASH_VERSION, config_hash, run_dir
 from lora_repro.study import load_study, param_choices, plan, study_names
 from lora_repro.trainer import run
 
-from .conftest import TINY, write_sst2_dir
+from .conftest import TINY, run_study, write_sst2_dir
 from .test_methods import TINY_ROBERTA
 
 # Discovered, not listed: a new study is one folder and this test takes it in. The ones the README
@@ -235,7 +235,7 @@ def test_a_study_lands_in_run_folders_records_its_name_and_a_rerun_skips(tmp_pat
     assert (results / "methods.md").read_text() == table  # same records, same bytes
 
 
-def test_only_starts_the_selected_arm_and_names_bad_choices(tmp_path):
+def test_only_starts_the_selected_arm_and_names_bad_choices(tmp_path, monkeypatch, capsys):
     """--only arm=lora: the plan still counts both arms, only LoRA trains; a field or value the
     plan does not have is one error naming the choices, before anything runs."""
     cmd, env = tiny_study(tmp_path, seeds=[1, 2])
@@ -249,14 +249,14 @@ def test_only_starts_the_selected_arm_and_names_bad_choices(tmp_path):
     for bad, message in [("arm=dora", "no planned run has arm dora; this plan's arms: bitfit, lora"),
                          ("rank=8", "give FIELD=VALUE[,VALUE...] with FIELD one of arm, task, model, method, seed"),
                          ("seed=3", "no planned run has seed 3; this plan's seeds: 1, 2")]:
-        wrong = subprocess.run([*cmd, "--dry-run", "--only", bad], cwd=PROJECT_ROOT, env=env,
-                               capture_output=True, text=True, timeout=300)
-        assert wrong.returncode == 2 and message in wrong.stderr, wrong.stderr[-1000:]
-        assert len(wrong.stderr.strip().splitlines()) == 1
+        code, _, err = run_study(monkeypatch, capsys, tmp_path / "experiments", "tiny", "--scratch", "--dry-run",
+                                 "--only", bad)
+        assert code == 2 and message in err, err[-1000:]
+        assert len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
-def test_a_study_fans_out_one_job_per_device(tmp_path):
+def test_a_study_fans_out_one_job_per_device(tmp_path, monkeypatch, capsys):
     """--devices 0,1: every run in its own process, at most two at once, each told its device
     (CUDA_VISIBLE_DEVICES); a tuned study's rounds go through the same pool."""
     experiments = tmp_path / "experiments"
@@ -284,9 +284,8 @@ def test_a_study_fans_out_one_job_per_device(tmp_path):
     assert peak <= 2
     logs = list((tmp_path / "outputs" / "launch_logs").glob("*.log"))
     assert len(logs) == 3
-    bad = subprocess.run([sys.executable, "-m", "lora_repro.study", "fan", "--devices", "0,0", "--dry-run"],
-                         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "give 'auto' or distinct device ids" in bad.stderr
+    code, _, err = run_study(monkeypatch, capsys, experiments, "fan", "--devices", "0,0", "--dry-run")
+    assert code == 2 and "give 'auto' or distinct device ids" in err
 
 
 def test_the_device_pool_gives_out_new_runs_as_each_one_finishes(tmp_path, monkeypatch):
