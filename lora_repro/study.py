@@ -58,6 +58,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig
 
 from . import PROJECT_ROOT
+from .backbone import check_model_config
 from .config import compose_job, instantiate_method
 from .errors import ConfigError
 from .metrics import split_metric
@@ -91,6 +92,26 @@ class PlannedRun:
     recipe: dict | None = None  # the canonical recipe the hash covers (for recipes.json)
     candidate: bool = False   # a tuning candidate: its tuned value is part of its place in the study
     key: str = ""             # its place in the study (evidence.ManifestRow.key), set by manifest_rows
+    model_missing: str | None = None  # why its pretrained weights cannot be found here (None: found, or the hub's)
+
+
+def missing_weights(model_cfg: DictConfig, seen: dict[tuple, str | None]) -> str | None:
+    """Why a model's pretrained weights cannot be found on this machine (its local folder or package
+    is missing: the error names the set-up step, e.g. `make setup-mpnet`), else None. Asked at plan
+    time, so a launch refuses in seconds instead of failing each run; once per model setting."""
+    key = tuple(str(model_cfg.get(k)) for k in ("name", "init", "path", "package", "gguf_file"))
+    if key not in seen:
+        try:
+            check_model_config(model_cfg)
+            seen[key] = None
+        except ConfigError as exc:
+            seen[key] = str(exc)
+    return seen[key]
+
+
+def unstartable(runs: list[PlannedRun], only: dict[str, set[str]] | None = None) -> list[PlannedRun]:
+    """The runs still to start (selected, data present) whose model this machine cannot load."""
+    return [r for r in runs if not r.done and r.data_ok and r.model_missing and selected(r, only)]
 
 
 def recorded(study: Study, output_root: Path, run: str) -> dict | None:
@@ -154,6 +175,7 @@ def plan(study: Study, extra: list[str], cache: dict[tuple[str, ...], Composed] 
     sizes = study.spec.get("train_sizes") or {}
     tune = study.tune()
     choices: dict[tuple, str | None] = {}  # (variant, grid values) -> chosen value (None: not yet)
+    weights_seen: dict[tuple, str | None] = {}
     variants = study.variants()
     if tune is not None:  # variants that tune themselves first, so the sharing ones find the choice
         variants = dict(sorted(variants.items(), key=lambda item: item[0] in tune.share))
@@ -181,7 +203,8 @@ def plan(study: Study, extra: list[str], cache: dict[tuple[str, ...], Composed] 
                 data_ok = cfg.task.data_dir is None or Path(str(cfg.task.data_dir)).expanduser().is_dir()
                 common = dict(model=cfg.model.name, method=cfg.method.name, task=cfg.task.name, samples=samples,
                               data_ok=data_ok, group=(index, variant_name), values=dict(zip(keys, values)),
-                              experiment=experiment, paper_setting=setting)
+                              experiment=experiment, paper_setting=setting,
+                              model_missing=missing_weights(cfg.model, weights_seen))
                 if tune is not None:
                     runs += tuned_runs(study, tune, overrides, cfg, variant_name, choices, common, cache)
                     continue
@@ -400,6 +423,10 @@ def describe(study: Study, runs: list[PlannedRun], throughput: dict[tuple[str, s
                      f"only if they match too); the rest stay planned and are not started.")
         pending = chosen
     lines += same_recipe_notes(runs)
+    blocked = unstartable(runs, only)
+    if blocked:
+        lines.append(f"{len(blocked)} of the runs to start cannot load their model here "
+                     f"({', '.join(sorted({r.model for r in blocked}))}): {blocked[0].model_missing}")
     if done and output_root is not None:
         commits: dict[str, int] = {}
         for r in done:
@@ -920,6 +947,11 @@ def main(argv: list[str] | None = None) -> int:
     print(describe(study, runs, throughput, root, devices, only), flush=True)
     if args.dry_run or args.plan_only:
         return 0
+    blocked = unstartable(runs, only)
+    if blocked:  # before any run starts (each would fail in seconds, one failed record after another)
+        print(f"error: {len(blocked)} of the runs to start cannot load their model here: {blocked[0].model_missing}. "
+              "Set it up and start again, or leave those runs out with --only", file=sys.stderr)
+        return 2
     try:
         if study.is_command:
             out = results_dir(study.name)

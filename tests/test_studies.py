@@ -255,6 +255,29 @@ def test_only_starts_the_selected_arm_and_names_bad_choices(tmp_path, monkeypatc
         assert len(err.strip().splitlines()) == 1
 
 
+def test_a_model_this_machine_lacks_stops_the_launch_before_any_run(tmp_path, monkeypatch, capsys):
+    """MPNet's weights are an opt-in set-up (`make setup-mpnet`): a study that needs them where they
+    are missing refuses at once, naming the step, and leaves nothing behind; --dry-run says so; the
+    runs that do not need them start when --only leaves the others out."""
+    cmd, env = tiny_study(tmp_path, seeds=[1])
+    spec_path = tmp_path / "experiments" / "tiny" / "study.yaml"
+    spec = json.loads(spec_path.read_text())
+    spec["common"] = [o for o in spec["common"] if not o.startswith("model=")]
+    spec["variants"] = {"lora": ["model=tiny_bert", "method=lora"],
+                        "mpnet": ["model=mpnet_base", f"model.path={tmp_path / 'no_assets'}", "method=lora"]}
+    spec_path.write_text(json.dumps(spec))
+    experiments = tmp_path / "experiments"
+    code, out, err = run_study(monkeypatch, capsys, experiments, "tiny", "--scratch", "--dry-run")
+    assert code == 0 and "1 of the runs to start cannot load their model here (mpnet_base)" in out
+    assert "make setup-mpnet" in out
+    code, out, err = run_study(monkeypatch, capsys, experiments, "tiny", "--scratch")
+    assert code == 2 and err.startswith("error: 1 of the runs to start cannot load their model here: model.path=")
+    assert "make setup-mpnet" in err and "--only" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "outputs" / "runs").exists() and not (tmp_path / "outputs" / "launch_logs").exists()
+    code, out, err = run_study(monkeypatch, capsys, experiments, "tiny", "--scratch", "--dry-run", "--only", "arm=lora")
+    assert code == 0 and "cannot load their model" not in out
+
+
 @pytest.mark.slow
 def test_a_study_fans_out_one_job_per_device(tmp_path, monkeypatch, capsys):
     """--devices 0,1: every run in its own process, at most two at once, each told its device
