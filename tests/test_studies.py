@@ -259,7 +259,7 @@ def test_a_model_this_machine_lacks_stops_the_launch_before_any_run(tmp_path, mo
     """MPNet's weights are an opt-in set-up (`make setup-mpnet`): a study that needs them where they
     are missing refuses at once, naming the step, and leaves nothing behind; --dry-run says so; the
     runs that do not need them start when --only leaves the others out."""
-    cmd, env = tiny_study(tmp_path, seeds=[1])
+    tiny_study(tmp_path, seeds=[1])  # asked in this process: its command line is not needed
     spec_path = tmp_path / "experiments" / "tiny" / "study.yaml"
     spec = json.loads(spec_path.read_text())
     spec["common"] = [o for o in spec["common"] if not o.startswith("model=")]
