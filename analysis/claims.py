@@ -43,7 +43,7 @@ from lora_repro.studyspec import Claim, claims_of
 from .published import is_row, table_spec
 from .records import Records, row_metric
 from .stats import (NOT_AS_SPECIFIED, NOT_EVALUABLE, REFUTED, SUPPORTED, UNDECIDED, beats_constant, decide,
-                    dev_sampled, holm, mean_ci, median_ci, paired, refutation_pvalue)
+                    dev_contrast, holm, mean_ci, median_ci, paired, refutation_pvalue)
 
 NOT_RUN = "not run yet"  # no finished final run of the claim's arms: nothing was measured
 DEFAULT_MARGIN = 1.0  # points (x100) of the task's main metric, for a task study.yaml gives no margin
@@ -279,15 +279,18 @@ def kept_predictions(side: pd.DataFrame) -> tuple[dict[int, list], list | None]:
     return preds, labels
 
 
-def dev_check(status: str, test: str, a: pd.DataFrame, b: pd.DataFrame, metric: str, margin: float) -> tuple[str, str, dict]:
+def dev_check(status: str, test: str, terms: list[tuple[float, pd.DataFrame]], metric: str,
+              margin: float) -> tuple[str, str, dict]:
     """The dev set is a sample too: the two-way bootstrap (seeds x dev examples, 90%) must show the
-    verdict as well, and the dev set alone must resolve the margin. Skipped (as said) when the runs
-    kept no per-example predictions."""
-    pa, la = kept_predictions(a)
-    pb, lb = kept_predictions(b)
-    if not pa or not pb or la is None or la != lb:
+    verdict as well, and the dev set alone must resolve the margin. `terms`: the signed arms of the
+    compared quantity ((+1, a), (-1, b) for a - b; four for a difference of differences). Skipped
+    when some arm kept no per-example predictions or the arms were scored on different dev rows."""
+    kept = [(w, *kept_predictions(side)) for w, side in terms]
+    labels = kept[0][2] if kept else None
+    if not kept or any(not preds or lab is None or lab != labels for _, preds, lab in kept):
         return status, "", {}
-    sampled = dev_sampled(pa, pb, la, metric)
+    sampled = dev_contrast([(w, preds) for w, preds, _ in kept], labels, metric)
+    la = labels
     low, high, half = sampled.two_way.low, sampled.two_way.high, sampled.dev_half_width
     info = {"two_way_low": low, "two_way_high": high, "dev_half_width": half, "dev_rows": len(la)}
     notes = []
@@ -382,7 +385,7 @@ def compare(claim: Claim, a: pd.DataFrame, b: pd.DataFrame, margin: float, edges
                         f"t-interval" + (f"; {why}" if why else "")}
     diff = paired(a.score.to_dict(), b.score.to_dict())
     status, why = decide(claim.test, diff, margin)
-    status, dev_note, dev_info = dev_check(status, claim.test, a, b, str(a.metric.iloc[0]), margin)
+    status, dev_note, dev_info = dev_check(status, claim.test, [(1.0, a), (-1.0, b)], str(a.metric.iloc[0]), margin)
     decided = decision(claim.test, diff, margin, status, why, [a, b], [claim.arm, claim.baseline], task, edges,
                        gated=gated, rising=rising)
     notes = "; ".join(n for n in (decided.pop("why"), dev_note) if n)
@@ -421,7 +424,10 @@ def compare_improves(claim: Claim, sides: list[pd.DataFrame], margin: float, edg
     """claim.arm - claim.baseline at one setting against the same comparison at another (claim.then:
     e.g. the same two methods on a larger model), paired over seeds (a seed draws the same training
     rows at both): superiority of (then_arm - then_baseline) - (arm - baseline) against 0, margin for
-    the tie."""
+    the tie, with the dev set's own noise from all four arms' kept predictions (both settings score
+    the same dev rows). The gaps are shown over the seeds paired, and as a share of the baseline's
+    gain over the constant predictor at each setting: a larger model nearer the ceiling narrows a
+    raw gap by itself (a descriptive guard, not tested)."""
     a, b, a2, b2 = sides
     task = a.task.iloc[0]
     names = [claim.arm, claim.baseline, *(claim.then or ("", ""))]
@@ -429,12 +435,25 @@ def compare_improves(claim: Claim, sides: list[pd.DataFrame], margin: float, edg
     before, after = gap(a, b), gap(a2, b2)
     diff = paired(after, before)
     status, why = decide("superior", diff, margin)
+    status, dev_note, dev_info = dev_check(status, "superior", [(1.0, a2), (-1.0, b2), (-1.0, a), (1.0, b)],
+                                           str(a.metric.iloc[0]), margin)
     decided = decision("superior", diff, margin, status, why, sides, names, task, edges, rising=rising)
-    why = decided.pop("why")
-    mean = lambda d: float(np.mean(list(d.values()))) if d else math.nan  # noqa: E731
-    return {"arm": claim.arm, "baseline": claim.baseline, "task": task, "margin": margin, **decided,
-            "what": f"({names[2]} − {names[3]}) − ({names[0]} − {names[1]}): gap {mean(before):+.2f} → {mean(after):+.2f} "
-                    f"points, mean paired change, 95% t-interval" + (f"; {why}" if why else "")}
+    notes = "; ".join(n for n in (decided.pop("why"), dev_note) if n)
+    seeds = sorted(set(before) & set(after))
+
+    def over_seeds(values: dict) -> float:
+        return float(np.mean([values[s] for s in seeds])) if seeds else math.nan
+
+    def share(gaps: dict, baseline: pd.DataFrame) -> str:
+        constant = baseline.constant.iloc[0] if "constant" in baseline else math.nan
+        gain = over_seeds(baseline.score.to_dict()) - float(constant) if constant is not None else math.nan
+        return f"{100 * over_seeds(gaps) / gain:+.1f}%" if np.isfinite(gain) and gain > 0 else "—"
+
+    return {"arm": claim.arm, "baseline": claim.baseline, "task": task, "margin": margin, **decided, **dev_info,
+            "what": f"({names[2]} − {names[3]}) − ({names[0]} − {names[1]}): gap {over_seeds(before):+.2f} → "
+                    f"{over_seeds(after):+.2f} points over the {len(seeds)} paired seeds ({share(before, b)} → "
+                    f"{share(after, b2)} of {names[1]}'s gain over the constant predictor), mean paired change, "
+                    f"95% t-interval" + (f"; {notes}" if notes else "")}
 
 
 def evaluate_claim(claim: Claim, runs: pd.DataFrame, margins: dict[str, float] | None = None,
@@ -646,6 +665,12 @@ def protocol_lines(runs: pd.DataFrame, tuning: pd.DataFrame) -> list[str]:
     return out
 
 
+def claim_label(claim: Claim) -> str:
+    """The verdict table's claim cell: the claim, its source, and what the comparison cannot show."""
+    return ((f"{claim.claim} ({claim.source})" if claim.source else claim.claim)
+            + (f"; *{claim.caveat}*" if claim.caveat else ""))
+
+
 def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict[str, Any] | None = None) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     spec = spec or {}
@@ -674,7 +699,7 @@ def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict
             + (f" [{fmt(r.get('low'), 1, True)}, {fmt(r.get('high'), 1, True)}] (n={r['n_pairs']})" if r.get("n_pairs") else "")
             + (f" (tied lrs: {fmt_ratio(r['low'])} to {fmt_ratio(r['high'])})" if unit and has_tie_range(r) else "")
             + ("" if r["verdict"] == verdict else f" {r['verdict']}") for r in rows) or "no runs yet"
-        verdict_rows.append({"claim": f"{claim.claim} ({claim.source})" if claim.source else claim.claim,
+        verdict_rows.append({"claim": claim_label(claim),
                              "test": claim.test, "verdict": verdict, "measured": measured})
     efficiency = efficiency_rows()
     ok_scale = records.ok[records.ok["param.scale"] == scale] if not records.ok.empty and "param.scale" in records.ok \

@@ -253,17 +253,32 @@ def dev_sampled(pred_a: dict, pred_b: dict, labels: Sequence, metric: str, resam
     examples with replacement (the same for both arms: paired) and, for the two-way interval, seeds
     with replacement. `pred_*` map seed -> per-example predictions; percentile intervals at `level`
     (90%: the one-sided 5% decisions read its ends). Vectorised over resamples."""
-    seeds = sorted(set(pred_a) & set(pred_b))
+    return dev_contrast([(1.0, pred_a), (-1.0, pred_b)], labels, metric, resamples, level, seed)
+
+
+def dev_contrast(terms: Sequence[tuple[float, dict]], labels: Sequence, metric: str, resamples: int = 1000,
+                 level: float = 0.90, seed: int = 0) -> DevSampled:
+    """dev_sampled for any signed sum of arms scored on one dev set, per seed: sum_k w_k metric(arm_k),
+    e.g. a difference of differences (LoRA - FT on a larger model minus LoRA - FT on a smaller one,
+    terms (+1, -1, -1, +1)). Every arm is scored on the same resampled dev examples, over the seeds all
+    arms share. Two terms (+1, -1) give dev_sampled's numbers exactly (same random draws)."""
+    seeds = sorted(set.intersection(*(set(p) for _, p in terms))) if terms else []
     y = np.asarray(labels)
     if not seeds or metric not in BATCHED_METRICS:
         return DevSampled(Interval(math.nan, math.nan, math.nan, level, 0), math.nan)
     fn = BATCHED_METRICS[metric]
-    a = np.stack([np.asarray(pred_a[s]) for s in seeds])          # seeds x n
-    b = np.stack([np.asarray(pred_b[s]) for s in seeds])
-    observed = float(np.mean(fn(a, y[None, :]) - fn(b, y[None, :])))
+    arms = [(float(w), np.stack([np.asarray(p[s]) for s in seeds])) for w, p in terms]   # each seeds x n
+
+    def contrast(pick: Callable[[np.ndarray], np.ndarray], labels_: np.ndarray) -> np.ndarray:
+        total = 0.0
+        for w, preds in arms:
+            total = total + w * fn(pick(preds), labels_)
+        return total
+
+    observed = float(np.mean(contrast(lambda p: p, y[None, :])))
     rng = np.random.default_rng(seed)
     rows = rng.integers(0, y.size, size=(resamples, y.size))       # resamples x n
-    diff = np.stack([fn(a[i][rows], y[rows]) - fn(b[i][rows], y[rows]) for i in range(len(seeds))], axis=1)  # B x S
+    diff = np.stack([contrast(lambda p, i=i: p[i][rows], y[rows]) for i in range(len(seeds))], axis=1)  # B x S
     chosen = rng.integers(0, len(seeds), size=(resamples, len(seeds)))
     two_way = np.take_along_axis(diff, chosen, axis=1).mean(axis=1)
     dev_only = diff.mean(axis=1)

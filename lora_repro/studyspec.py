@@ -183,7 +183,7 @@ class Tune:
 # ------------------------------------------------------------------------------ claims
 PAIRED_TESTS = ("noninferior", "superior", "equivalent")
 TESTS = PAIRED_TESTS + ("identical", "fewer_steps", "lr_ratio", "improves")
-CLAIM_KEYS = {"id", "claim", "source", "test", "arm", "baseline", "min_tasks", "ratio", "then", "gate"}
+CLAIM_KEYS = {"id", "claim", "source", "test", "arm", "baseline", "min_tasks", "ratio", "then", "gate", "caveat"}
 # Which arms of a paired comparison must beat the constant predictor (the validity gate): "both", or
 # "arm" for a superiority claim against a control that may itself sit at chance (the head-only
 # control on CoLA): "beats the control" then asks whether the arm learned more than the control, and
@@ -204,6 +204,7 @@ class Claim:
     ratio: tuple[float, float] | None = None   # lr_ratio: the range of lr(arm) / lr(baseline) the claim states
     then: tuple[str, str] | None = None        # improves: (arm, baseline) at the other setting (e.g. a larger model)
     gate: str = "both"         # one of GATES: the arms that must beat the constant predictor
+    caveat: str = ""           # what the comparison cannot show, printed beside its verdict
 
 
 def claims_of(spec: dict[str, Any], where: str = STUDY_FILE, known_arms: set[str] | None = None) -> list[Claim]:
@@ -217,7 +218,7 @@ def claims_of(spec: dict[str, Any], where: str = STUDY_FILE, known_arms: set[str
         name = f"{where}: claims[{i}]"
         if not isinstance(entry, dict) or not {"claim", "test", "arm", "baseline"} <= set(entry):
             raise ConfigError(f"{name} must be a mapping with claim, test, arm, baseline (and optional id, source, "
-                              f"min_tasks, ratio, then, gate); got {entry!r}")
+                              f"min_tasks, ratio, then, gate, caveat); got {entry!r}")
         unknown = sorted(set(entry) - CLAIM_KEYS)
         if unknown:
             raise ConfigError(f"{name}: unknown key(s) {unknown}; valid: {', '.join(sorted(CLAIM_KEYS))}")
@@ -243,7 +244,8 @@ def claims_of(spec: dict[str, Any], where: str = STUDY_FILE, known_arms: set[str
                          baseline=str(entry["baseline"]), source=str(entry.get("source") or ""),
                          id=str(entry.get("id") or f"claim{i}"), min_tasks=int(entry.get("min_tasks") or 1),
                          ratio=(float(ratio[0]), float(ratio[1])) if ratio else None,
-                         then=(str(then[0]), str(then[1])) if then else None, gate=gate))
+                         then=(str(then[0]), str(then[1])) if then else None, gate=gate,
+                         caveat=str(entry.get("caveat") or "")))
     return out
 
 

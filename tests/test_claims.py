@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis.claims import Claim, comparison_cell, convergence, evaluate_claim, plot_curves, steps_to
+from analysis.claims import Claim, claim_label, comparison_cell, convergence, evaluate_claim, plot_curves, steps_to
 from analysis.stats import median_ci, paired
 from lora_repro import studyspec as study_module
 from lora_repro.studyspec import claims_of
@@ -594,7 +594,18 @@ def test_a_gap_that_shrinks_with_model_size_is_decided_on_the_change_per_seed():
                  {"arm": "lora_big", "seed": seed, "score": 89.5 + seed - 0.1 * (seed % 2), "constant": 50.0}]  # -0.5
     out, verdict = evaluate_claim(claim, runs_frame(rows), {"sst2": 1.0})
     assert verdict == "supported" and out[0]["median"] == pytest.approx(2.5 - 0.2 * 3 / 5, abs=1e-9)
-    assert "gap -2.94 → -0.56" in out[0]["what"]
+    # the gaps over the paired seeds, and as a share of FT's gain over the constant predictor (a
+    # ceiling guard): 2.94 of FT's 88 - 50 = 38 points, 0.56 of its 93 - 50 = 43
+    assert "gap -2.94 → -0.56 points over the 5 paired seeds (-7.7% → -1.3% of full_ft's gain" in out[0]["what"]
+    # what one contrast of two models cannot show is said beside the verdict (study.yaml's caveat:)
+    spec = {"claims": [{"claim": "gap shrinks", "source": "A 2020", "test": "improves", "arm": "lora",
+                        "baseline": "full_ft", "then": ["lora_big", "full_ft_big"], "caveat": "two models, not a trend"}]}
+    assert claim_label(claims_of(spec)[0]) == "gap shrinks (A 2020); *two models, not a trend*"
+    assert claim_label(claim) == "LoRA's gap to FT shrinks"
+    # a seed the small model lacks is no pair: both gaps are read over the same seeds
+    fewer = runs_frame([r for r in rows if not (r["arm"] == "lora" and r["seed"] == 5)])
+    out, _ = evaluate_claim(claim, fewer, {"sst2": 1.0})
+    assert out[0]["n_pairs"] == 4 and "gap -2.95 → -0.55 points over the 4 paired seeds" in out[0]["what"]
     missing = runs_frame([r for r in rows if r["arm"] != "lora_big"])
     out, verdict = evaluate_claim(claim, missing)
     # No task has every arm: nothing was compared, so the claim is not run yet (not "undecided").
@@ -603,6 +614,29 @@ def test_a_gap_that_shrinks_with_model_size_is_decided_on_the_change_per_seed():
     out, verdict = evaluate_claim(claim, two_tasks, {"cola": 1.0, "sst2": 1.0})
     # One task compared, one not yet: the claim waits for it (undecided), whatever the first says.
     assert [r["verdict"] for r in out] == ["supported", "not run yet"] and verdict == "undecided"
+
+
+def test_a_gap_change_within_the_dev_sets_noise_is_not_called_an_improvement():
+    """All four arms kept their predictions on the same 200 dev rows. Seeds agree exactly, so the
+    t-interval of the change is a point (+2: the small model's FT is wrong on rows 0-19, its LoRA on
+    rows 4-27, 4 more; the big model's arms agree); but that is 8 rows against 4 of 200, within the dev
+    sample's noise: undecided, with the two-way interval beside it."""
+    claim = Claim("LoRA's gap to FT shrinks", "improves", "lora", "full_ft", then=("lora_big", "full_ft_big"))
+    y = [i % 2 for i in range(200)]
+    flip = lambda rows: [1 - v if i in rows else v for i, v in enumerate(y)]  # noqa: E731
+    rows = []
+    for seed in range(1, 6):
+        for arm, wrong in (("full_ft", range(20)), ("lora", range(4, 28)), ("full_ft_big", range(10)),
+                           ("lora_big", range(10))):
+            score = 100.0 - len(wrong) / 2 + (0.001 * seed if arm == "lora_big" else 0.0)
+            rows.append({"arm": arm, "seed": seed, "score": score, "constant": 50.0, "labels": y,
+                         "predictions": flip(wrong)})
+    out, verdict = evaluate_claim(claim, runs_frame(rows), {"sst2": 1.0})
+    assert out[0]["median"] == pytest.approx(2.0, abs=0.01) and out[0]["low"] > 1.0
+    assert verdict == "undecided" and "two-way bootstrap" in out[0]["what"]
+    assert out[0]["two_way_low"] <= 0.0 and out[0]["dev_rows"] == 200
+    without = runs_frame([{k: v for k, v in r.items() if k not in ("labels", "predictions")} for r in rows])
+    assert evaluate_claim(claim, without, {"sst2": 1.0})[1] == "supported"
 
 
 def test_two_records_of_one_recipe_and_seed_that_disagree_are_named_and_one_counts(tmp_path, capsys):

@@ -123,6 +123,37 @@ def test_two_way_bootstrap_widens_the_interval_by_the_dev_sample():
     assert ci.low == pytest.approx(10.0 - 1.96 * se, abs=0.8) and ci.high == pytest.approx(10.0 + 1.96 * se, abs=0.8)
 
 
+def test_a_difference_of_differences_is_bootstrapped_over_the_dev_rows_all_four_arms_share():
+    """dev_contrast scores every arm on the same resampled dev rows. Known answer: on 400 rows the big
+    model's LoRA is wrong on rows 0-19 and its FT on none; the small model's LoRA on rows 0-59 and its
+    FT on rows 0-19. Change of gap = (95 - 100) - (85 - 95) = +5 points. Per row the contrast
+    (big LoRA - big FT - small LoRA + small FT, 1 = right) is +1 on rows 20-59 (only the small LoRA is
+    wrong), -1 on rows 0-19 (big LoRA, small LoRA and small FT wrong) and 0 elsewhere: its variance is
+    0.15 - 0.05^2, so the dev-alone SE is sqrt(0.1475 / 400), about 1.9 points."""
+    from analysis.stats import dev_contrast, dev_sampled
+
+    y = np.random.default_rng(5).integers(0, 2, size=400)
+
+    def wrong_on(k):
+        p = y.copy()
+        p[:k] = 1 - p[:k]
+        return {s: p for s in range(1, 6)}
+
+    terms = [(1.0, wrong_on(20)), (-1.0, wrong_on(0)), (-1.0, wrong_on(60)), (1.0, wrong_on(20))]
+    sampled = dev_contrast(terms, y, "accuracy", resamples=2000)
+    assert sampled.two_way.estimate == pytest.approx(5.0) and sampled.two_way.n == 5
+    assert sampled.dev_half_width == pytest.approx(1.645 * 100 * math.sqrt((0.15 - 0.05 ** 2) / 400), abs=0.3)
+    assert sampled.two_way.low < 5.0 < sampled.two_way.high
+    # only the seeds every arm has count; two terms are dev_sampled exactly (the same random draws)
+    short = [(w, {s: p[s] for s in list(p)[:3]}) if i == 2 else (w, p) for i, (w, p) in enumerate(terms)]
+    assert dev_contrast(short, y, "accuracy").two_way.n == 3
+    a, b = wrong_on(10), wrong_on(30)
+    assert dev_contrast([(1.0, a), (-1.0, b)], y, "accuracy") == dev_sampled(a, b, y, "accuracy")
+    # an arm set against itself is no difference, at any dev sample
+    same = dev_contrast([(1.0, a), (-1.0, a)], y, "accuracy")
+    assert (same.two_way.low, same.two_way.high, same.dev_half_width) == (0.0, 0.0, 0.0)
+
+
 def test_batched_metrics_equal_the_run_metrics_and_the_dev_alone_sets_a_resolution():
     from analysis.stats import BATCHED_METRICS, dev_sampled, refutation_pvalue
     from lora_repro.metrics import METRICS
