@@ -671,6 +671,66 @@ def claim_label(claim: Claim) -> str:
             + (f"; *{claim.caveat}*" if claim.caveat else ""))
 
 
+VERDICT_HEAD = ["| claim | test | measured: per task, mean paired difference [95% t-interval] (pairs) | verdict |",
+                "|---|---|---|---|"]
+ARM_HEAD = ["| arm | task | lr (chosen on held-out rows) | adapted params (% of model) | median [interval] (coverage) | "
+            "mean [95% t] | constant predictor | seeds ok / failed / planned | median step selected / stopped | "
+            "ran to the step cap: seeds (still rising; median late gain) | device (runs) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+PAIR_HEAD = ["| claim | arm − baseline | task | measured: mean paired difference [95% t-interval] | two-way 90% (seeds x "
+             "dev rows) | pairs | verdict |", "|---|---|---|---|---|---|---|"]
+
+
+def verdict_line(v: dict) -> str:
+    return f"| {v['claim']} | {v['test']} | {v['measured']} | **{v['verdict']}** |"
+
+
+def arm_line(a: dict, device_label: dict[str, str]) -> str:
+    if not a.get("n_ok"):
+        return f"| {a['arm']} | {a.get('task', '—')} | — | — | — | — | — | 0 / {a['n_failed']} / {a['n_planned']} | — | — | — |"
+    return (f"| {a['arm']} | {a['task']} ({a['metric']}) | {float(a['lr']):.1e} | {int(a['adapted']):,} "
+            f"({a['adapted_pct']:.2f}%) | {a['median']:.1f} [{a['ci_low']:.1f}, {a['ci_high']:.1f}] "
+            f"({100 * a['ci_level']:.1f}%) | {fmt(a['mean'])} [{fmt(a['mean_low'])}, {fmt(a['mean_high'])}] | "
+            f"{fmt(a['constant'])} | {a['n_ok']} / {a['n_failed']} / {a['n_planned']} | "
+            f"{fmt(a.get('selected_step'), 0)} / {fmt(a.get('stopped_at'), 0)} | {a['n_to_cap']} of {a['n_ok']}"
+            + (f" ({a['n_rising']} rising; {fmt(a['late_gain_median'], 2, True)})" if a['n_to_cap'] else "") + " | "
+            + ", ".join(f"{device_label.get(d, d)} ×{n}" for d, n in sorted((a.get("devices") or {}).items()))
+            + " |")
+
+
+def pair_line(r: dict) -> str:
+    two_way = (f"[{fmt(r.get('two_way_low'), 2, True)}, {fmt(r.get('two_way_high'), 2, True)}]"
+               if r.get("two_way_low") is not None and not pd.isna(r.get("two_way_low")) else "—")
+    return (f"| {r['claim']} | {r['arm']} − {r['baseline']} | {r.get('task', '—')} | "
+            f"{comparison_cell(r)} | {two_way} | {r.get('n_pairs', 0)} | {r['verdict']}"
+            + (f", Holm: {r['holm']}" if r.get("holm") else "") + f" ({r['what']}) |")
+
+
+def write_cards(folder: Path, verdict_rows: list[dict], pair_rows: list[dict], arms: pd.DataFrame,
+                device_label: dict[str, str], scale: str) -> list[Path]:
+    """One file per claim (claims/<id>.md): its verdict row, its comparisons and its arms' rows, the
+    whole evidence for one claim in one place (the README quotes one of them)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.md"):
+        stale.unlink()  # a claim dropped from study.yaml leaves no card behind
+    written = []
+    for v in verdict_rows:
+        pairs = [r for r in pair_rows if r["claim"] == v["id"]]
+        tasks = {r.get("task") for r in pairs}
+        cells = arms[arms.arm.isin(v["arms"]) & arms.task.isin(tasks)] if not arms.empty else arms
+        cells = cells.assign(order=cells.arm.map(v["arms"].index)).sort_values(["task", "order"]) if not cells.empty else cells
+        used = sorted({d for a in cells.to_dict("records") for d in (a["devices"] if isinstance(a.get("devices"), dict) else {})},
+                      key=lambda d: int(device_label.get(d, "D0")[1:]))
+        head = (f"Claim `{v['id']}`, {scale} tier (rules, protocol and learning-rate choices: the claims.md beside this claims/ folder)"
+                + (f"; devices: {', '.join(f'{device_label[d]} = {d}' for d in used)}" if used else "") + ".")
+        text = [head, "", *VERDICT_HEAD, verdict_line(v), "", *PAIR_HEAD, *(pair_line(r) for r in pairs), "", *ARM_HEAD,
+                *(arm_line(a, device_label) for a in cells.to_dict("records"))]
+        path = folder / f"{v['id']}.md"
+        path.write_text("\n".join(text) + "\n")
+        written.append(path)
+    return written
+
+
 def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict[str, Any] | None = None) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     spec = spec or {}
@@ -699,7 +759,8 @@ def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict
             + (f" [{fmt(r.get('low'), 1, True)}, {fmt(r.get('high'), 1, True)}] (n={r['n_pairs']})" if r.get("n_pairs") else "")
             + (f" (tied lrs: {fmt_ratio(r['low'])} to {fmt_ratio(r['high'])})" if unit and has_tie_range(r) else "")
             + ("" if r["verdict"] == verdict else f" {r['verdict']}") for r in rows) or "no runs yet"
-        verdict_rows.append({"claim": claim_label(claim),
+        verdict_rows.append({"claim": claim_label(claim), "id": claim.id,
+                             "arms": [claim.arm, claim.baseline, *(claim.then or ())],
                              "test": claim.test, "verdict": verdict, "measured": measured})
     efficiency = efficiency_rows()
     ok_scale = records.ok[records.ok["param.scale"] == scale] if not records.ok.empty and "param.scale" in records.ok \
@@ -712,9 +773,7 @@ def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict
     box = ["> **Protocol** (" + scale + "): " + (" · ".join(protocol) if protocol else "no finished runs yet") + ".",
            f"> Devices: {', '.join(f'{device_label[d]} = {d}' for d in devices) or '—'}. Margins (points of each task's metric): "
            + (", ".join(f"{k} {v:g}" for k, v in margins.items()) or f"{DEFAULT_MARGIN:g}") + ".", ""]
-    verdicts = ["| claim | test | measured: per task, mean paired difference [95% t-interval] (pairs) | verdict |",
-                "|---|---|---|---|"]
-    verdicts += [f"| {v['claim']} | {v['test']} | {v['measured']} | **{v['verdict']}** |" for v in verdict_rows]
+    verdicts = [*VERDICT_HEAD, *(verdict_line(v) for v in verdict_rows)]
     efficiency_md = ["", "| efficiency (bench) | paper | measured | target | verdict |", "|---|---|---|---|---|"]
     efficiency_md += [f"| {e['claim']} | {e['paper']} | {e['measured']} | {e['target']} | **{e['verdict']}** |"
                       for e in efficiency]
@@ -745,32 +804,10 @@ def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict
              "tuning-seed held-out score lies within the margin of each arm's best (one seed cannot order them): "
              "supported when all are in the claimed range, refuted when none is, else undecided.",
              "", "## Verdicts", "", verdict_md,
-             "## Arms", "",
-             "| arm | task | lr (chosen on held-out rows) | adapted params (% of model) | median [interval] (coverage) | "
-             "mean [95% t] | constant predictor | seeds ok / failed / planned | median step selected / stopped | "
-             "ran to the step cap: seeds (still rising; median late gain) | device (runs) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for a in arms.to_dict("records"):
-        if not a.get("n_ok"):
-            lines.append(f"| {a['arm']} | {a.get('task', '—')} | — | — | — | — | — | 0 / {a['n_failed']} / {a['n_planned']} | — | — | — |")
-            continue
-        lines.append(f"| {a['arm']} | {a['task']} ({a['metric']}) | {float(a['lr']):.1e} | {int(a['adapted']):,} "
-                     f"({a['adapted_pct']:.2f}%) | {a['median']:.1f} [{a['ci_low']:.1f}, {a['ci_high']:.1f}] "
-                     f"({100 * a['ci_level']:.1f}%) | {fmt(a['mean'])} [{fmt(a['mean_low'])}, {fmt(a['mean_high'])}] | "
-                     f"{fmt(a['constant'])} | {a['n_ok']} / {a['n_failed']} / {a['n_planned']} | "
-                     f"{fmt(a.get('selected_step'), 0)} / {fmt(a.get('stopped_at'), 0)} | {a['n_to_cap']} of {a['n_ok']}"
-                     + (f" ({a['n_rising']} rising; {fmt(a['late_gain_median'], 2, True)})" if a['n_to_cap'] else "") + " | "
-                     + ", ".join(f"{device_label.get(d, d)} ×{n}" for d, n in sorted((a.get("devices") or {}).items()))
-                     + " |")
-    lines += ["", "![curves](curves.png)", "", "## Comparisons", "",
-              "| claim | arm − baseline | task | measured: mean paired difference [95% t-interval] | two-way 90% (seeds x dev rows) | pairs | "
-              "verdict |", "|---|---|---|---|---|---|---|"]
-    for r in pair_rows:
-        two_way = (f"[{fmt(r.get('two_way_low'), 2, True)}, {fmt(r.get('two_way_high'), 2, True)}]"
-                   if r.get("two_way_low") is not None and not pd.isna(r.get("two_way_low")) else "—")
-        lines.append(f"| {r['claim']} | {r['arm']} − {r['baseline']} | {r.get('task', '—')} | "
-                     f"{comparison_cell(r)} | {two_way} | {r.get('n_pairs', 0)} | {r['verdict']}"
-                     + (f", Holm: {r['holm']}" if r.get("holm") else "") + f" ({r['what']}) |")
+             "## Arms", "", *ARM_HEAD]
+    lines += [arm_line(a, device_label) for a in arms.to_dict("records")]
+    lines += ["", "![curves](curves.png)", "", "## Comparisons", "", *PAIR_HEAD]
+    lines += [pair_line(r) for r in pair_rows]
     lines += ["", "## Learning-rate choice (tuning seed; held-out training rows decide, dev shown only)", "",
               "| arm | task | lr | held-out | dev | chosen |", "|---|---|---|---|---|---|"]
     lines += [f"| {t['arm']} | {t['task']} | {t['lr']:.1e} | {fmt(t['heldout'], 1)} | {fmt(t['dev'], 1)} | "
@@ -781,6 +818,7 @@ def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict
         lines += ["", "Arms that take another arm's learning rate (study.yaml `tune.share`): "
                   + ", ".join(f"{k} ← {v}" for k, v in shared.items()) + "."]
     written = [out / "claims.md", out / "verdicts.md", out / "arms.csv", out / "paired.csv", out / "tuning.csv"]
+    written += write_cards(out / "claims", verdict_rows, pair_rows, arms, device_label, scale)
     (out / "claims.md").write_text("\n".join(lines) + "\n")
     (out / "verdicts.md").write_text(verdict_md)
     arms.to_csv(out / "arms.csv", index=False)

@@ -772,3 +772,37 @@ def test_the_claims_recipe_gives_cola_and_stsb_their_own_protocol_and_leaves_oth
     cola_line, sst2_line = protocol_lines(runs, pd.DataFrame())
     assert "up to 8 epochs" in cola_line and "counted once it beats the constant predictor by 10 points)" in cola_line
     assert "up to 4 epochs" in sst2_line and "counted once it beats the constant predictor)" in sst2_line
+
+
+def test_each_claim_gets_a_card_with_its_verdict_comparisons_and_arms_only(tmp_path):
+    from analysis.claims import write_cards
+
+    verdicts = [{"claim": "LoRA matches FT (T2)", "id": "lora_ft", "arms": ["lora", "full_ft"], "test": "noninferior",
+                 "verdict": "undecided", "measured": "sst2: -2.4 [-3.9, -1.0] (n=7)"},
+                {"claim": "BitFit", "id": "bitfit", "arms": ["lora", "bitfit"], "test": "noninferior",
+                 "verdict": "not run yet", "measured": "sst2: no finished runs of bitfit"}]
+    pairs = [{"claim": "lora_ft", "arm": "lora", "baseline": "full_ft", "task": "sst2", "test": "noninferior",
+              "median": -2.4, "low": -3.9, "high": -1.0, "n_pairs": 7, "verdict": "undecided", "what": "why"},
+             {"claim": "bitfit", "arm": "lora", "baseline": "bitfit", "task": "sst2", "verdict": "not run yet",
+              "n_pairs": 0, "what": "no finished runs of bitfit", "missing": True}]
+    ran = {"n_ok": 7, "n_failed": 0, "n_planned": 7, "task": "sst2", "metric": "accuracy", "lr": 1e-4, "adapted": 100,
+           "adapted_pct": 1.0, "median": 80.0, "ci_low": 79.0, "ci_high": 81.0, "ci_level": 0.984, "mean": 80.0,
+           "mean_low": 79.5, "mean_high": 80.5, "constant": 50.9, "n_to_cap": 0, "devices": {"cpu: X": 7}}
+    arms = pd.DataFrame([{**ran, "arm": "full_ft"}, {**ran, "arm": "lora", "devices": {"cpu: Y": 7}},
+                         {"arm": "bitfit", "task": "sst2", "n_ok": 0, "n_failed": 0, "n_planned": 7, "devices": math.nan},
+                         {**ran, "arm": "lora", "task": "cola"}])
+    (tmp_path / "cards").mkdir()
+    (tmp_path / "cards" / "dropped_claim.md").write_text("old")
+    written = write_cards(tmp_path / "cards", verdicts, pairs, arms, {"cpu: X": "D1", "cpu: Y": "D2"}, "core")
+    assert sorted(p.name for p in (tmp_path / "cards").iterdir()) == ["bitfit.md", "lora_ft.md"] == sorted(p.name for p in written)
+    card = (tmp_path / "cards" / "lora_ft.md").read_text().splitlines()
+    assert card[0] == ("Claim `lora_ft`, core tier (rules, protocol and learning-rate choices: the claims.md beside "
+                       "this claims/ folder); devices: D1 = cpu: X, D2 = cpu: Y.")
+    assert card[4] == "| LoRA matches FT (T2) | noninferior | sst2: -2.4 [-3.9, -1.0] (n=7) | **undecided** |"
+    body = "\n".join(card)
+    assert "| lora_ft | lora − full_ft | sst2 | -2.40 [-3.90, -1.00] | — | 7 | undecided (why) |" in body
+    assert "bitfit" not in body and "| lora | cola" not in body     # the claim's tasks and arms only
+    arm_rows = [line.split(" | ")[0] for line in card if line.startswith(("| lora |", "| full_ft |"))]
+    assert arm_rows == ["| lora", "| full_ft"]                       # in the claim's order: arm, then baseline
+    bitfit = (tmp_path / "cards" / "bitfit.md").read_text()
+    assert "| bitfit | sst2 | — | — | — | — | — | 0 / 0 / 7 | — | — | — |" in bitfit and "devices" in bitfit.splitlines()[0]
