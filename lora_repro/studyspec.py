@@ -236,6 +236,9 @@ def claims_of(spec: dict[str, Any], where: str = STUDY_FILE, known_arms: set[str
         if entry["test"] == "lr_ratio" and not (isinstance(ratio, list) and len(ratio) == 2
                                                 and 0 < float(ratio[0]) < float(ratio[1])):
             raise ConfigError(f"{name}: an lr_ratio claim needs ratio: [low, high] with 0 < low < high, got {ratio!r}")
+        if not isinstance(entry.get("caveat", ""), str):
+            raise ConfigError(f"{name}: caveat must be one line of text (what the comparison cannot show), "
+                              f"got {entry['caveat']!r}")
         gate = str(entry.get("gate") or "both")
         if gate not in GATES or (gate == "arm" and entry["test"] != "superior"):
             raise ConfigError(f"{name}: gate {gate!r}: give 'both' (the default), or 'arm' on a superior claim whose "

@@ -347,6 +347,8 @@ def test_only_limits_a_variant_to_some_grid_values_and_a_tuning_seed_must_not_re
     ({"claim": "x", "test": "lr_ratio", "arm": "a", "baseline": "b"}, "an lr_ratio claim needs ratio: [low, high]"),
     ({"claim": "x", "test": "superior", "arm": "a", "baseline": "b", "margin": 2}, "unknown key(s) ['margin']"),
     ({"claim": "x", "test": "improves", "arm": "a", "baseline": "b"}, "an improves claim needs then: [arm, baseline]"),
+    ({"claim": "x", "test": "superior", "arm": "a", "baseline": "b", "caveat": ["two", "models"]},
+     "caveat must be one line of text"),
 ])
 def test_a_claim_with_a_typo_stops_the_study_before_anything_runs(tmp_path, monkeypatch, claim, message):
     from lora_repro.errors import ConfigError
