@@ -637,6 +637,49 @@ def plot_curves(runs: pd.DataFrame, out: Path) -> Path | None:
     return path
 
 
+def plot_improves(claim: Claim, runs: pd.DataFrame, path: Path) -> Path | None:
+    """An `improves` claim as a slope chart, per task: each seed's gap (arm - baseline) at the first
+    setting and at the second (claim.then), joined by a line (the pairs the test reads), with the
+    mean over those seeds and its 95% t-interval beside them; x is the baseline's parameter count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not claim.then:
+        return None
+    names = [claim.arm, claim.baseline, *claim.then]
+    tasks = [t for t in dict.fromkeys(runs.task) if all(((runs.arm == n) & (runs.task == t)).any() for n in names)]
+    if not tasks:
+        return None
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        side = {n: runs[(runs.arm == n) & (runs.task == task)].set_index("seed") for n in names}
+        gaps = [{s: side[a].score[s] - side[b].score[s] for s in set(side[a].index) & set(side[b].index)}
+                for a, b in ((claim.arm, claim.baseline), claim.then)]
+        sizes = [float(side[claim.baseline].total.iloc[0]) / 1e6, float(side[claim.then[1]].total.iloc[0]) / 1e6]
+        seeds = sorted(set(gaps[0]) & set(gaps[1]))
+        for seed in seeds:
+            ax.plot(sizes, [gaps[0][seed], gaps[1][seed]], color="0.6", lw=0.8, marker="o", ms=3)
+        for x, g in zip((sizes[0] / 1.15, sizes[1] * 1.15), gaps):   # beside the seeds' points, not on them
+            ci = mean_ci([g[s] for s in seeds])
+            if np.isfinite(ci.low):
+                ax.errorbar([x], [ci.estimate], yerr=[[ci.estimate - ci.low], [ci.high - ci.estimate]], color="C3",
+                            marker="D", ms=5, capsize=4, lw=1.5, zorder=3)
+        ax.axhline(0.0, color="k", lw=0.6)
+        ax.set_xscale("log")
+        ax.set_xticks(sizes, [f"{x:.0f}M\n{n}" for x, n in zip(sizes, (claim.baseline, claim.then[1]))], fontsize=7)
+        ax.minorticks_off()
+        ax.set_xlim(sizes[0] / 1.6, sizes[1] * 1.6)
+        ax.set_ylabel(f"{claim.arm} − {claim.baseline} ({side[claim.arm].metric.iloc[0]}, points)", fontsize=8)
+        ax.set_title(f"{task}: gap per paired seed (grey, n={len(seeds)}); mean, 95% t (red)", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def above_by(stop: dict[str, Any]) -> str:
     """' by 10 points' for early_stopping.above_constant_by 0.10 (in the metric's units; '' for none)."""
     by = stop.get("above_constant_by")
@@ -711,7 +754,7 @@ def write_cards(folder: Path, verdict_rows: list[dict], pair_rows: list[dict], a
     """One file per claim (claims/<id>.md): its verdict row, its comparisons and its arms' rows, the
     whole evidence for one claim in one place (the README quotes one of them)."""
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("*.md"):
+    for stale in [*folder.glob("*.md"), *folder.glob("*.png")]:
         stale.unlink()  # a claim dropped from study.yaml leaves no card behind
     written = []
     for v in verdict_rows:
@@ -819,6 +862,8 @@ def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict
                   + ", ".join(f"{k} ← {v}" for k, v in shared.items()) + "."]
     written = [out / "claims.md", out / "verdicts.md", out / "arms.csv", out / "paired.csv", out / "tuning.csv"]
     written += write_cards(out / "claims", verdict_rows, pair_rows, arms, device_label, scale)
+    written += [p for c in claims if c.test == "improves"
+                for p in [plot_improves(c, runs, out / "claims" / f"{c.id}.png")] if p]
     (out / "claims.md").write_text("\n".join(lines) + "\n")
     (out / "verdicts.md").write_text(verdict_md)
     arms.to_csv(out / "arms.csv", index=False)

@@ -7,10 +7,12 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.claims import Claim, claim_label, comparison_cell, convergence, evaluate_claim, plot_curves, steps_to
+from analysis.claims import (Claim, claim_label, comparison_cell, convergence, evaluate_claim, plot_curves, plot_improves,
+                             steps_to)
 from analysis.stats import median_ci, paired
 from lora_repro import studyspec as study_module
 from lora_repro.studyspec import claims_of
@@ -586,7 +588,7 @@ def test_the_intruder_claim_reads_the_weights_studys_counts(tmp_path):
     assert [r["verdict"] for r in intruder_rows(path)] == ["refuted", "refuted"]
 
 
-def test_a_gap_that_shrinks_with_model_size_is_decided_on_the_change_per_seed():
+def test_a_gap_that_shrinks_with_model_size_is_decided_on_the_change_per_seed(tmp_path):
     claim = Claim("LoRA's gap to FT shrinks", "improves", "lora", "full_ft", then=("lora_big", "full_ft_big"))
     rows = []
     for seed in range(1, 6):
@@ -608,7 +610,13 @@ def test_a_gap_that_shrinks_with_model_size_is_decided_on_the_change_per_seed():
     fewer = runs_frame([r for r in rows if not (r["arm"] == "lora" and r["seed"] == 5)])
     out, _ = evaluate_claim(claim, fewer, {"sst2": 1.0})
     assert out[0]["n_pairs"] == 4 and "gap -2.95 → -0.55 points over the 4 paired seeds" in out[0]["what"]
+    # drawn as a slope chart over the baseline's size (a file), and not drawn without the larger arms
+    sized = runs_frame(rows).assign(total=lambda d: np.where(d.arm.str.endswith("_big"), 110_000_000, 22_000_000))
+    assert plot_improves(claim, sized, tmp_path / "gap.png") == tmp_path / "gap.png"
+    assert (tmp_path / "gap.png").stat().st_size > 5000
     missing = runs_frame([r for r in rows if r["arm"] != "lora_big"])
+    assert plot_improves(claim, missing.assign(total=1), tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
     out, verdict = evaluate_claim(claim, missing)
     # No task has every arm: nothing was compared, so the claim is not run yet (not "undecided").
     assert verdict == "not run yet" and "no finished runs of lora_big" in out[0]["what"]
