@@ -290,12 +290,11 @@ def dev_check(status: str, test: str, terms: list[tuple[float, pd.DataFrame]], m
     if not kept or any(not preds or lab is None or lab != labels for _, preds, lab in kept):
         return status, "", {}
     sampled = dev_contrast([(w, preds) for w, preds, _ in kept], labels, metric)
-    la = labels
     low, high, half = sampled.two_way.low, sampled.two_way.high, sampled.dev_half_width
-    info = {"two_way_low": low, "two_way_high": high, "dev_half_width": half, "dev_rows": len(la)}
+    info = {"two_way_low": low, "two_way_high": high, "dev_half_width": half, "dev_rows": len(labels)}
     notes = []
     if np.isfinite(half) and half > margin:
-        notes.append(f"the dev set ({len(la)} rows) alone moves the difference by ±{half:.2f} (90%): too small "
+        notes.append(f"the dev set ({len(labels)} rows) alone moves the difference by ±{half:.2f} (90%): too small "
                      f"to resolve a {margin:g}-point margin")
     shown = {"noninferior": (low > -margin) if status == SUPPORTED else (high < -margin),
              "superior": (low > 0) if status == SUPPORTED else (high < 0 or (low > -margin and high < margin)),
