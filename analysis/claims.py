@@ -723,6 +723,14 @@ PAIR_HEAD = ["| claim | arm − baseline | task | measured: mean paired differen
              "dev rows) | pairs | verdict |", "|---|---|---|---|---|---|---|"]
 
 
+TUNING_HEAD = ["| arm | task | lr | held-out | dev | chosen |", "|---|---|---|---|---|---|"]
+
+
+def tuning_line(t: dict) -> str:
+    return (f"| {t['arm']} | {t['task']} | {t['lr']:.1e} | {fmt(t['heldout'], 1)} | {fmt(t['dev'], 1)} | "
+            f"{'yes' + (' (' + t['edge'] + ': the best may lie beyond)' if t['edge'] else '') if t['chosen'] else ''} |")
+
+
 def verdict_line(v: dict) -> str:
     return f"| {v['claim']} | {v['test']} | {v['measured']} | **{v['verdict']}** |"
 
@@ -749,8 +757,9 @@ def pair_line(r: dict) -> str:
 
 
 def write_cards(folder: Path, verdict_rows: list[dict], pair_rows: list[dict], arms: pd.DataFrame,
-                device_label: dict[str, str], scale: str) -> list[Path]:
-    """One file per claim (claims/<id>.md): its verdict row, its comparisons and its arms' rows, the
+                device_label: dict[str, str], scale: str, tuning: pd.DataFrame | None = None) -> list[Path]:
+    """One file per claim (claims/<id>.md): its verdict row, its comparisons, its arms' rows and their
+    learning-rate candidates (a choice within the margin of another candidate shows as such), the
     whole evidence for one claim in one place (the README quotes one of them)."""
     folder.mkdir(parents=True, exist_ok=True)
     for stale in [*folder.glob("*.md"), *folder.glob("*.png")]:
@@ -767,6 +776,12 @@ def write_cards(folder: Path, verdict_rows: list[dict], pair_rows: list[dict], a
                 + (f"; devices: {', '.join(f'{device_label[d]} = {d}' for d in used)}" if used else "") + ".")
         text = [head, "", *VERDICT_HEAD, verdict_line(v), "", *PAIR_HEAD, *(pair_line(r) for r in pairs), "", *ARM_HEAD,
                 *(arm_line(a, device_label) for a in cells.to_dict("records"))]
+        tried = (tuning[tuning.arm.isin(v["arms"]) & tuning.task.isin(tasks)] if tuning is not None and not tuning.empty
+                 else pd.DataFrame())
+        if not tried.empty:
+            tried = tried.assign(order=tried.arm.map(v["arms"].index)).sort_values(["task", "order", "lr"])
+            text += ["", "Learning-rate candidates (tuning seed; held-out rows choose, dev shown only):", "",
+                     *TUNING_HEAD, *(tuning_line(t) for t in tried.to_dict("records"))]
         path = folder / f"{v['id']}.md"
         path.write_text("\n".join(text) + "\n")
         written.append(path)
@@ -850,17 +865,14 @@ def build_report(records: Records, out: Path, scale: str, seeds: int, spec: dict
     lines += [arm_line(a, device_label) for a in arms.to_dict("records")]
     lines += ["", "![curves](curves.png)", "", "## Comparisons", "", *PAIR_HEAD]
     lines += [pair_line(r) for r in pair_rows]
-    lines += ["", "## Learning-rate choice (tuning seed; held-out training rows decide, dev shown only)", "",
-              "| arm | task | lr | held-out | dev | chosen |", "|---|---|---|---|---|---|"]
-    lines += [f"| {t['arm']} | {t['task']} | {t['lr']:.1e} | {fmt(t['heldout'], 1)} | {fmt(t['dev'], 1)} | "
-              f"{'yes' + (' (' + t['edge'] + ': the best may lie beyond)' if t['edge'] else '') if t['chosen'] else ''} |"
-              for t in tuning.to_dict("records")]
+    lines += ["", "## Learning-rate choice (tuning seed; held-out training rows decide, dev shown only)", "", *TUNING_HEAD]
+    lines += [tuning_line(t) for t in tuning.to_dict("records")]
     shared = spec.get("tune", {}).get("share") if isinstance(spec.get("tune"), dict) else None
     if shared:
         lines += ["", "Arms that take another arm's learning rate (study.yaml `tune.share`): "
                   + ", ".join(f"{k} ← {v}" for k, v in shared.items()) + "."]
     written = [out / "claims.md", out / "verdicts.md", out / "arms.csv", out / "paired.csv", out / "tuning.csv"]
-    written += write_cards(out / "claims", verdict_rows, pair_rows, arms, device_label, scale)
+    written += write_cards(out / "claims", verdict_rows, pair_rows, arms, device_label, scale, tuning)
     written += [p for c in claims if c.test == "improves"
                 for p in [plot_improves(c, runs, out / "claims" / f"{c.id}.png")] if p]
     (out / "claims.md").write_text("\n".join(lines) + "\n")

@@ -803,7 +803,13 @@ def test_each_claim_gets_a_card_with_its_verdict_comparisons_and_arms_only(tmp_p
                          {**ran, "arm": "lora", "task": "cola"}])
     (tmp_path / "cards").mkdir()
     (tmp_path / "cards" / "dropped_claim.md").write_text("old")
-    written = write_cards(tmp_path / "cards", verdicts, pairs, arms, {"cpu: X": "D1", "cpu: Y": "D2"}, "core")
+    tuning = pd.DataFrame([{"arm": arm, "task": task, "lr": lr, "heldout": h, "dev": d, "chosen": c, "edge": e}
+                           for arm, task, lr, h, d, c, e in [("full_ft", "sst2", 1e-4, 86.0, 80.6, True, ""),
+                                                             ("full_ft", "sst2", 3e-5, 85.6, 79.6, False, ""),
+                                                             ("lora", "sst2", 3e-3, 86.8, 80.0, True, "largest tried"),
+                                                             ("lora", "cola", 1e-3, 17.2, 5.1, True, ""),
+                                                             ("bitfit", "sst2", 3e-3, 84.4, 78.3, True, "")]])
+    written = write_cards(tmp_path / "cards", verdicts, pairs, arms, {"cpu: X": "D1", "cpu: Y": "D2"}, "core", tuning)
     assert sorted(p.name for p in (tmp_path / "cards").iterdir()) == ["bitfit.md", "lora_ft.md"] == sorted(p.name for p in written)
     card = (tmp_path / "cards" / "lora_ft.md").read_text().splitlines()
     assert card[0] == ("Claim `lora_ft`, core tier (rules, protocol and learning-rate choices: the claims.md beside "
@@ -812,7 +818,12 @@ def test_each_claim_gets_a_card_with_its_verdict_comparisons_and_arms_only(tmp_p
     body = "\n".join(card)
     assert "| lora_ft | lora − full_ft | sst2 | -2.40 [-3.90, -1.00] | — | 7 | undecided (why) |" in body
     assert "bitfit" not in body and "| lora | cola" not in body     # the claim's tasks and arms only
-    arm_rows = [line.split(" | ")[0] for line in card if line.startswith(("| lora |", "| full_ft |"))]
+    arm_rows = [line.split(" | ")[0] for line in card if line.startswith(("| lora | sst2 (", "| full_ft | sst2 ("))]
     assert arm_rows == ["| lora", "| full_ft"]                       # in the claim's order: arm, then baseline
+    # its arms' learning-rate candidates on its tasks, the claim's arm first, each arm's by lr
+    assert card[card.index("| arm | task | lr | held-out | dev | chosen |") + 2:] == [
+        "| lora | sst2 | 3.0e-03 | 86.8 | 80.0 | yes (largest tried: the best may lie beyond) |",
+        "| full_ft | sst2 | 3.0e-05 | 85.6 | 79.6 |  |",
+        "| full_ft | sst2 | 1.0e-04 | 86.0 | 80.6 | yes |"]
     bitfit = (tmp_path / "cards" / "bitfit.md").read_text()
     assert "| bitfit | sst2 | — | — | — | — | — | 0 / 0 / 7 | — | — | — |" in bitfit and "devices" in bitfit.splitlines()[0]
